@@ -1,0 +1,93 @@
+"""The byte-pair merge at the heart of a BPE encoder, written to be read.
+
+A chunk of text (one piece from the split pattern) starts as its UTF-8 bytes, one token per
+byte. Then, again and again, the adjacent pair whose concatenation has the lowest rank in the
+vocabulary is merged into one token (the leftmost pair wins a tie), until no adjacent pair forms
+a known token. This is the rule of GPT-2 (Radford et al. 2019) as tiktoken states it: the rank of
+a token is its id, and tokens made earlier in training have lower ids, so the merges replay in
+training order. A piece that is itself a token is returned whole, as tiktoken does.
+
+The textbook loop rescans all pairs after every merge, which is quadratic in the piece length
+(a million-character run of "a" would never finish). Here the candidate pairs live in a heap and
+the parts in a linked list, so each merge costs O(log n).
+
+    >>> ranks = {bytes([i]): i for i in range(256)} | {b"ab": 256, b"abc": 257, b"bc": 258}
+    >>> bpe_merge(b"abcab", ranks)
+    [257, 256]
+    >>> bpe_merge(b"abc", ranks)          # a whole piece that is a token is one id
+    [257]
+    >>> bpe_merge(b"xbcy", ranks)
+    [120, 258, 121]
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Mapping
+
+
+def bpe_merge(piece: bytes, ranks: Mapping[bytes, int]) -> list[int]:
+    """Encode one pre-tokenized piece with BPE; returns token ids (= ranks)."""
+    whole = ranks.get(piece)
+    if whole is not None:
+        return [whole]
+    n = len(piece)
+    # Part i covers piece[i:end[i]]; parts form a linked list through nxt/prv; a merged-away
+    # part is marked dead by end[i] = -1.
+    end = list(range(1, n + 1))
+    nxt = list(range(1, n + 1))
+    prv = list(range(-1, n - 1))
+    heap: list[tuple[int, int, int]] = []  # (rank, left part start, right part end)
+
+    def push(i: int) -> None:
+        j = nxt[i]
+        if j < n:
+            rank = ranks.get(piece[i : end[j]])
+            if rank is not None:
+                heapq.heappush(heap, (rank, i, end[j]))
+
+    for i in range(n - 1):
+        push(i)
+    while heap:
+        _, i, stop = heapq.heappop(heap)
+        j = nxt[i]
+        # Skip stale entries: the left part died, or the pair's extent changed since the push.
+        if end[i] == -1 or j >= n or end[j] != stop:
+            continue
+        end[i] = stop
+        nxt[i] = nxt[j]
+        if nxt[j] < n:
+            prv[nxt[j]] = i
+        end[j] = -1
+        if prv[i] >= 0:
+            push(prv[i])
+        push(i)
+    out = []
+    i = 0
+    while i < n:
+        out.append(ranks[piece[i : end[i]]])
+        i = nxt[i]
+    return out
+
+
+def naive_bpe_merge(piece: bytes, ranks: Mapping[bytes, int]) -> list[int]:
+    """The textbook quadratic loop, kept as the definition `bpe_merge` is tested against.
+
+    >>> ranks = {bytes([i]): i for i in range(256)} | {b"ab": 256, b"abc": 257, b"bc": 258}
+    >>> naive_bpe_merge(b"abcab", ranks)
+    [257, 256]
+    """
+    if piece in ranks:
+        return [ranks[piece]]
+    parts = [piece[i : i + 1] for i in range(len(piece))]
+    while len(parts) > 1:
+        best = None
+        for k in range(len(parts) - 1):
+            rank = ranks.get(parts[k] + parts[k + 1])
+            if rank is not None and (best is None or rank < best[0]):
+                best = (rank, k)
+        if best is None:
+            break
+        k = best[1]
+        parts[k : k + 2] = [parts[k] + parts[k + 1]]
+    return [ranks[p] for p in parts]

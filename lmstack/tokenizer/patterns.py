@@ -1,0 +1,63 @@
+"""Pre-tokenization split patterns: how text is cut into chunks before BPE merges run.
+
+BPE never merges across chunk boundaries, so the pattern decides what a token can be: with the
+GPT-2 pattern a space sticks to the word after it (" hello"), digits form runs of any length;
+the GPT-4 (cl100k) pattern caps digit runs at three, lets one punctuation character lead a word
+("_name", ".append") and keeps newlines apart from other whitespace. Both come from OpenAI's
+releases (Radford et al. 2019; tiktoken's cl100k_base) and are written for the `regex` module.
+
+    >>> split("Hello world, it's 12345!", GPT4_PATTERN)
+    ['Hello', ' world', ',', ' it', "'s", ' ', '123', '45', '!']
+    >>> split("Hello world, it's 12345!", GPT2_PATTERN)
+    ['Hello', ' world', ',', ' it', "'s", ' 12345', '!']
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import regex
+
+from lmstack.errors import TokenizerError
+
+GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+GPT4_PATTERN = (
+    r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]++[\r\n]*"""
+    r"""|\s*[\r\n]|\s+(?!\S)|\s+"""
+)
+
+# Names accepted wherever a pattern is asked for (CLI `--pattern gpt2`).
+PATTERNS: dict[str, str] = {"gpt4": GPT4_PATTERN, "gpt2": GPT2_PATTERN}
+
+
+def resolve_pattern(name_or_regex: str) -> str:
+    """Return the regex for a pattern name ("gpt4", "gpt2") or check and return a raw regex.
+
+    >>> resolve_pattern("gpt2") == GPT2_PATTERN
+    True
+    >>> resolve_pattern(r"\\w+|\\s+")
+    '\\\\w+|\\\\s+'
+    """
+    pattern = PATTERNS.get(name_or_regex, name_or_regex)
+    compile_pattern(pattern)
+    return pattern
+
+
+@lru_cache(maxsize=16)
+def compile_pattern(pattern: str) -> regex.Pattern:
+    """Compile a split pattern once; a bad pattern is a TokenizerError naming the fix."""
+    try:
+        return regex.compile(pattern)
+    except regex.error as e:
+        raise TokenizerError(
+            f"invalid split pattern {pattern!r}: {e}; pass 'gpt4', 'gpt2' or a valid regex"
+        ) from None
+
+
+def split(text: str, pattern: str = GPT4_PATTERN) -> list[str]:
+    """Cut text into pre-tokenization chunks; the chunks concatenate back to the text.
+
+    >>> "".join(split("a  b\\n\\n  c")) == "a  b\\n\\n  c"
+    True
+    """
+    return compile_pattern(pattern).findall(text)
