@@ -1,0 +1,118 @@
+"""Causal multi-head self-attention, with grouped-query heads, QK-norm and a KV cache.
+
+Each token's vector is projected to queries, keys and values (`q_proj`, `k_proj`, `v_proj`);
+each head computes softmax(Q·Kᵀ/√d + bias)·V over the tokens up to itself; the heads are
+concatenated and projected back (`o_proj`) — Vaswani et al. 2017, "Attention Is All You Need".
+
+- Grouped-query attention (Ainslie et al. 2023): n_kv_head key/value heads, each shared by
+  n_head / n_kv_head query heads. n_kv_head == n_head is ordinary multi-head attention;
+  n_kv_head == 1 is multi-query attention (Shazeer 2019). Fewer K/V heads, smaller KV cache.
+- QK-norm (Henry et al. 2020; used by OLMo 2 and Qwen 3): normalize each head's queries and keys
+  before the dot product, which keeps attention logits from growing and training stable.
+- Positions: RoPE rotates q and k here (cos/sin tables come in); ALiBi arrives as part of the
+  additive `bias` (see positions.py).
+
+The score computation has two implementations, chosen by `attn_impl` and checked equal by the
+tests (outputs and gradients): "sdpa", PyTorch's fused `scaled_dot_product_attention` (fast,
+memory-efficient), and "manual", the formula written out — read this one to learn.
+
+`bias` is an additive (T, S), (H, T, S) or (B, H, T, S) tensor holding 0 where a query may
+look and -inf where it may not, plus ALiBi's penalties; None means "plain causal, no cache",
+which lets sdpa use its `is_causal` fast path. Padding masks will fold into the same tensor.
+
+Run the tests: `pytest tests/models/test_gpt.py -k attention`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lmstack.models.kv_cache import KVCache
+from lmstack.models.norms import NORMS
+from lmstack.models.positions import apply_rotary
+
+
+def causal_bias(q_pos: torch.Tensor, k_pos: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """(T, S) additive mask: 0 where key position <= query position, -inf elsewhere.
+
+    >>> causal_bias(torch.tensor([1, 2]), torch.arange(3))
+    tensor([[0., 0., -inf],
+            [0., 0., 0.]])
+    """
+    future = k_pos[..., None, :] > q_pos[..., :, None]
+    return torch.zeros(future.shape, dtype=dtype, device=q_pos.device).masked_fill(future, float("-inf"))
+
+
+def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None,
+                   dropout_p: float) -> torch.Tensor:
+    """softmax(QKᵀ/√d + bias)V by PyTorch's fused kernel; K/V may have fewer heads than Q."""
+    return F.scaled_dot_product_attention(
+        q, k, v, attn_mask=bias, dropout_p=dropout_p, is_causal=bias is None,
+        enable_gqa=k.size(1) != q.size(1),
+    )
+
+
+def manual_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None,
+                     dropout_p: float) -> torch.Tensor:
+    """softmax(QKᵀ/√d + bias)V written out; K/V heads are repeated to match the query heads."""
+    group = q.size(1) // k.size(1)
+    k = k.repeat_interleave(group, dim=1)  # query head h reads K/V head h // group
+    v = v.repeat_interleave(group, dim=1)
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))  # (B, H, T, S)
+    if bias is None:
+        T, S = q.size(2), k.size(2)
+        bias = causal_bias(torch.arange(T, device=q.device), torch.arange(S, device=q.device), q.dtype)
+    weights = F.softmax(scores + bias, dim=-1)
+    weights = F.dropout(weights, p=dropout_p, training=dropout_p > 0)
+    return weights @ v
+
+
+ATTENTION = {"sdpa": sdpa_attention, "manual": manual_attention}
+
+
+class CausalSelfAttention(nn.Module):
+    """One layer's attention: project, normalize (optional), rotate (RoPE), cache, attend, project."""
+
+    def __init__(self, config: Any, layer_idx: int) -> None:
+        super().__init__()
+        self.layer_idx = layer_idx  # which slot of the KV cache is ours
+        self.n_head = config.n_head
+        self.n_kv_head = config.n_kv_head or config.n_head
+        self.head_dim = config.n_embd // config.n_head
+        self.q_proj = nn.Linear(config.n_embd, self.n_head * self.head_dim, bias=config.bias)
+        self.k_proj = nn.Linear(config.n_embd, self.n_kv_head * self.head_dim, bias=config.bias)
+        self.v_proj = nn.Linear(config.n_embd, self.n_kv_head * self.head_dim, bias=config.bias)
+        self.o_proj = nn.Linear(self.n_head * self.head_dim, config.n_embd, bias=config.bias)
+        norm = NORMS[config.norm]
+        self.q_norm = norm(self.head_dim, eps=config.norm_eps) if config.qk_norm else nn.Identity()
+        self.k_norm = norm(self.head_dim, eps=config.norm_eps) if config.qk_norm else nn.Identity()
+        self.attend = ATTENTION[config.attn_impl]
+        self.dropout = config.dropout
+        self.resid_dropout = nn.Dropout(config.dropout)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+        bias: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+    ) -> torch.Tensor:
+        """(B, T, C) -> (B, T, C); reads and extends `cache` if given."""
+        B, T, C = x.shape
+        # (B, T, heads·d) -> (B, heads, T, d): heads become a batch dimension.
+        q = self.q_proj(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
+        q, k = self.q_norm(q), self.k_norm(k)
+        if rope is not None:
+            q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
+        if cache is not None:
+            k, v = cache.update(self.layer_idx, k, v)  # now all positions 0..length+T-1
+        y = self.attend(q, k, v, bias, self.dropout if self.training else 0.0)
+        y = y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim)
+        return self.resid_dropout(self.o_proj(y))

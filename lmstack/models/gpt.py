@@ -1,0 +1,198 @@
+"""GPT: the decoder-only transformer language model, configurable from GPT-2 to Llama.
+
+Token embeddings (`wte`) go through `n_layer` pre-norm blocks — x + attn(norm(x)), then
+x + mlp(norm(x)) — a final norm (`ln_f`) and a linear head (`lm_head`) to vocabulary logits.
+That is GPT-2 (Radford et al. 2019) with the knobs later models turned, each a config field:
+
+| field | GPT-2 | Llama |
+|---|---|---|
+| position | "learned" | "rope" (rope_theta) |
+| norm | "layernorm" | "rmsnorm" |
+| mlp | "gelu" | "swiglu" |
+| bias | True | False |
+| tie_embeddings | True | False |
+| n_kv_head | = n_head | < n_head (grouped-query) |
+
+plus "alibi"/"none" positions, "relu"/"relu2" MLPs, QK-norm, dropout and the attention kernel.
+Weights are initialized as in GPT-2: N(0, 0.02), with the projections that write into the
+residual stream (`o_proj`, `down_proj`) scaled by 1/sqrt(2·n_layer) so the stream's variance
+does not grow with depth.
+
+It follows the language model protocol (protocol.py): `model(idx)` for ids (B, T) returns
+logits (B, T, vocab_size); `model(idx, cache=model.new_cache(B, max_len))` decodes
+incrementally through a `KVCache`.
+
+    >>> import torch
+    >>> model = GPT(GPTConfig(vocab_size=50, block_size=16, n_layer=2, n_head=2, n_embd=32))
+    >>> model(torch.zeros(3, 5, dtype=torch.long)).shape
+    torch.Size([3, 5, 50])
+    >>> GPTConfig(n_embd=100, n_head=3)
+    Traceback (most recent call last):
+    ...
+    lmstack.errors.ConfigError: n_embd 100 is not divisible by n_head 3; choose n_embd as a multiple of n_head
+
+Run the tests: `pytest tests/models/test_gpt.py tests/models/test_reference.py`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from lmstack.models.attention import ATTENTION, CausalSelfAttention, causal_bias
+from lmstack.models.config import ModelConfig, require, require_choice
+from lmstack.models.kv_cache import KVCache
+from lmstack.models.mlp import MLPS, default_hidden
+from lmstack.models.norms import NORMS
+from lmstack.models.positions import POSITIONS
+from lmstack.models.protocol import check_idx
+
+
+@dataclass
+class GPTConfig(ModelConfig):
+    """Architecture of a `GPT`; the defaults are a tiny GPT-2 that trains on a CPU."""
+
+    vocab_size: int = 256          # token ids are 0..vocab_size-1 (256 = raw bytes)
+    block_size: int = 256          # context length trained on; the hard limit for learned positions
+    n_layer: int = 4               # transformer blocks
+    n_head: int = 4                # query heads; head_dim = n_embd // n_head
+    n_kv_head: int | None = None   # key/value heads: None = n_head (MHA), 1 = MQA, between = GQA
+    n_embd: int = 128              # width of the residual stream
+    position: str = "learned"      # "learned", "rope", "alibi" or "none" (see positions.py)
+    rope_theta: float = 10000.0    # RoPE base: larger = slower rotation, longer reach
+    norm: str = "layernorm"        # "layernorm" or "rmsnorm", applied before each sublayer
+    norm_eps: float = 1e-5         # added to the variance inside the norm
+    mlp: str = "gelu"              # "gelu" (tanh approx.), "relu", "relu2" or "swiglu"
+    intermediate_size: int | None = None  # MLP hidden size; None = 4·n_embd, or ~8/3·n_embd for swiglu
+    dropout: float = 0.0           # on embeddings, attention weights and residual branches
+    bias: bool = True              # biases in Linear layers and LayerNorm
+    tie_embeddings: bool = True    # lm_head shares its weight with wte
+    qk_norm: bool = False          # normalize queries and keys per head before attention
+    attn_impl: str = "sdpa"        # "sdpa" (fused kernel) or "manual" (written out)
+    init_std: float = 0.02         # std of the normal initialization
+
+    model_types = ("gpt",)
+
+    @property
+    def model_type(self) -> str:
+        return "gpt"
+
+    @property
+    def head_dim(self) -> int:
+        """Features per attention head."""
+        return self.n_embd // self.n_head
+
+    @property
+    def hidden_size(self) -> int:
+        """The MLP's hidden size, resolving the default."""
+        return self.intermediate_size or default_hidden(self.mlp, self.n_embd)
+
+    def validate(self) -> None:
+        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
+            value = getattr(self, name)
+            require(value >= 1, f"{name} must be at least 1, got {value}")
+        require(self.n_embd % self.n_head == 0,
+                f"n_embd {self.n_embd} is not divisible by n_head {self.n_head}; "
+                "choose n_embd as a multiple of n_head")
+        kv = self.n_kv_head if self.n_kv_head is not None else self.n_head
+        require(1 <= kv <= self.n_head and self.n_head % kv == 0,
+                f"n_kv_head {kv} must divide n_head {self.n_head}; choose a divisor of n_head "
+                "(1 = multi-query, n_head = multi-head attention)")
+        require_choice("position", self.position, POSITIONS)
+        require_choice("norm", self.norm, NORMS)
+        require_choice("mlp", self.mlp, MLPS)
+        require_choice("attn_impl", self.attn_impl, ATTENTION)
+        require(self.position != "rope" or self.head_dim % 2 == 0,
+                f"RoPE rotates feature pairs, so head_dim (n_embd / n_head = {self.head_dim}) must be even")
+        require(self.intermediate_size is None or self.intermediate_size >= 1,
+                f"intermediate_size must be at least 1 or null, got {self.intermediate_size}")
+        require(0.0 <= self.dropout < 1.0, f"dropout {self.dropout} must be in [0, 1)")
+        for name in ("rope_theta", "norm_eps", "init_std"):
+            value = getattr(self, name)
+            require(value > 0, f"{name} must be positive, got {value}")
+
+
+class Block(nn.Module):
+    """One pre-norm transformer block: x + attn(ln_1(x)), then x + mlp(ln_2(x))."""
+
+    def __init__(self, config: GPTConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.ln_1 = NORMS[config.norm](config.n_embd, eps=config.norm_eps, bias=config.bias)
+        self.attn = CausalSelfAttention(config, layer_idx)
+        self.ln_2 = NORMS[config.norm](config.n_embd, eps=config.norm_eps, bias=config.bias)
+        self.mlp = MLPS[config.mlp](config.n_embd, config.hidden_size, bias=config.bias, dropout=config.dropout)
+
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+                bias: torch.Tensor | None = None, cache: KVCache | None = None) -> torch.Tensor:
+        """(B, T, C) -> (B, T, C); attention reads and extends `cache` if given."""
+        x = x + self.attn(self.ln_1(x), rope, bias, cache)
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT(nn.Module):
+    """Decoder-only transformer LM: ids (B, T) -> next-token logits (B, T, vocab_size)."""
+
+    config_class = GPTConfig
+
+    def __init__(self, config: GPTConfig | None = None) -> None:
+        super().__init__()
+        self.config = config = config if config is not None else GPTConfig()
+        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
+        self.position = POSITIONS[config.position](config)
+        self.drop = nn.Dropout(config.dropout)
+        self.layers = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
+        self.ln_f = NORMS[config.norm](config.n_embd, eps=config.norm_eps, bias=config.bias)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        if config.tie_embeddings:
+            # Press & Wolf 2017: input and output embeddings are one matrix.
+            self.lm_head.weight = self.wte.weight
+        self.apply(self._init_weights)
+        residual_std = config.init_std / math.sqrt(2 * config.n_layer)
+        for block in self.layers:
+            nn.init.normal_(block.attn.o_proj.weight, std=residual_std)
+            nn.init.normal_(block.mlp.down_proj.weight, std=residual_std)
+
+    def _init_weights(self, module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, std=self.config.init_std)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def new_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
+        """An empty KV cache for `batch_size` rows of up to `max_len` (default block_size) tokens."""
+        c = self.config
+        max_len = max_len if max_len is not None else c.block_size
+        self.position.check_length(max_len)
+        weight = self.wte.weight
+        return KVCache(c.n_layer, batch_size, c.n_kv_head or c.n_head, max_len, c.head_dim,
+                       dtype=weight.dtype, device=weight.device)
+
+    def forward(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        """Logits (B, T, vocab_size) for ids (B, T), continuing from `cache` if given."""
+        B, T = check_idx(idx, self.config.vocab_size)
+        start = 0
+        if cache is not None:
+            cache.check_room(B, T)
+            start = cache.length
+        self.position.check_length(start + T)
+        pos = torch.arange(start, start + T, device=idx.device)
+        x = self.drop(self.position.embed(self.wte(idx), pos))
+        rope = self.position.rotary(pos)                   # computed once, used by every layer
+        bias = self.attention_bias(pos, start + T, x.dtype)
+        for block in self.layers:
+            x = block(x, rope, bias, cache)
+        if cache is not None:
+            cache.advance(T)
+        return self.lm_head(self.ln_f(x))
+
+    def attention_bias(self, pos: torch.Tensor, n_keys: int, dtype: torch.dtype) -> torch.Tensor | None:
+        """Additive causal mask (+ ALiBi) for queries at `pos` over keys 0..n_keys-1; None = plain causal."""
+        k_pos = torch.arange(n_keys, device=pos.device)
+        alibi = self.position.attn_bias(pos, k_pos)
+        if alibi is None and n_keys == pos.numel():
+            return None  # queries are exactly the keys: the kernel's is_causal fast path applies
+        bias = causal_bias(pos, k_pos, dtype)
+        return bias if alibi is None else bias + alibi.to(dtype)

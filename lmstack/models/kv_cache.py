@@ -1,0 +1,104 @@
+"""The key/value cache that makes transformer decoding cost O(T) per token instead of O(T²).
+
+When a decoder generates token t+1, the keys and values of tokens 0..t do not change (the model
+is causal), so recomputing them every step is waste. The cache keeps them: one preallocated
+tensor per layer for keys and one for values, shaped (batch, n_kv_head, max_len, head_dim), and
+`length`, how many positions are filled. A forward pass with a cache
+
+1. checks there is room (`check_room`),
+2. in every layer writes the new keys/values at positions length..length+T-1 and attends over
+   all of 0..length+T-1 (`update`),
+3. then moves `length` on by T (`advance`).
+
+Prefill is a forward over the whole prompt; each decode step is a forward over one token per
+row. Positions (RoPE angles, ALiBi distances, learned `wpe` rows) start at `length`. Keys are
+stored *after* RoPE, so they never need rotating again. With grouped-query attention only the
+n_kv_head shared heads are stored: that saving is the point of GQA (Ainslie et al. 2023).
+
+All rows share one `length` for now; the inference engine's batching of prompts of different
+lengths will add per-row lengths or a padding mask on top (attention already takes an additive
+bias broadcastable to (B, H, T, S), so a padding mask only has to be folded into it).
+
+    >>> import torch
+    >>> cache = KVCache(n_layer=1, batch_size=1, n_kv_head=1, max_len=4, head_dim=2)
+    >>> k, v = cache.update(0, torch.ones(1, 1, 3, 2), torch.ones(1, 1, 3, 2)); cache.advance(3)
+    >>> k.shape, cache.length
+    (torch.Size([1, 1, 3, 2]), 3)
+    >>> cache.check_room(batch_size=1, n_new=2)
+    Traceback (most recent call last):
+    ...
+    lmstack.errors.ConfigError: KV cache overflow: 3 cached + 2 new tokens exceed max_len 4; create the cache with a larger max_len (model.new_cache(batch_size, max_len))
+
+Run its doctests: `pytest lmstack/models/kv_cache.py`.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from lmstack.errors import ConfigError
+
+
+class KVCache:
+    """Preallocated per-layer keys and values plus the number of positions filled."""
+
+    def __init__(
+        self,
+        n_layer: int,
+        batch_size: int,
+        n_kv_head: int,
+        max_len: int,
+        head_dim: int,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str | None = None,
+    ) -> None:
+        if batch_size < 1 or max_len < 1:
+            raise ConfigError(f"KV cache needs batch_size >= 1 and max_len >= 1, got {batch_size} and {max_len}")
+        shape = (n_layer, batch_size, n_kv_head, max_len, head_dim)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self.length = 0
+
+    @property
+    def batch_size(self) -> int:
+        """Rows the cache holds."""
+        return self.k.size(1)
+
+    @property
+    def max_len(self) -> int:
+        """Positions the cache can hold per row."""
+        return self.k.size(3)
+
+    def check_room(self, batch_size: int, n_new: int) -> None:
+        """Raise `ConfigError` unless `n_new` more positions of `batch_size` rows fit."""
+        if batch_size != self.batch_size:
+            raise ConfigError(
+                f"input has batch size {batch_size} but the cache was made for {self.batch_size}; "
+                f"call model.new_cache({batch_size}, max_len)"
+            )
+        if self.length + n_new > self.max_len:
+            raise ConfigError(
+                f"KV cache overflow: {self.length} cached + {n_new} new tokens exceed max_len "
+                f"{self.max_len}; create the cache with a larger max_len (model.new_cache(batch_size, max_len))"
+            )
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store new keys/values (B, n_kv_head, T, head_dim) of `layer`; return all of them so far."""
+        end = self.length + k.size(2)
+        self.k[layer, :, :, self.length : end] = k
+        self.v[layer, :, :, self.length : end] = v
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+    def advance(self, n: int) -> None:
+        """Mark `n` more positions as filled (the model calls this after its last layer)."""
+        self.length += n
+
+    def crop(self, length: int) -> None:
+        """Forget every position from `length` on (e.g. rejected speculative tokens)."""
+        if not 0 <= length <= self.length:
+            raise ConfigError(f"cannot crop a cache of length {self.length} to {length}")
+        self.length = length
+
+    def reset(self) -> None:
+        """Empty the cache for reuse with a new batch of prompts."""
+        self.length = 0
