@@ -30,6 +30,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_model as st_load_model
 from safetensors.torch import save_model as st_save_model
 
+from lmstack.atomic import atomic_open, atomic_write_json
 from lmstack.errors import ConfigError
 from lmstack.models.ngram import NGramLM
 from lmstack.models.registry import build_model
@@ -39,26 +40,18 @@ WEIGHTS = "model.safetensors"
 NGRAM = "ngram.npz"
 
 
-def _replace(tmp: Path, path: Path) -> Path:
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return path
-
-
 def save_model(directory: str | os.PathLike, model: torch.nn.Module) -> Path:
     """Write config.json and the weights into `directory` (created if needed)."""
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     if isinstance(model, NGramLM):
-        _replace(model.save(d / (NGRAM + ".tmp")), d / NGRAM)
+        with atomic_open(d / NGRAM) as f:
+            model.save(f.name)
     else:
-        # safetensors' save_model drops the duplicate of tied (shared) tensors.
-        st_save_model(model, str(d / (WEIGHTS + ".tmp")))
-        _replace(d / (WEIGHTS + ".tmp"), d / WEIGHTS)
-    tmp = d / (CONFIG + ".tmp")
-    tmp.write_text(json.dumps(model.config.to_dict(), indent=2) + "\n")
-    _replace(tmp, d / CONFIG)
+        with atomic_open(d / WEIGHTS) as f:
+            # safetensors' save_model drops the duplicate of tied (shared) tensors.
+            st_save_model(model, f.name)
+    atomic_write_json(d / CONFIG, model.config.to_dict())
     return d
 
 

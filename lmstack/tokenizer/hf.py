@@ -26,6 +26,7 @@ import os
 from functools import lru_cache
 from pathlib import Path
 
+from lmstack.atomic import atomic_write_text
 from lmstack.errors import TokenizerError
 from lmstack.tokenizer.patterns import GPT2_PATTERN
 from lmstack.tokenizer.tokenizer import Tokenizer
@@ -114,11 +115,7 @@ def save_hf(tok: Tokenizer, path: str | os.PathLike) -> Path:
     path = Path(path)
     if path.is_dir() or not path.suffix:
         path = path / "tokenizer.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(to_hf_dict(tok), ensure_ascii=False))
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(path, json.dumps(to_hf_dict(tok), ensure_ascii=False))
 
 
 def _pattern_of(pre: dict | None, source: str) -> str:

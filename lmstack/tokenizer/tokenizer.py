@@ -30,6 +30,7 @@ from pathlib import Path
 
 import tiktoken
 
+from lmstack.atomic import atomic_write_text
 from lmstack.errors import TokenizerError
 from lmstack.tokenizer.bpe import bpe_merge
 from lmstack.tokenizer.decoder import IncrementalDecoder, decode_bytes
@@ -232,12 +233,7 @@ class Tokenizer:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the tokenizer as JSON, atomically (temp file + rename)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), ensure_ascii=False))
-        os.replace(tmp, path)
-        return path
+        return atomic_write_text(path, json.dumps(self.to_dict(), ensure_ascii=False))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Tokenizer:

@@ -14,7 +14,7 @@ def test_save_load_round_trip(tok, tmp_path, corpus):
     loaded = Tokenizer.load(path)
     assert loaded == tok and loaded.fingerprint == tok.fingerprint
     assert loaded.encode_ordinary(corpus[0]) == tok.encode_ordinary(corpus[0])
-    assert not list(tmp_path.glob("**/*.tmp"))  # written via temp file + rename
+    assert not list(tmp_path.glob("**/*.tmp*"))  # written via temp file + rename
 
 
 def test_directory_with_tokenizer_json_loads(tok, tmp_path):
