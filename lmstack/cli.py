@@ -253,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="TOML file (top-level TrainConfig keys, [model], [optim], "
                                     "[schedule])")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                   help="overrides, e.g. steps=500 optim.lr=3e-4 model.n_layer=6")
+                   help="overrides, e.g. steps=500 schedule.lr=3e-4 model.n_layer=6")
     p.add_argument("--resume", action="store_true", help="continue from out_dir's checkpoint")
     p.set_defaults(func=cmd_train)
 

@@ -1,0 +1,197 @@
+"""Perplexity and bits per byte of a language model on held-out text, with a sliding window.
+
+    python -m lmstack.eval.perplexity --model runs/train --data held_out.txt [--stride 64]
+
+The text is encoded with the model's tokenizer and `<|endoftext|>` is put in front as context,
+so every token of the text is scored, the first one too (the training shards separate
+documents the same way). The result is
+
+- loss: mean negative log-likelihood per token, in nats; ppl = exp(loss);
+- bpb, bits per byte: total nats / ln 2 / UTF-8 bytes of the scored tokens (special tokens
+  count 0 bytes). It does not depend on the tokenizer, so models with different vocabularies
+  compare (Gao et al. 2020, The Pile, section 4).
+
+A transformer sees at most `block_size` tokens. For longer text this uses the sliding window of
+Hugging Face's "Perplexity of fixed-length models" guide: windows of `block_size` tokens whose
+starts advance by `stride`; each window scores only the tokens no earlier window scored, so
+every token is scored exactly once, with between block_size - stride and block_size - 1 tokens
+of context (all that precede it in the first window). stride == block_size is the fast,
+pessimistic split into disjoint chunks; a smaller stride gives more context per token at
+block_size / stride times the compute. Models without a context limit (RNNs, n-grams) instead
+read the whole text in chunks through their cache — the hidden state carries everything.
+
+    >>> sliding_windows(10, block_size=4, stride=2)  # (begin, end, first scored position)
+    [(0, 4, 0), (2, 6, 4), (4, 8, 6), (6, 10, 8)]
+    >>> round(bits_per_byte(total_nats=math.log(2) * 12, total_bytes=6), 6)
+    2.0
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from lmstack.errors import ConfigError, DataError
+from lmstack.models.directory import load_model
+from lmstack.tokenizer import Tokenizer
+from lmstack.train.metrics import bits_per_byte
+
+CHUNK = 512  # tokens per forward when streaming an unbounded model through its cache
+
+
+def sliding_windows(n_tokens: int, block_size: int, stride: int) -> list[tuple[int, int, int]]:
+    """Windows over positions 0..n_tokens-1 as (begin, end, first scored); each scored once.
+
+    >>> sliding_windows(5, block_size=8, stride=8)  # fits in one window: one full forward
+    [(0, 5, 0)]
+    >>> sliding_windows(7, block_size=3, stride=3)
+    [(0, 3, 0), (3, 6, 3), (6, 7, 6)]
+    """
+    if block_size < 1 or not 1 <= stride <= block_size:
+        raise ConfigError(f"need 1 <= stride <= block_size, got stride {stride} and block_size "
+                          f"{block_size}; a stride above block_size would skip tokens")
+    windows, scored_to, begin = [], 0, 0
+    while scored_to < n_tokens:
+        end = min(begin + block_size, n_tokens)
+        windows.append((begin, end, scored_to))
+        scored_to, begin = end, begin + stride
+    return windows
+
+
+def token_nbytes(tok: Tokenizer) -> torch.Tensor:
+    """UTF-8 bytes of every id (special tokens 0: they are markup, not text)."""
+    return torch.tensor([len(tok.vocab.get(i, b"")) for i in range(tok.vocab_size)],
+                        dtype=torch.int64)
+
+
+def _nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Per-token negative log-likelihood (float32) of targets under logits (..., V)."""
+    return F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1),
+                           reduction="none").view(targets.shape)
+
+
+def _windowed_nll(model, inputs: torch.Tensor, targets: torch.Tensor, block_size: int,
+                  stride: int, batch_size: int) -> torch.Tensor:
+    """NLL of every target, scoring each once inside sliding windows of the inputs."""
+    nll = torch.empty(len(targets), dtype=torch.float32)
+    windows = sliding_windows(len(inputs), block_size, stride)
+    i = 0
+    while i < len(windows):
+        # Batch consecutive windows of one length (all but the last are block_size long).
+        length = windows[i][1] - windows[i][0]
+        group = [windows[i]]
+        while (i + len(group) < len(windows) and len(group) < batch_size
+               and windows[i + len(group)][1] - windows[i + len(group)][0] == length):
+            group.append(windows[i + len(group)])
+        x = torch.stack([inputs[b:e] for b, e, _ in group])
+        y = torch.stack([targets[b:e] for b, e, _ in group])
+        window_nll = _nll(model(x), y).cpu()
+        for row, (b, e, first) in enumerate(group):
+            nll[first:e] = window_nll[row, first - b:]
+        i += len(group)
+    return nll
+
+
+def _streamed_nll(model, inputs: torch.Tensor, targets: torch.Tensor, chunk: int) -> torch.Tensor:
+    """NLL of every target, feeding the inputs in chunks through the model's cache."""
+    cache = model.new_cache(1)
+    parts = [_nll(model(inputs[s:s + chunk][None], cache=cache), targets[s:s + chunk][None])[0]
+             for s in range(0, len(inputs), chunk)]
+    return torch.cat(parts).cpu()
+
+
+def _device_of(model) -> torch.device:
+    param = next(iter(model.parameters()), None)
+    return param.device if param is not None else torch.device("cpu")
+
+
+@torch.no_grad()
+def evaluate_text(model, tokenizer: Tokenizer, text: str, block_size: int | None = None,
+                  stride: int | None = None, batch_size: int = 8) -> dict[str, float]:
+    """Tokens, bytes, loss (nats/token), ppl and bpb of `model` on `text` (see module doc).
+
+    block_size: the window (default: the model's context; unbounded models stream the text).
+    stride: how far windows advance (default block_size // 2; unused when streaming).
+    """
+    ids = tokenizer.encode(text, allowed_special="all")
+    if not ids:
+        raise DataError("the evaluation text is empty: give text with at least one token")
+    if batch_size < 1:
+        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+    limit = getattr(model.config, "block_size", None)
+    if block_size is not None and limit is not None and block_size > limit:
+        raise ConfigError(f"block_size {block_size} exceeds the model's context {limit}; "
+                          f"use block_size <= {limit}")
+    block_size = block_size or limit
+    device = _device_of(model)
+    seq = torch.tensor([tokenizer.eot_id, *ids], dtype=torch.long, device=device)
+    inputs, targets = seq[:-1], seq[1:]
+    was_training = model.training
+    model.eval()
+    try:
+        if block_size is None:
+            nll = _streamed_nll(model, inputs, targets, CHUNK)
+        else:
+            stride = stride if stride is not None else max(1, block_size // 2)
+            nll = _windowed_nll(model, inputs, targets, block_size, stride, batch_size)
+    finally:
+        model.train(was_training)
+    total_nats = float(nll.double().sum())
+    n_bytes = int(token_nbytes(tokenizer)[targets.cpu()].sum())
+    loss = total_nats / len(ids)
+    return {"tokens": len(ids), "bytes": n_bytes, "loss": loss,
+            "ppl": math.exp(min(loss, 700.0)), "bpb": bits_per_byte(total_nats, n_bytes)}
+
+
+def read_text(path: str | os.PathLike) -> str:
+    """The UTF-8 text of an evaluation file, with errors that say what is wrong."""
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"evaluation file {p} does not exist; pass a UTF-8 text file")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{p} is not UTF-8 text ({e}); convert it to UTF-8") from None
+    if not text:
+        raise DataError(f"evaluation file {p} is empty; give it some held-out text")
+    return text
+
+
+def evaluate_model_dir(model_dir: str | os.PathLike, data_file: str | os.PathLike,
+                       block_size: int | None = None, stride: int | None = None,
+                       batch_size: int = 8, device: str = "cpu") -> dict[str, float]:
+    """`evaluate_text` for the model and tokenizer.json of a model directory on a text file."""
+    d = Path(model_dir)
+    if not d.is_dir():
+        raise ConfigError(f"model directory {d} does not exist; train one with `lmstack train` "
+                          "or point at a directory with config.json")
+    text = read_text(data_file)
+    if not (d / "tokenizer.json").is_file():
+        raise ConfigError(f"{d} has no tokenizer.json; copy the tokenizer the model was trained "
+                          "with into it")
+    tok = Tokenizer.load(d / "tokenizer.json")
+    model = load_model(d, device=device)
+    return evaluate_text(model, tok, text, block_size, stride, batch_size)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Print the perplexity and bits per byte of a model directory on a text file."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", required=True, help="model directory")
+    p.add_argument("--data", required=True, help="UTF-8 text file")
+    p.add_argument("--block-size", type=int, default=None)
+    p.add_argument("--stride", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=8)
+    a = p.parse_args(argv)
+    r = evaluate_model_dir(a.model, a.data, a.block_size, a.stride, a.batch_size)
+    print(f"{r['tokens']:,} tokens, {r['bytes']:,} bytes: loss {r['loss']:.4f} nats/token, "
+          f"ppl {r['ppl']:.2f}, {r['bpb']:.4f} bits/byte")
+
+
+if __name__ == "__main__":
+    main()

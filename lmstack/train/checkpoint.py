@@ -1,0 +1,145 @@
+"""Checkpoints: a training run's directory is a model directory plus what resuming needs.
+
+    OUT/config.json, OUT/model.safetensors, OUT/tokenizer.json   the model (models/directory.py)
+    OUT/train_state.pt     weights, optimizer, step, RNG states (one per rank), data position,
+                           resolved config
+    OUT/train_config.json  the resolved training config, for people
+    OUT/log.jsonl          one JSON object per logged step
+
+Resuming reads only `train_state.pt`, which holds the weights too, so what it restores is
+always one consistent moment even if the process died between writing two files. Each file is
+written to a temporary name, fsynced and renamed over the old one: a SIGKILL in the middle of a
+save leaves the previous checkpoint intact (tests/train/test_kill.py kills runs mid-save).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from lmstack.errors import ConfigError
+from lmstack.models.directory import save_model
+from lmstack.tokenizer import Tokenizer
+
+STATE = "train_state.pt"
+TRAIN_CONFIG = "train_config.json"
+LOG = "log.jsonl"
+
+
+def _atomic_torch_save(obj: Any, path: Path) -> None:
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def rng_state() -> dict[str, Any]:
+    """Every random generator training draws from."""
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+             "numpy": np.random.get_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what `rng_state` captured."""
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(out_dir: str | Path, *, model: torch.nn.Module, tokenizer: Tokenizer,
+                    optimizer: torch.optim.Optimizer | dict | None, step: int, data_state: dict,
+                    config: dict, extra: dict | None = None,
+                    rng: list[dict[str, Any]] | None = None) -> Path:
+    """Write the resumable state first, then the model directory files.
+
+    `optimizer` is an optimizer or its state dict (the loop passes the name-keyed full state of
+    distributed.full_optimizer_state); `rng` is every rank's `rng_state()` (default: this one's).
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rng = rng if rng is not None else [rng_state()]
+    if isinstance(optimizer, torch.optim.Optimizer):
+        optimizer = optimizer.state_dict()
+    state = {
+        "step": step,
+        "model": model.state_dict(),
+        "optimizer": optimizer,
+        "rng": rng[0],
+        "rng_ranks": rng,
+        "data": data_state,
+        "config": config,
+        "extra": extra or {},
+    }
+    _atomic_torch_save(state, out / STATE)
+    save_model(out, model)
+    if not (out / "tokenizer.json").exists() or Tokenizer.load(out / "tokenizer.json") != tokenizer:
+        tokenizer.save(out / "tokenizer.json")
+    tmp = out / (TRAIN_CONFIG + ".tmp")
+    tmp.write_text(json.dumps(config, indent=2) + "\n")
+    os.replace(tmp, out / TRAIN_CONFIG)
+    return out
+
+
+def rng_of_rank(state: dict[str, Any], rank: int, world_size: int) -> dict[str, Any]:
+    """The RNG state this rank saved; rank 0's if the run had another number of ranks."""
+    ranks = state.get("rng_ranks") or [state["rng"]]
+    return ranks[rank] if len(ranks) == world_size else ranks[0]
+
+
+def remove_stale_temps(out_dir: str | Path) -> None:
+    """Delete temp files a killed save left behind (call before this run writes any)."""
+    for path in Path(out_dir).glob(f"{STATE}.tmp*"):
+        path.unlink(missing_ok=True)
+
+
+def load_train_state(out_dir: str | Path) -> dict[str, Any]:
+    """The saved training state of a run, with clear errors when there is none or it is bad."""
+    path = Path(out_dir) / STATE
+    if not path.exists():
+        raise ConfigError(f"cannot resume: {path} does not exist; train without --resume first")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # torch raises many kinds for a damaged pickle/zip
+        raise ConfigError(f"cannot resume: {path} is unreadable ({type(e).__name__}: {e}); "
+                          "delete it to start over") from None
+
+
+def append_log(out_dir: str | Path, record: dict) -> None:
+    """Append one JSON line to log.jsonl (a torn last line is skipped by `read_log`)."""
+    with open(Path(out_dir) / LOG, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def read_log(out_dir: str | Path) -> list[dict]:
+    """All complete records of log.jsonl."""
+    path = Path(out_dir) / LOG
+    records = []
+    if path.exists():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue  # a run killed mid-write leaves at most one torn line
+    return records
+
+
+def truncate_log(out_dir: str | Path, step: int) -> None:
+    """Drop log records after `step` (a resumed run repeats them)."""
+    kept = [r for r in read_log(out_dir) if r.get("step", 0) <= step]
+    path = Path(out_dir) / LOG
+    tmp = path.with_name(LOG + ".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+    os.replace(tmp, path)

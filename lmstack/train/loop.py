@@ -1,0 +1,329 @@
+"""Pretraining by teacher forcing: next-token cross-entropy at every position, one forward pass.
+
+    lmstack train --config configs/quickstart.toml [--set steps=500 ...] [--resume]
+    torchrun --nproc_per_node 2 -m lmstack.cli train --config ... --set parallel=ddp
+
+Teacher forcing (Williams & Zipser 1989): the model reads the true prefix `x[:, :t+1]` and is
+scored on the true next token `y[:, t]`, for every t of every sequence at once — for a causal
+transformer a single forward pass gives all T predictions. The same loop trains RNNs, which may
+optionally use scheduled sampling (Bengio et al. 2015): with a probability that rises over
+training, an input token is replaced by the model's own sample from a first, gradient-free pass
+(the one-pass variant of Duckworth et al. 2019) — it costs one extra forward per step. The
+n-gram model has no gradients: "training" it counts the training tokens.
+
+Per step: learning rate from the schedule; `grad_accum` micro-batches (under bf16/fp16 autocast
+if asked, gradients synchronized only on the last under DDP/FSDP); gradient clipping; AdamW.
+Logged to OUT/log.jsonl and a progress bar: loss, tokens/s and MFU (model FLOPs per second over
+this device's measured dense-matmul rate), both over training time only (validation, samples
+and checkpoints excluded); every `eval_every` steps validation loss, perplexity and
+bits per byte; every `save_every` a checkpoint (checkpoint.py), and `--resume` continues exactly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from lmstack.data.loader import TokenLoader
+from lmstack.errors import ConfigError, DataError
+from lmstack.models import NGramLM, build_model, config_from_dict, flops_per_token, num_params
+from lmstack.tokenizer import Tokenizer
+from lmstack.train import checkpoint as ckpt
+from lmstack.train import distributed
+from lmstack.train.config import TrainConfig
+from lmstack.train.metrics import bits_per_byte, measure_peak_flops
+from lmstack.train.optim import build_optimizer
+from lmstack.train.samples import sample_text
+from lmstack.train.schedule import lr_at
+
+
+@dataclass
+class TrainResult:
+    """What a run ended with."""
+
+    out_dir: Path
+    step: int
+    train_loss: float
+    val: dict = field(default_factory=dict)
+    seconds: float = 0.0
+    tokens_per_second: float = 0.0
+
+
+def resolve_tokenizer(cfg: TrainConfig) -> Tokenizer:
+    """The tokenizer named in cfg, else the one saved with the shards."""
+    path = Path(cfg.tokenizer) if cfg.tokenizer else Path(cfg.data) / "tokenizer.json"
+    if not path.exists():
+        raise ConfigError(f"no tokenizer at {path}; pass tokenizer=PATH (the one the shards "
+                          "were prepared with)")
+    return Tokenizer.load(path)
+
+
+def build(cfg: TrainConfig, tok: Tokenizer) -> torch.nn.Module:
+    """The model of cfg.model, with the tokenizer's vocabulary and a context that fits."""
+    model_cfg = dict(cfg.model)
+    model_cfg.setdefault("vocab_size", tok.vocab_size)
+    if model_cfg["vocab_size"] < tok.vocab_size:
+        raise ConfigError(f"model.vocab_size {model_cfg['vocab_size']} is smaller than the "
+                          f"tokenizer's {tok.vocab_size}; remove it or raise it")
+    mc = config_from_dict(model_cfg)
+    limit = getattr(mc, "block_size", None)
+    if limit is not None and cfg.block_size > limit:
+        raise ConfigError(f"block_size {cfg.block_size} exceeds the model's context "
+                          f"model.block_size {limit}; lower block_size or raise model.block_size")
+    return build_model(mc)
+
+
+def autocast(cfg: TrainConfig, device: torch.device):
+    """The autocast context of cfg.precision (fp32: none)."""
+    if cfg.precision == "fp32":
+        return contextlib.nullcontext()
+    if cfg.precision == "fp16" and device.type != "cuda":
+        raise ConfigError("precision fp16 needs CUDA (it relies on a gradient scaler); "
+                          "use bf16 on CPU")
+    dtype = torch.bfloat16 if cfg.precision == "bf16" else torch.float16
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def next_token_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of logits (B, T, V) against targets (B, T)."""
+    return F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1))
+
+
+def scheduled_inputs(model, x: torch.Tensor, p: float) -> torch.Tensor:
+    """Replace each input token after the first by the model's own sample with probability p."""
+    if p <= 0:
+        return x
+    with torch.no_grad():
+        probs = torch.softmax(model(x).float(), dim=-1)
+        own = torch.multinomial(probs.reshape(-1, probs.size(-1)), 1).view_as(x)
+    swap = torch.rand(x.shape[0], x.shape[1] - 1, device=x.device) < p
+    mixed = x.clone()
+    mixed[:, 1:] = torch.where(swap, own[:, :-1], x[:, 1:])
+    return mixed
+
+
+@torch.no_grad()
+def evaluate(model, loader: TokenLoader, tok: Tokenizer, batches: int, device, cfg,
+             d: distributed.Dist | None = None) -> dict:
+    """Validation loss, perplexity and bits per byte over the first `batches` val batches.
+
+    Under torchrun every rank scores its own share of each batch (the loader deals windows by
+    rank) and the sums are added up, so the result is that of one process with a batch
+    world_size times larger: it does not depend on how many processes ran."""
+    model.eval()
+    total_nats, total_tokens, total_bytes = 0.0, 0, 0
+    lengths = np.array([len(tok.vocab.get(i, b"")) for i in range(tok.vocab_size)])
+    for i, (x, y) in enumerate(loader.epoch_batches()):
+        if i == batches:
+            break
+        xt, yt = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
+        with autocast(cfg, device):
+            logits = model(xt)
+        total_nats += float(F.cross_entropy(logits.float().reshape(-1, logits.size(-1)),
+                                            yt.reshape(-1), reduction="sum"))
+        total_tokens += y.size
+        total_bytes += int(lengths[y].sum())  # special tokens count 0 bytes
+    model.train()
+    if d is not None:
+        total_nats, total_tokens, total_bytes = distributed.all_sum(
+            [total_nats, total_tokens, total_bytes], d)
+    loss = total_nats / total_tokens
+    return {"val_loss": loss, "val_ppl": math.exp(min(loss, 50)),
+            "val_bpb": bits_per_byte(total_nats, int(total_bytes))}
+
+
+def _fit_ngram(model: NGramLM, cfg: TrainConfig, tok, train, val, out: Path,
+               d: distributed.Dist) -> TrainResult:
+    start = time.perf_counter()
+    model.fit(np.asarray(train.tokens))
+    metrics = evaluate(model, val, tok, cfg.eval_batches, torch.device("cpu"), cfg, d)
+    if d.is_main:  # every rank counts the same tokens; one writes
+        ckpt.save_checkpoint(out, model=model, tokenizer=tok, optimizer=None, step=0,
+                             data_state={}, config=cfg.to_dict())
+        ckpt.append_log(out, {"step": 0, **metrics})
+    return TrainResult(out, 0, float("nan"), metrics, time.perf_counter() - start)
+
+
+def save(out: Path, raw_model, optimizer, tok: Tokenizer, step: int, data_state: dict,
+         cfg: TrainConfig, d: distributed.Dist) -> None:
+    """Checkpoint: every rank joins the gathering (collective), rank 0 writes.
+
+    `raw_model` is the model before DDP/torch.compile wrapping (under FSDP, the sharded module
+    itself), so parameter names carry no `module.`/`_orig_mod.` prefixes."""
+    optim_state = distributed.full_optimizer_state(raw_model, optimizer)
+    if distributed.is_sharded(raw_model):
+        # FSDP holds only shards: gather full weights into a plain copy that rank 0 can write.
+        weights = distributed.full_model_state(raw_model)
+        if d.is_main:
+            plain = build_model(raw_model.config)
+            plain.load_state_dict(weights)
+            raw_model = plain
+    rngs = distributed.gather_objects(ckpt.rng_state(), d)
+    if d.is_main:
+        ckpt.save_checkpoint(out, model=raw_model, tokenizer=tok, optimizer=optim_state,
+                             step=step, data_state=data_state, config=cfg.to_dict(), rng=rngs)
+
+
+def train(cfg: TrainConfig) -> TrainResult:
+    """Run (or resume) the training described by cfg; returns the final metrics."""
+    cfg.check()
+    check_data(cfg)
+    d = distributed.setup(cfg.device)
+    try:
+        return _train(cfg, d)
+    finally:
+        distributed.teardown(d)
+
+
+def _train(cfg: TrainConfig, d: distributed.Dist) -> TrainResult:
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    autocast(cfg, d.device)  # fail now, not after building everything, on fp16 without CUDA
+    # One seed for the initial weights on every rank (FSDP, unlike DDP, does not broadcast
+    # them); each rank's own dropout/sampling stream is seeded further down.
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tok = resolve_tokenizer(cfg)
+    model = build(cfg, tok)
+    train_loader = TokenLoader(cfg.data, "train", cfg.batch_size, cfg.block_size, seed=cfg.seed,
+                               rank=d.rank, world_size=d.world_size, tokenizer=tok)
+    val_loader = TokenLoader(cfg.data, "val", cfg.batch_size, cfg.block_size, shuffle=False,
+                             rank=d.rank, world_size=d.world_size, tokenizer=tok)
+    if isinstance(model, NGramLM):
+        return _fit_ngram(model, cfg, tok, train_loader, val_loader, out, d)
+
+    model.to(d.device)
+    state = None
+    if cfg.resume and (out / ckpt.STATE).exists():
+        state = ckpt.load_train_state(out)
+        model.load_state_dict(state["model"])  # full weights, before any sharding
+    raw_model = model
+    model = distributed.wrap(model, d, cfg.parallel)
+    # After wrapping: FSDP replaces the parameters by sharded ones, which the optimizer must hold.
+    optimizer = build_optimizer(model, cfg.optim, lr_at(0, cfg.schedule))
+    torch.manual_seed(cfg.seed + d.rank)
+    step = 0
+    if state is not None:
+        distributed.load_optimizer_state(raw_model, optimizer, state["optimizer"])
+        train_loader.load_state_dict(state["data"])
+        ckpt.set_rng_state(ckpt.rng_of_rank(state, d.rank, d.world_size))
+        step = state["step"]
+        if d.is_main:
+            ckpt.truncate_log(out, step)
+    elif d.is_main and (out / ckpt.LOG).exists():
+        (out / ckpt.LOG).unlink()  # a fresh run starts a fresh log
+    if d.is_main:
+        ckpt.remove_stale_temps(out)
+    if cfg.compile:
+        model = torch.compile(model)
+    scaler = torch.amp.GradScaler("cuda") if cfg.precision == "fp16" else None
+    # Every rank validates its share of the val batches. Samples come from rank 0 alone,
+    # except under FSDP, where every forward pass is a collective every rank must join.
+    samples_here = d.is_main or distributed.is_sharded(raw_model)
+
+    tokens_per_step = cfg.batch_size * cfg.block_size * cfg.grad_accum * d.world_size
+    flops_step = flops_per_token(raw_model.config, cfg.block_size) * tokens_per_step
+    peak = measure_peak_flops(d.device) * d.world_size
+    if d.is_main:
+        n = num_params(raw_model)
+        print(f"model: {type(raw_model).__name__} {n / 1e6:.2f}M parameters; "
+              f"{tokens_per_step:,} tokens per step; device {d.device} x{d.world_size}")
+    bar = tqdm(total=cfg.steps, initial=step, desc="train", disable=not (cfg.progress and d.is_main),
+               dynamic_ncols=True)
+    start = time.perf_counter()
+    deadline = start + cfg.max_minutes * 60 if cfg.max_minutes else None
+    loss_value, metrics, metrics_step, tok_s = float("nan"), {}, -1, 0.0
+    t_last, step_start, first_step, paused = start, step, step, 0.0
+
+    model.train()
+    while step < cfg.steps:
+        lr = lr_at(step, cfg.schedule)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        p_own = cfg.scheduled_sampling * step / max(1, cfg.steps)
+        loss_sum = 0.0
+        for micro in range(cfg.grad_accum):
+            x, y = (torch.from_numpy(a).to(d.device) for a in train_loader.next_batch())
+            x = scheduled_inputs(model, x, p_own)
+            with distributed.grad_sync(model, micro == cfg.grad_accum - 1):
+                with autocast(cfg, d.device):
+                    loss = next_token_loss(model(x), y) / cfg.grad_accum
+                (scaler.scale(loss) if scaler else loss).backward()
+            loss_sum += loss.detach().item()
+        if scaler:
+            scaler.unscale_(optimizer)
+        if cfg.optim.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+        if scaler:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        loss_value = distributed.all_mean(loss_sum, d)
+
+        now = time.perf_counter()
+        record = {"step": step, "loss": loss_value, "lr": lr}
+        if step % cfg.log_every == 0 or step == cfg.steps:
+            tok_s = tokens_per_step * (step - step_start) / max(now - t_last, 1e-9)
+            t_last, step_start = now, step
+            record.update(tokens_per_s=tok_s, mfu=flops_step * tok_s / tokens_per_step / peak,
+                          elapsed_s=now - start)
+        # Ranks must agree on stopping: under DDP/FSDP a rank that leaves early hangs the rest.
+        out_of_time = deadline is not None and distributed.any_rank(now >= deadline, d)
+        if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps):
+            metrics = evaluate(raw_model, val_loader, tok, cfg.eval_batches, d.device, cfg, d)
+            distributed.reshard(raw_model)
+            metrics_step = step
+            record.update(metrics)
+            if d.is_main:
+                tqdm.write(f"step {step}: val loss {metrics['val_loss']:.4f}, "
+                           f"ppl {metrics['val_ppl']:.2f}, {metrics['val_bpb']:.3f} bits/byte")
+        if cfg.sample_every and step % cfg.sample_every == 0 and samples_here:
+            text = sample_text(raw_model, tok, "", 120, 0.8, d.device)
+            distributed.reshard(raw_model)
+            if d.is_main:
+                tqdm.write(f"--- sample at step {step} ---\n{text}\n---")
+        if d.is_main:
+            # Log before saving: a kill between the two then repeats this record on resume
+            # (truncate_log drops it) instead of losing it.
+            if len(record) > 3 or step % cfg.log_every == 0:
+                ckpt.append_log(out, record)
+            if "mfu" in record:
+                bar.set_postfix(loss=f"{loss_value:.3f}", tok_s=f"{tok_s:,.0f}",
+                                mfu=f"{record['mfu']:.1%}", refresh=False)
+            bar.update(1)
+        if step % cfg.save_every == 0 or step == cfg.steps or out_of_time:
+            save(out, raw_model, optimizer, tok, step, train_loader.state_dict(), cfg, d)
+        # Validation, samples and saving are not training: keep them out of tokens/s and MFU.
+        spent = time.perf_counter() - now
+        t_last += spent
+        paused += spent
+        if out_of_time:
+            break
+    bar.close()
+    seconds = time.perf_counter() - start
+    if cfg.eval_every and metrics_step != step:
+        metrics = evaluate(raw_model, val_loader, tok, cfg.eval_batches, d.device, cfg, d)
+    train_seconds = seconds - paused
+    return TrainResult(out, step, loss_value, metrics, seconds,
+                       tokens_per_step * (step - first_step) / train_seconds
+                       if train_seconds > 0 else 0.0)
+
+
+def check_data(cfg: TrainConfig) -> None:
+    """Fail early, before building anything, when the data directory is missing."""
+    if not Path(cfg.data).is_dir():
+        raise DataError(f"data directory {cfg.data} does not exist; make it with "
+                        "`lmstack data prepare --out DIR`")
