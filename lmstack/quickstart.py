@@ -2,7 +2,7 @@
 
     lmstack quickstart [--out runs/quickstart] [--minutes 5]
 
-On the built-in corpus (the Python standard library of this interpreter, ~31 MB):
+On the built-in corpus by default (the Python standard library of this interpreter, ~31 MB):
 1. train a byte-level BPE tokenizer on the cleaned corpus      -> OUT/tokenizer.json
 2. clean, deduplicate and tokenize the corpus into shards      -> OUT/data/ (+ report.json)
 3. pretrain a small GPT (lmstack/configs/quickstart.toml)      -> OUT/ is its model directory
@@ -42,6 +42,7 @@ class QuickstartConfig:
     """Where the quickstart writes, and how big a run it makes."""
 
     out: str = "runs/quickstart"
+    sources: tuple[str, ...] = ("stdlib",)
     vocab_size: int = 8192
     steps: int | None = None  # None: the quickstart config's steps
     progress: bool = True
@@ -61,8 +62,9 @@ def quickstart(cfg: QuickstartConfig) -> dict:
         tok = Tokenizer.load(tok_path)
         print(f"reusing {tok_path}")
     else:
-        result = train_tokenizer(TokenizerTrainConfig(vocab_size=cfg.vocab_size,
-                                                      out=str(tok_path), progress=cfg.progress))
+        result = train_tokenizer(TokenizerTrainConfig(
+            sources=list(cfg.sources), vocab_size=cfg.vocab_size, out=str(tok_path),
+            progress=cfg.progress))
         print(result.summary())
         tok = result.tokenizer
     print(describe(tok, longest=5))
@@ -74,8 +76,9 @@ def quickstart(cfg: QuickstartConfig) -> dict:
         print(f"reusing {data_dir}: {report['tokens']} tokens, "
               f"{report['bytes_per_token']:.2f} bytes/token")
     else:
-        print(format_report(prepare(PrepareConfig(out_dir=str(data_dir), tokenizer=str(tok_path),
-                                                  progress=cfg.progress))))
+        print(format_report(prepare(PrepareConfig(
+            sources=list(cfg.sources), out_dir=str(data_dir), tokenizer=str(tok_path),
+            progress=cfg.progress))))
 
     _stage(3, "pretrain a small GPT")
     overrides = [f"data={data_dir}", f"tokenizer={tok_path}", f"out_dir={out}",
