@@ -70,6 +70,8 @@ def check_idx(idx: torch.Tensor, vocab_size: int) -> tuple[int, int]:
         raise ConfigError(f"token ids must be an integer tensor, got {idx.dtype}; use idx.long()")
     if idx.numel() == 0:
         raise ConfigError(f"expected at least one token, got shape {tuple(idx.shape)}")
+    if torch.compiler.is_compiling():  # reading values back would break the compiled graph
+        return idx.shape[0], idx.shape[1]
     lo, hi = (int(m) for m in torch.aminmax(idx))
     if lo < 0 or hi >= vocab_size:
         bad = lo if lo < 0 else hi
