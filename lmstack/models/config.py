@@ -75,7 +75,7 @@ class ModelConfig:
     @property
     def model_type(self) -> str:
         """The key of this config's model class in `lmstack.models.MODELS`."""
-        raise NotImplementedError
+        raise TypeError(f"{type(self).__name__} must define the model_type property")
 
     def __post_init__(self) -> None:
         name = type(self).__name__
