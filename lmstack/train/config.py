@@ -62,6 +62,7 @@ class TrainConfig:
     seed: int = 1337
     eval_every: int = 200  # steps between validation runs; 0 disables
     eval_batches: int = 20
+    target_val_loss: float | None = None  # stop at the first validation loss <= this
     sample_every: int = 0  # steps between printed samples; 0 disables
     save_every: int = 500  # steps between checkpoints (and always at the end)
     log_every: int = 10
@@ -84,6 +85,9 @@ class TrainConfig:
             raise ConfigError(f"precision {self.precision!r} is not fp32, bf16 or fp16")
         if self.parallel not in ("ddp", "fsdp"):
             raise ConfigError(f"parallel {self.parallel!r} is not 'ddp' or 'fsdp'")
+        if self.target_val_loss is not None and not self.eval_every:
+            raise ConfigError("target_val_loss needs validation to stop on: set eval_every "
+                              "to a number of steps, e.g. eval_every=100")
         if not 0 <= self.scheduled_sampling <= 1:
             raise ConfigError("scheduled_sampling is a probability: use a value in [0, 1]")
         return self

@@ -17,6 +17,9 @@ Logged to OUT/log.jsonl and a progress bar: loss, tokens/s and MFU (model FLOPs 
 this device's measured dense-matmul rate), both over training time only (validation, samples
 and checkpoints excluded); every `eval_every` steps validation loss, perplexity and
 bits per byte; every `save_every` a checkpoint (checkpoint.py), and `--resume` continues exactly.
+With `target_val_loss` set, the run stops (and saves) at the first validation at or below it:
+"time to a given loss" then reads off the log, whose records carry `elapsed_s`, the wall time
+since the loop started, validations included, when the record was written.
 """
 
 from __future__ import annotations
@@ -244,6 +247,7 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> TrainResult:
     deadline = start + cfg.max_minutes * 60 if cfg.max_minutes else None
     loss_value, metrics, metrics_step, tok_s = float("nan"), {}, -1, 0.0
     t_last, step_start, first_step, paused = start, step, step, 0.0
+    reached = False  # target_val_loss met
 
     model.train()
     while step < cfg.steps:
@@ -278,8 +282,7 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> TrainResult:
         if step % cfg.log_every == 0 or step == cfg.steps:
             tok_s = tokens_per_step * (step - step_start) / max(now - t_last, 1e-9)
             t_last, step_start = now, step
-            record.update(tokens_per_s=tok_s, mfu=flops_step * tok_s / tokens_per_step / peak,
-                          elapsed_s=now - start)
+            record.update(tokens_per_s=tok_s, mfu=flops_step * tok_s / tokens_per_step / peak)
         # Ranks must agree on stopping: under DDP/FSDP a rank that leaves early hangs the rest.
         out_of_time = deadline is not None and distributed.any_rank(now >= deadline, d)
         if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps):
@@ -287,14 +290,20 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> TrainResult:
             distributed.reshard(raw_model)
             metrics_step = step
             record.update(metrics)
+            # Every rank holds the same summed metrics, so all agree on stopping.
+            reached = (cfg.target_val_loss is not None
+                       and metrics["val_loss"] <= cfg.target_val_loss)
             if d.is_main:
                 tqdm.write(f"step {step}: val loss {metrics['val_loss']:.4f}, "
-                           f"ppl {metrics['val_ppl']:.2f}, {metrics['val_bpb']:.3f} bits/byte")
+                           f"ppl {metrics['val_ppl']:.2f}, {metrics['val_bpb']:.3f} bits/byte"
+                           + (f" <= target {cfg.target_val_loss}: stopping" if reached else ""))
         if cfg.sample_every and step % cfg.sample_every == 0 and samples_here:
             text = sample_text(raw_model, tok, "", 120, 0.8, d.device)
             distributed.reshard(raw_model)
             if d.is_main:
                 tqdm.write(f"--- sample at step {step} ---\n{text}\n---")
+        if len(record) > 3:
+            record["elapsed_s"] = time.perf_counter() - start
         if d.is_main:
             # Log before saving: a kill between the two then repeats this record on resume
             # (truncate_log drops it) instead of losing it.
@@ -304,13 +313,14 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> TrainResult:
                 bar.set_postfix(loss=f"{loss_value:.3f}", tok_s=f"{tok_s:,.0f}",
                                 mfu=f"{record['mfu']:.1%}", refresh=False)
             bar.update(1)
-        if step % cfg.save_every == 0 or step == cfg.steps or out_of_time:
+        stop = out_of_time or reached
+        if step % cfg.save_every == 0 or step == cfg.steps or stop:
             save(out, raw_model, optimizer, tok, step, train_loader.state_dict(), cfg, d)
         # Validation, samples and saving are not training: keep them out of tokens/s and MFU.
         spent = time.perf_counter() - now
         t_last += spent
         paused += spent
-        if out_of_time:
+        if stop:
             break
     bar.close()
     seconds = time.perf_counter() - start
