@@ -145,8 +145,23 @@ def max_depth_of(expr: str) -> int:
     return best
 
 
+def machine() -> str:
+    """Cores, CPU model, torch version, threads and date, for the results table."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        names = [line.split(":", 1)[1].strip() for line in
+                 Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    except OSError:
+        pass
+    return (f"{os.cpu_count()} cores, {cpu}, torch {torch.__version__}, {THREADS} threads, "
+            f"{datetime.date.today().isoformat()}")
+
+
 @dataclass
 class Row:
+    """One model's line of the results table."""
+
     model: str
     params: str
     train_s: float
@@ -191,9 +206,8 @@ def main(argv: list[str] | None = None) -> None:
         ngram = NGramLM(NGramConfig(vocab_size=tok.vocab_size, order=order)).fit(tokens)
         fit_s = time.perf_counter() - t0
         acc, by_depth = exact_match(ngram, tok, test)
-        grams = sum(len(t.keys) for t in ngram.orders)
-        rows.append(Row(f"{order}-gram (Kneser-Ney)", f"{grams / 1e6:.2f}M n-grams", fit_s, acc,
-                        by_depth))
+        grams = sum(len(t.keys) for t in ngram.orders)  # stored counts, orders 1..n
+        rows.append(Row(f"{order}-gram (Kneser-Ney)", f"{grams:,} n-grams", fit_s, acc, by_depth))
         print(rows[-1], flush=True)
 
     depths = sorted({d for r in rows for d in r.by_depth})
@@ -205,9 +219,8 @@ def main(argv: list[str] | None = None) -> None:
     for line in [head, ["-" * w for w in widths], *body]:
         print("| " + " | ".join(c.ljust(w) for c, w in zip(line, widths)) + " |")
     counts = {d: sum(max_depth_of(split_example(t)[0]) == d for t in test) for d in depths}
-    print(f"\nheld-out expressions by depth: {counts}; machine: {os.cpu_count()} cores, "
-          f"{platform.processor() or platform.machine()}, torch {torch.__version__}, "
-          f"{THREADS} threads, {datetime.date.today().isoformat()}")
+    print(f"\nheld-out expressions by depth: {counts}")
+    print(f"machine: {machine()}")
 
 
 if __name__ == "__main__":

@@ -63,3 +63,37 @@ def test_fused_adamw_is_used_on_cpu_and_matches_the_plain_loop():
     for a, b in zip(w_auto, w_plain):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     assert not fused_supported([])
+
+
+def test_muon_takes_the_hidden_matrices_and_adamw_the_rest():
+    from lmstack.models import GPTConfig, build_model
+
+    model = build_model(GPTConfig(vocab_size=40, block_size=8, n_layer=2, n_head=2, n_embd=16,
+                                  tie_embeddings=False))
+    opt = build_optimizer(model, OptimConfig(name="muon"))
+    names = {id(p): n for n, p in model.named_parameters()}
+    muon, other_matrices, vectors = ([names[id(p)] for p in g["params"]] for g in opt.param_groups)
+    assert [g["muon"] for g in opt.param_groups] == [True, False, False]
+    # q, k, v, o, up and down projections of both layers; never the embeddings or the head.
+    assert len(muon) == 2 * 6 and all(n.endswith("proj.weight") for n in muon)
+    assert sorted(other_matrices) == ["lm_head.weight", "position.wpe.weight", "wte.weight"]
+    assert vectors and all(model.get_parameter(n).dim() == 1 for n in vectors)
+
+
+def test_muon_trains_and_resumes_exactly(data_dir, tmp_path):
+    muon = ["optim.name=muon", "schedule.lr=1e-2", "schedule.total_steps=12"]
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    result = train(load_config(None, run_overrides(data_dir, straight, "steps=12", *muon)))
+    train(load_config(None, run_overrides(data_dir, resumed, "steps=6", *muon)))
+    train(load_config(None, run_overrides(data_dir, resumed, "steps=12", "resume=true", *muon)))
+    losses = [r["loss"] for r in read_log(straight)]
+    assert math.isfinite(result.train_loss) and sum(losses[-3:]) < sum(losses[:3]) - 0.6
+    a, b = load_train_state(straight), load_train_state(resumed)
+    for name in a["model"]:
+        assert torch.equal(a["model"][name], b["model"][name]), name
+    assert [r["loss"] for r in read_log(resumed)] == losses
+
+
+def test_unknown_optimizer_is_refused():
+    with pytest.raises(ConfigError, match="optimizer 'sgd' is unknown"):
+        OptimConfig(name="sgd").check()

@@ -1,0 +1,98 @@
+"""Smoke tests of benchmarks/shakespeare.py and benchmarks/arithmetic.py on tiny inputs (they
+need neither tiny Shakespeare nor minutes of training)."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from lmstack.data.loader import TokenLoader
+from lmstack.data.synthetic import split_example
+from lmstack.models import GPT, GPTConfig, NGramConfig, NGramLM
+
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+def load(name: str):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def shakespeare():
+    return load("shakespeare")
+
+
+@pytest.fixture(scope="module")
+def arithmetic():
+    return load("arithmetic")
+
+
+TEXT = "".join(f"ROMEO {i}:\nBut soft, what light through yonder window breaks?\n\n"
+               for i in range(300))
+
+
+def test_shakespeare_split_is_nanogpts_and_the_loader_reads_it(shakespeare, tmp_path):
+    path = tmp_path / "input.txt"
+    path.write_text(TEXT)
+    data = shakespeare.prepare(path, tmp_path / "data")
+    n = int(len(TEXT) * 0.9)
+    train = np.fromfile(data / "train.bin", dtype=np.uint16)
+    val = np.fromfile(data / "val.bin", dtype=np.uint16)
+    assert bytes(train.astype(np.uint8)) == TEXT[:n].encode()
+    assert bytes(val.astype(np.uint8)) == TEXT[n:].encode()
+    loader = TokenLoader(data, "val", batch_size=2, block_size=16,
+                         tokenizer=shakespeare.byte_tokenizer())
+    x, y = loader.next_batch()
+    assert (x[:, 1:] == y[:, :-1]).all()
+    assert shakespeare.prepare(path, tmp_path / "data") == data  # prepared already: reused
+
+
+def test_shakespeare_run_reports_a_row(shakespeare, tmp_path):
+    path = tmp_path / "input.txt"
+    path.write_text(TEXT)
+    data = shakespeare.prepare(path, tmp_path / "data")
+    tiny = ["model.n_layer=1", "model.n_embd=32", "model.n_head=2", "steps=4", "eval_every=2",
+            "eval_batches=2", "batch_size=4", "threads=1"]
+    run = shakespeare.run_mode("best", data, tmp_path, shakespeare.BEST + tiny)
+    assert run.steps <= 4 and math.isfinite(run.val_loss) and run.tokens_s > 0
+    assert run.val_loss < math.log(257) + 0.5
+    assert "lmstack best" in shakespeare.table([run])
+
+
+def test_arithmetic_holds_out_unseen_expressions(arithmetic):
+    train, test = arithmetic.make_splits(600, 50, depth=2)
+    assert len(test) == 50 and len(train) > 100
+    assert not {split_example(t)[0] for t in test} & {split_example(t)[0] for t in train}
+    assert all(eval(split_example(t)[0]) == split_example(t)[1] for t in train[:50])
+
+
+def test_batched_greedy_decoding_matches_one_prompt_at_a_time(arithmetic):
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=257, block_size=32, n_layer=1, n_head=2, n_embd=16))
+    prompts = [[256, 40, 51, 43, 52, 41, 61], [256, 55, 61], [256, 40, 49, 42, 50, 41, 61],
+               [256, 54, 61]]  # two of length 7, two of length 3
+    batched = arithmetic.greedy_answers(model, prompts, stop={256}, max_new=5)
+    single = [arithmetic.greedy_answers(model, [p], stop={256}, max_new=5)[0] for p in prompts]
+    assert batched == single and all(len(a) <= 5 for a in batched)
+
+
+def test_exact_match_of_a_model_that_memorized_the_test(arithmetic):
+    """An 8-gram fit on the test examples themselves (add-k with a tiny k: the longest seen
+    context decides) answers (almost) all of them."""
+    _, test = arithmetic.make_splits(400, 40, depth=1)
+    tok = arithmetic.byte_tokenizer()
+    ids = [i for t in test for i in (tok.eot_id, *tok.encode_ordinary(t))] + [tok.eot_id]
+    ngram = NGramLM(NGramConfig(vocab_size=tok.vocab_size, order=8, smoothing="add_k",
+                                    k=1e-3)).fit(np.array(ids))
+    accuracy, by_depth = arithmetic.exact_match(ngram, tok, test)
+    assert accuracy > 0.9 and set(by_depth) <= {0, 1}
