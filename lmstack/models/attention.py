@@ -17,8 +17,10 @@ tests (outputs and gradients): "sdpa", PyTorch's fused `scaled_dot_product_atten
 memory-efficient), and "manual", the formula written out — read this one to learn.
 
 `bias` is an additive (T, S), (H, T, S) or (B, H, T, S) tensor holding 0 where a query may
-look and -inf where it may not, plus ALiBi's penalties; None means "plain causal, no cache",
-which lets sdpa use its `is_causal` fast path. Padding masks will fold into the same tensor.
+look and -inf where it may not, plus ALiBi's penalties; None means "plain causal" with the
+last query at the last key: either queries are the keys (sdpa's `is_causal` fast path) or a
+single query (a decode step) that sees every key. Rows of different lengths in a KV cache get a
+(B, 1, T, S) mask that hides each row's unused slots.
 
 Run the tests: `pytest tests/models/test_gpt.py -k attention`.
 """
@@ -52,7 +54,8 @@ def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torc
                    dropout_p: float) -> torch.Tensor:
     """softmax(QKᵀ/√d + bias)V by PyTorch's fused kernel; K/V may have fewer heads than Q."""
     return F.scaled_dot_product_attention(
-        q, k, v, attn_mask=bias, dropout_p=dropout_p, is_causal=bias is None,
+        # is_causal aligns the mask top-left, right only for T == S; a lone query sees all keys.
+        q, k, v, attn_mask=bias, dropout_p=dropout_p, is_causal=bias is None and q.size(2) > 1,
         enable_gqa=k.size(1) != q.size(1),
     )
 
@@ -65,8 +68,8 @@ def manual_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: to
     v = v.repeat_interleave(group, dim=1)
     scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))  # (B, H, T, S)
     if bias is None:
-        T, S = q.size(2), k.size(2)
-        bias = causal_bias(torch.arange(T, device=q.device), torch.arange(S, device=q.device), q.dtype)
+        T, S = q.size(2), k.size(2)  # the last query sits at the last key
+        bias = causal_bias(torch.arange(S - T, S, device=q.device), torch.arange(S, device=q.device), q.dtype)
     weights = F.softmax(scores + bias, dim=-1)
     weights = F.dropout(weights, p=dropout_p, training=dropout_p > 0)
     return weights @ v

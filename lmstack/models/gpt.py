@@ -170,29 +170,39 @@ class GPT(nn.Module):
         return KVCache(c.n_layer, batch_size, c.n_kv_head or c.n_head, max_len, c.head_dim,
                        dtype=weight.dtype, device=weight.device)
 
-    def forward(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
-        """Logits (B, T, vocab_size) for ids (B, T), continuing from `cache` if given."""
+    def forward(self, idx: torch.Tensor, cache: KVCache | None = None,
+                lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits (B, T, vocab_size) for ids (B, T), continuing from `cache` if given.
+
+        `lengths` (B,) marks right padding: row b's real tokens are its first lengths[b]; the
+        cache advances each row by its own length (logits at padded positions are meaningless)."""
         B, T = check_idx(idx, self.config.vocab_size)
-        start = 0
+        start, row_pos = 0, None
         if cache is not None:
             cache.check_room(B, T)
             start = cache.length
+            row_pos = cache.positions(T)  # (B, T) when rows differ in length
         self.position.check_length(start + T)
-        pos = torch.arange(start, start + T, device=idx.device)
+        pos = torch.arange(start, start + T, device=idx.device) if row_pos is None else row_pos
         x = self.drop(self.position.embed(self.wte(idx), pos))
         rope = self.position.rotary(pos)                   # computed once, used by every layer
         bias = self.attention_bias(pos, start + T, x.dtype)
         for block in self.layers:
             x = block(x, rope, bias, cache)
         if cache is not None:
-            cache.advance(T)
+            cache.advance(T, None if lengths is None else torch.as_tensor(lengths))
         return self.lm_head(self.ln_f(x))
 
     def attention_bias(self, pos: torch.Tensor, n_keys: int, dtype: torch.dtype) -> torch.Tensor | None:
-        """Additive causal mask (+ ALiBi) for queries at `pos` over keys 0..n_keys-1; None = plain causal."""
+        """Additive causal mask (+ ALiBi) for queries at `pos` (T,) or per row (B, T) over keys
+        0..n_keys-1; None = plain causal."""
         k_pos = torch.arange(n_keys, device=pos.device)
         alibi = self.position.attn_bias(pos, k_pos)
-        if alibi is None and n_keys == pos.numel():
-            return None  # queries are exactly the keys: the kernel's is_causal fast path applies
-        bias = causal_bias(pos, k_pos, dtype)
+        if alibi is None and pos.dim() == 1 and (n_keys == pos.numel() or pos.numel() == 1):
+            # Queries are exactly the keys (the kernel's is_causal fast path), or one query that
+            # sees every key (a decode step): no mask tensor needed.
+            return None
+        bias = causal_bias(pos, k_pos, dtype)  # (T, S) or (B, T, S)
+        if pos.dim() == 2:
+            bias = bias.unsqueeze(1)  # (B, 1, T, S): one mask for every head of a row
         return bias if alibi is None else bias + alibi.to(dtype)

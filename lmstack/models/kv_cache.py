@@ -15,9 +15,13 @@ row. Positions (RoPE angles, ALiBi distances, learned `wpe` rows) start at `leng
 stored *after* RoPE, so they never need rotating again. With grouped-query attention only the
 n_kv_head shared heads are stored: that saving is the point of GQA (Ainslie et al. 2023).
 
-All rows share one `length` for now; the inference engine's batching of prompts of different
-lengths will add per-row lengths or a padding mask on top (attention already takes an additive
-bias broadcastable to (B, H, T, S), so a padding mask only has to be folded into it).
+Rows may hold different lengths (prompts of different lengths batched together, or rows of a
+continuous batch that joined at different times). `length` is then the longest row, and
+`row_lengths` (a LongTensor (B,), None while all rows are equal) says where each row is: a
+forward writes row b's new keys at row_lengths[b].., its queries sit at those positions, and
+the model masks every key slot beyond the query's own position, so the stale slots of shorter
+rows are never read. `select(rows)` keeps or reorders rows (beam search, finished rows leaving
+a batch).
 
     >>> import torch
     >>> cache = KVCache(n_layer=1, batch_size=1, n_kv_head=1, max_len=4, head_dim=2)
@@ -58,6 +62,8 @@ class KVCache:
         self.k = torch.zeros(shape, dtype=dtype, device=device)
         self.v = torch.zeros(shape, dtype=dtype, device=device)
         self.length = 0
+        self.row_lengths: torch.Tensor | None = None  # per-row lengths when rows differ
+        self._write_pos: torch.Tensor | None = None   # (B, T) slots of the forward in progress
 
     @property
     def batch_size(self) -> int:
@@ -82,23 +88,68 @@ class KVCache:
                 f"{self.max_len}; create the cache with a larger max_len (model.new_cache(batch_size, max_len))"
             )
 
+    def positions(self, n_new: int) -> torch.Tensor | None:
+        """(B, n_new) positions of the next forward's tokens if rows differ in length, else None.
+
+        The model calls this before its layers; `update` then writes at these positions."""
+        if self.row_lengths is None:
+            self._write_pos = None
+            return None
+        pos = self.row_lengths[:, None] + torch.arange(n_new, device=self.row_lengths.device)
+        self._write_pos = pos  # check_room has checked the longest row fits
+        return pos
+
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store new keys/values (B, n_kv_head, T, head_dim) of `layer`; return all of them so far."""
-        end = self.length + k.size(2)
-        self.k[layer, :, :, self.length : end] = k
-        self.v[layer, :, :, self.length : end] = v
+        T = k.size(2)
+        if self._write_pos is None:  # all rows at `length`: one slice write
+            end = self.length + T
+            self.k[layer, :, :, self.length : end] = k
+            self.v[layer, :, :, self.length : end] = v
+        else:  # row b writes at its own slots row_lengths[b]..
+            end = int(self._write_pos[:, -1].max()) + 1
+            index = self._write_pos[:, None, :, None].expand(-1, k.size(1), -1, k.size(3))
+            self.k[layer].scatter_(2, index, k)
+            self.v[layer].scatter_(2, index, v)
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
 
-    def advance(self, n: int) -> None:
-        """Mark `n` more positions as filled (the model calls this after its last layer)."""
-        self.length += n
+    def advance(self, n: int, lengths: torch.Tensor | None = None) -> None:
+        """Mark `n` more positions as filled (the model calls this after its last layer);
+        `lengths` (B,), if given, says how many of the n each row really consumed (right padding)."""
+        if lengths is None and self.row_lengths is None:
+            self.length += n
+            return
+        rows = self.row_lengths if self.row_lengths is not None else torch.full(
+            (self.batch_size,), self.length, dtype=torch.long, device=self.k.device)
+        rows = rows + (n if lengths is None else lengths.to(rows.device, torch.long))
+        self._set_rows(rows)
 
-    def crop(self, length: int) -> None:
-        """Forget every position from `length` on (e.g. rejected speculative tokens)."""
-        if not 0 <= length <= self.length:
-            raise ConfigError(f"cannot crop a cache of length {self.length} to {length}")
-        self.length = length
+    def _set_rows(self, rows: torch.Tensor) -> None:
+        lo, hi = (int(x) for x in torch.aminmax(rows))
+        self.length = hi
+        self.row_lengths = None if lo == hi else rows
+        self._write_pos = None
+
+    def crop(self, length: int | torch.Tensor) -> None:
+        """Forget every position from `length` on (e.g. rejected speculative tokens); a (B,)
+        tensor crops each row to its own length."""
+        current = self.row_lengths if self.row_lengths is not None else torch.full(
+            (self.batch_size,), self.length, dtype=torch.long, device=self.k.device)
+        new = torch.as_tensor(length, dtype=torch.long, device=self.k.device).expand(self.batch_size)
+        if bool((new < 0).any() or (new > current).any()):
+            raise ConfigError(f"cannot crop a cache of lengths {current.tolist()} to {new.tolist()}")
+        self._set_rows(new.clone())
+
+    def select(self, rows: torch.Tensor | list[int]) -> None:
+        """Keep only these rows, in this order (repeats allowed): beam reordering, dropping
+        finished rows."""
+        rows = torch.as_tensor(rows, dtype=torch.long, device=self.k.device)
+        self.k, self.v = self.k[:, rows], self.v[:, rows]
+        if self.row_lengths is not None:
+            self._set_rows(self.row_lengths[rows])
 
     def reset(self) -> None:
         """Empty the cache for reuse with a new batch of prompts."""
         self.length = 0
+        self.row_lengths = None
+        self._write_pos = None

@@ -106,14 +106,19 @@ class NGramState:
     """Decoding state of an `NGramLM`: each row's last n-1 tokens."""
 
     def __init__(self, batch_size: int, order: int) -> None:
-        self.tokens = np.zeros((batch_size, 0), dtype=np.int64)
+        # One array per row: rows of a batch may have seen different numbers of tokens.
+        self.tokens = [np.zeros(0, dtype=np.int64) for _ in range(batch_size)]
         self.order = order
         self.length = 0
 
     @property
     def batch_size(self) -> int:
         """Rows the state holds."""
-        return self.tokens.shape[0]
+        return len(self.tokens)
+
+    def select(self, rows: torch.Tensor | list[int]) -> None:
+        """Keep only these rows, in this order (repeats allowed): beam reordering, finished rows."""
+        self.tokens = [self.tokens[int(i)] for i in rows]
 
     @property
     def max_len(self) -> None:
@@ -122,7 +127,7 @@ class NGramState:
 
     def reset(self) -> None:
         """Forget all history."""
-        self.tokens, self.length = self.tokens[:, :0], 0
+        self.tokens, self.length = [t[:0] for t in self.tokens], 0
 
 
 def _lookup(keys: np.ndarray, query: np.ndarray) -> np.ndarray:
@@ -366,23 +371,37 @@ class NGramLM(nn.Module):
         """An empty history for `batch_size` rows; `max_len` is accepted and ignored."""
         return NGramState(batch_size, self.config.order)
 
-    def forward(self, idx: torch.Tensor, cache: NGramState | None = None) -> torch.Tensor:
-        """Log-probabilities (B, T, V) of the next token at every position of ids (B, T)."""
+    def forward(self, idx: torch.Tensor, cache: NGramState | None = None,
+                lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """Log-probabilities (B, T, V) of the next token at every position of ids (B, T).
+
+        `lengths` (B,) marks right padding: only row b's first lengths[b] ids enter its history."""
         B, T = check_idx(idx, self.config.vocab_size)
-        rows = idx.detach().cpu().numpy().astype(np.int64)
-        if cache is not None:
-            if cache.batch_size != B:
-                raise ConfigError(f"input has batch size {B} but the cache was made for {cache.batch_size}; "
-                                  f"call model.new_cache({B})")
-            rows = np.concatenate([cache.tokens, rows], axis=1)
-        L = rows.shape[1]
+        new = idx.detach().cpu().numpy().astype(np.int64)
+        if cache is None:
+            return self._log_probs(new, T).to(idx.device)
+        if cache.batch_size != B:
+            raise ConfigError(f"input has batch size {B} but the cache was made for {cache.batch_size}; "
+                              f"call model.new_cache({B})")
+        if len({len(h) for h in cache.tokens}) == 1:  # equal histories: one vectorized pass
+            out = self._log_probs(np.concatenate([np.stack(cache.tokens), new], axis=1), T)
+        else:
+            out = torch.cat([self._log_probs(np.concatenate([h, row])[None], T)
+                             for h, row in zip(cache.tokens, new)])
+        real = [T] * B if lengths is None else [int(n) for n in lengths]
+        keep = self.config.order - 1  # the longest context any prediction reads
+        cache.tokens = [np.concatenate([h, row[:n]])[max(len(h) + n - keep, 0):] if keep else h[:0]
+                        for h, row, n in zip(cache.tokens, new, real)]
+        cache.length += T
+        return out.to(idx.device)
+
+    def _log_probs(self, rows: np.ndarray, T: int) -> torch.Tensor:
+        """(B, T, V) log-probabilities at the last T positions of the histories `rows` (B, L)."""
+        B, L = rows.shape
         ctx, max_order = self._contexts(rows.ravel(), np.tile(np.arange(L), B))
         keep = (np.arange(B * L) % L) >= L - T  # only the new positions
         probs = self._distributions(ctx[keep], max_order[keep], dtype=np.float32)
-        if cache is not None:
-            cache.tokens = rows[:, max(L - (self.config.order - 1), 0):] if self.config.order > 1 else rows[:, :0]
-            cache.length += T
-        return torch.from_numpy(np.log(probs)).view(B, T, -1).to(idx.device)
+        return torch.from_numpy(np.log(probs)).view(B, T, -1)
 
     # ---- files ---------------------------------------------------------------------------
 

@@ -97,6 +97,12 @@ class RNNState:
         """A recurrent state never fills up."""
         return None
 
+    def select(self, rows: torch.Tensor | list[int]) -> None:
+        """Keep only these rows, in this order (repeats allowed): beam reordering, finished rows."""
+        rows = torch.as_tensor(rows, dtype=torch.long, device=self.h.device)
+        self.h = self.h[:, rows]
+        self.c = None if self.c is None else self.c[:, rows]
+
     def reset(self) -> None:
         """Back to the zero state before the first token."""
         self.h = torch.zeros_like(self.h)
@@ -135,8 +141,12 @@ class RNNLM(nn.Module):
         zeros = torch.zeros(c.n_layer, batch_size, c.hidden_size, dtype=weight.dtype, device=weight.device)
         return RNNState(zeros, zeros.clone() if c.cell == "lstm" else None)
 
-    def forward(self, idx: torch.Tensor, cache: RNNState | None = None) -> torch.Tensor:
-        """Logits (B, T, vocab_size) for ids (B, T), continuing from the state in `cache` if given."""
+    def forward(self, idx: torch.Tensor, cache: RNNState | None = None,
+                lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits (B, T, vocab_size) for ids (B, T), continuing from the state in `cache` if given.
+
+        `lengths` (B,) marks right padding: the state of row b is taken after its first
+        lengths[b] tokens (a packed sequence), so padding never enters it."""
         B, T = check_idx(idx, self.config.vocab_size)
         x = self.drop(self.wte(idx))
         if cache is None:
@@ -146,7 +156,13 @@ class RNNLM(nn.Module):
                 raise ConfigError(f"input has batch size {B} but the cache was made for {cache.batch_size}; "
                                   f"call model.new_cache({B})")
             state = cache.h if cache.c is None else (cache.h, cache.c)
-            out, state = self.rnn(x, state)
+            if lengths is None:
+                out, state = self.rnn(x, state)
+            else:
+                packed = nn.utils.rnn.pack_padded_sequence(
+                    x, torch.as_tensor(lengths).cpu(), batch_first=True, enforce_sorted=False)
+                out, state = self.rnn(packed, state)
+                out, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=T)
             cache.h, cache.c = (state, None) if cache.c is None else state
             cache.length += T
         return self.lm_head(self.drop(out))

@@ -1,0 +1,1 @@
+"""Inference: logits processors, sampling and the generation engine."""
