@@ -144,6 +144,18 @@ def cmd_quickstart(args: argparse.Namespace) -> None:
                                 progress=not args.quiet))
 
 
+def cmd_generate(args: argparse.Namespace) -> None:
+    from lmstack.infer.commands import run_generate
+
+    run_generate(args)
+
+
+def cmd_sample_compare(args: argparse.Namespace) -> None:
+    from lmstack.infer.commands import run_sample_compare
+
+    run_sample_compare(args)
+
+
 # ---- parser ---------------------------------------------------------------------------
 def _add_text_input(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tokenizer", required=True, help="tokenizer file (ours or HF tokenizer.json)")
@@ -266,6 +278,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stride", type=int, default=None, help="window step (default: half)")
     p.add_argument("--batch-size", type=int, default=8)
     p.set_defaults(func=cmd_eval)
+
+    from lmstack.infer.commands import add_generation_flags
+
+    p = sub.add_parser("generate", help="generate text from a model, streaming",
+                       description="Continue --prompt with a model directory. Greedy when "
+                                   "--temperature 0; beam search with --num-beams N; best-of-N "
+                                   "with --best-of N. Every generation setting is a flag.")
+    p.add_argument("--model", required=True, help="model directory")
+    p.add_argument("--prompt", help="the prompt (\\n for newlines; default: stdin)")
+    p.add_argument("--echo", action="store_true", help="print the prompt before the completion")
+    add_generation_flags(p)
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("sample-compare", help="one prompt under greedy/temperature/top-k/top-p/beam",
+                       description="Continue the same prompt with several decoding strategies "
+                                   "(same seed) and print them side by side.")
+    p.add_argument("--model", required=True, help="model directory")
+    p.add_argument("--prompt", help="the prompt (default: stdin)")
+    p.add_argument("--max-new-tokens", type=int, default=40)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_sample_compare)
 
     p = sub.add_parser("plot", help="draw loss curves of training runs to a PNG",
                        description="Read each run's log.jsonl and plot train/val loss.")

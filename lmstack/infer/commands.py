@@ -1,0 +1,149 @@
+"""`lmstack generate` and `lmstack sample-compare`: flags for every generation setting, streaming
+to the terminal, and one prompt under several decoding strategies side by side.
+
+    lmstack generate --model runs/quickstart --prompt "import os" --temperature 0.8 --top-p 0.95
+    lmstack sample-compare --model runs/quickstart --prompt "def main(" --max-new-tokens 40
+
+The flags are made from the fields of `GenerationConfig`, so a new setting is a new flag with no
+other change: `top_p` is `--top-p`, a list is given as repeated values (`--stop "\\n\\n" "###"`),
+`logit_bias` as ID=BIAS pairs, a boolean as a bare flag.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import textwrap
+import typing
+from dataclasses import MISSING, fields
+
+from lmstack.errors import ConfigError
+from lmstack.infer.config import GenerationConfig
+
+# Settings sample-compare shows, in order: (label, settings).
+STRATEGIES: list[tuple[str, dict]] = [
+    ("greedy", dict(temperature=0)),
+    ("temperature 0.7", dict(temperature=0.7)),
+    ("temperature 1.0", dict(temperature=1.0)),
+    ("temperature 1.5", dict(temperature=1.5)),
+    ("top-k 10", dict(temperature=1.0, top_k=10)),
+    ("top-p 0.9", dict(temperature=1.0, top_p=0.9)),
+    ("min-p 0.1", dict(temperature=1.0, min_p=0.1)),
+    ("beam 4", dict(num_beams=4)),
+]
+
+
+def unescape(text: str) -> str:
+    r"""Shell-typed escapes to characters: backslash-n is a newline, backslash-t a tab.
+
+    >>> unescape(r"a\n\tb") == "a\n\tb"
+    True
+    """
+    return text.replace("\\n", "\n").replace("\\t", "\t")
+
+
+def _bias(text: str) -> tuple[int, float]:
+    try:
+        token, value = text.split("=")
+        return int(token), float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected ID=BIAS like 50256=-100, got {text!r}") from None
+
+
+def add_generation_flags(p: argparse.ArgumentParser) -> None:
+    """One flag per `GenerationConfig` field, defaulting to None (= the config's default)."""
+    hints = typing.get_type_hints(GenerationConfig)
+    for f in fields(GenerationConfig):
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default if f.default is not MISSING else f.default_factory()
+        hint = str(hints[f.name])
+        help_text = f"default {default!r}"
+        if f.name == "logit_bias":
+            p.add_argument(flag, nargs="+", type=_bias, metavar="ID=BIAS", help=help_text)
+        elif hint.startswith("list[int]"):
+            p.add_argument(flag, nargs="+", type=int, metavar="ID", help=help_text)
+        elif hint.startswith("list[str]"):
+            p.add_argument(flag, nargs="+", type=unescape, metavar="TEXT", help=help_text)
+        elif isinstance(default, bool):
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        elif "int" in hint and "float" not in hint:
+            p.add_argument(flag, type=int, metavar="N", help=help_text)
+        else:
+            p.add_argument(flag, type=float, metavar="X", help=help_text)
+
+
+def settings_from_args(args: argparse.Namespace) -> dict:
+    """The generation settings given on the command line."""
+    out = {}
+    for f in fields(GenerationConfig):
+        value = getattr(args, f.name, None)
+        if value is not None:
+            out[f.name] = dict(value) if f.name == "logit_bias" else value
+    return out
+
+
+def _prompt(args: argparse.Namespace) -> str:
+    if args.prompt is not None:
+        return unescape(args.prompt)
+    if not sys.stdin.isatty():
+        return sys.stdin.read()
+    raise ConfigError("give a prompt with --prompt TEXT (or pipe it on stdin)")
+
+
+def run_generate(args: argparse.Namespace) -> None:
+    """Generate from --prompt, streaming to stdout (one completion) or printing each."""
+    from lmstack.infer.engine import Engine
+
+    engine = Engine.load(args.model)
+    settings = settings_from_args(args)
+    prompt = _prompt(args)
+    cfg = engine.config(None, **settings)
+    if cfg.strategy in ("greedy", "sample") and cfg.num_return_sequences == 1:
+        if args.echo:
+            print(prompt, end="", flush=True)
+        for delta in engine.stream(prompt, cfg):
+            print(delta, end="", flush=True)
+        print()
+        done = engine.last
+        print(f"[{len(done.tokens)} tokens, finish_reason={done.finish_reason}]", file=sys.stderr)
+        return
+    result = engine.generate(prompt, cfg)
+    for i, c in enumerate(result if isinstance(result, list) else [result]):
+        score = "" if c.score is None else f", score {c.score:.3f}"
+        print(f"--- {i} ({len(c.tokens)} tokens, finish_reason={c.finish_reason}{score})")
+        print((prompt if args.echo else "") + c.text)
+
+
+def compare(engine, prompt: str, max_new_tokens: int = 40, seed: int = 0,
+            strategies: list[tuple[str, dict]] = STRATEGIES) -> list[tuple[str, str]]:
+    """(label, text) for the prompt under each strategy, same seed for all."""
+    return [(label, engine.generate(prompt, max_new_tokens=max_new_tokens, seed=seed, **s).text)
+            for label, s in strategies]
+
+
+def format_compare(rows: list[tuple[str, str]], width: int | None = None) -> str:
+    """Rows as a two-column table: the strategy, then its text wrapped (newlines shown as ⏎).
+
+    >>> print(format_compare([("greedy", "a\\nb")], width=30))
+    greedy | a⏎b
+    """
+    width = width or shutil.get_terminal_size((100, 20)).columns
+    label_w = max(len(label) for label, _ in rows)
+    text_w = max(width - label_w - 3, 20)
+    lines = []
+    for label, text in rows:
+        wrapped = textwrap.wrap(text.replace("\n", "⏎"), text_w, drop_whitespace=False) or [""]
+        lines.append(f"{label.ljust(label_w)} | {wrapped[0]}")
+        lines += [f"{'':{label_w}} | {w}" for w in wrapped[1:]]
+    return "\n".join(lines)
+
+
+def run_sample_compare(args: argparse.Namespace) -> None:
+    """Print the prompt's continuations under every strategy of STRATEGIES."""
+    from lmstack.infer.engine import Engine
+
+    engine = Engine.load(args.model)
+    prompt = _prompt(args)
+    print(f"prompt: {prompt!r}\n")
+    print(format_compare(compare(engine, prompt, args.max_new_tokens, args.seed)))

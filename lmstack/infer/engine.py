@@ -1,0 +1,237 @@
+"""The inference engine: load a model directory once, then generate, stream and score.
+
+    from lmstack.infer import Engine
+    engine = Engine.load("runs/quickstart")
+    print(engine.generate("def fibonacci(", temperature=0.8, top_p=0.95, max_new_tokens=64).text)
+    for delta in engine.stream("import os", temperature=0):
+        print(delta, end="", flush=True)
+    engine.score("The capital of France is", " Paris")       # log P(continuation | prompt)
+
+Prompts are strings (encoded with the model's tokenizer; special tokens written in them, like
+<|endoftext|>, are allowed) or lists of token ids. Every setting of `GenerationConfig` is a
+keyword argument. What each strategy does and how stopping works: sampling.py (greedy and
+sampling), beam.py (beam and constrained beam search), stopping.py (stop strings).
+
+The engine works with every model that follows the language model protocol (GPT, LSTM/GRU,
+n-gram), because it only calls `model(ids, cache=..., lengths=...)` and `cache.select(rows)`.
+
+Prompt length: a prompt must leave room for at least one new token in the model's context
+(block_size); a longer prompt is a clear error, never silently truncated. Generation ends with
+finish_reason "length" when the context fills up.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, Union
+
+import torch
+import torch.nn.functional as F
+
+from lmstack.errors import ConfigError
+from lmstack.infer.config import GenerationConfig
+from lmstack.infer.processors import process
+from lmstack.infer.sampling import Completion, check_prompts, context_length, decode, new_rows
+from lmstack.infer.scoring import Score, score_continuation
+from lmstack.tokenizer import Tokenizer
+
+Prompt = Union[str, Sequence[int]]
+Scorer = Callable[[str, Completion], float]
+
+
+class Engine:
+    """A model and its tokenizer, ready to generate."""
+
+    def __init__(self, model: torch.nn.Module, tokenizer: Tokenizer | None = None,
+                 defaults: GenerationConfig | None = None) -> None:
+        self.model = model.eval() if hasattr(model, "eval") else model
+        self.tokenizer = tokenizer
+        self.defaults = defaults or GenerationConfig()
+        self.vocab_size = model.config.vocab_size
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike, device: str = "cpu") -> Engine:
+        """Load a model directory (config.json, weights, tokenizer.json)."""
+        from lmstack.models.directory import load_model
+
+        model = load_model(directory, device=device)
+        tok_path = Path(directory) / "tokenizer.json"
+        tokenizer = Tokenizer.load(tok_path) if tok_path.exists() else None
+        return cls(model, tokenizer)
+
+    # ---- prompts and settings ---------------------------------------------------------------
+
+    def encode(self, prompt: Prompt) -> list[int]:
+        """Token ids of a prompt (a string needs the tokenizer)."""
+        if isinstance(prompt, str):
+            if self.tokenizer is None:
+                raise ConfigError("this model has no tokenizer.json; pass prompts as token ids")
+            return self.tokenizer.encode(prompt, allowed_special="all")
+        ids = [int(i) for i in prompt]
+        bad = [i for i in ids if not 0 <= i < self.vocab_size]
+        if bad:
+            raise ConfigError(f"prompt ids {bad[:5]} are outside the vocabulary 0..{self.vocab_size - 1}")
+        return ids
+
+    def config(self, config: GenerationConfig | None = None, **settings: Any) -> GenerationConfig:
+        """The settings of one call: `config` (or the engine's defaults) updated by keywords."""
+        return GenerationConfig.from_kwargs(config or self.defaults, **settings).validate(self.vocab_size)
+
+    def stop_ids(self, cfg: GenerationConfig) -> set[int]:
+        """Ids that end a row: <|endoftext|> (unless ignore_eos) and `stop_token_ids`."""
+        ids = set(cfg.stop_token_ids)
+        if not cfg.ignore_eos and self.tokenizer is not None:
+            ids.add(self.tokenizer.eot_id)
+        return ids
+
+    def _sequences(self, words: Sequence[str]) -> list[list[int]]:
+        """Token sequences of words, as written and after a space (how they occur mid-text)."""
+        if words and self.tokenizer is None:
+            raise ConfigError("banned_words and force_words need the model's tokenizer")
+        out: list[list[int]] = []
+        for w in words:
+            for variant in (w, " " + w.lstrip()):
+                ids = self.tokenizer.encode_ordinary(variant)
+                if ids and ids not in out:
+                    out.append(ids)
+        return out
+
+    def _decoder(self):
+        return self.tokenizer.decoder() if self.tokenizer is not None else None
+
+    # ---- generation ---------------------------------------------------------------------------
+
+    def generate(self, prompt: Prompt | Sequence[Prompt], config: GenerationConfig | None = None,
+                 scorer: Scorer | None = None, **settings: Any) -> Any:
+        """Generate for one prompt (-> a `Completion`, or a list if num_return_sequences > 1)
+        or for a list of prompts (-> a list of those, one per prompt).
+
+        `scorer(prompt_text, completion) -> float` ranks best-of-N samples instead of their
+        mean log-probability (e.g. a reward model)."""
+        cfg = self.config(config, **settings)
+        single = isinstance(prompt, str) or (len(prompt) > 0 and isinstance(prompt[0], int))
+        prompts = [prompt] if single else list(prompt)
+        ids = [self.encode(p) for p in prompts]
+        check_prompts(ids, self.model)
+        if cfg.strategy == "beam":
+            groups = [self._beam(p, cfg) for p in ids]
+        else:
+            groups = self._sample(ids, cfg, scorer, prompts)
+        for i, group in enumerate(groups):
+            for c in group:
+                c.index = i
+        out = [g[0] if cfg.num_return_sequences == 1 else g for g in groups]
+        return out[0] if single else out
+
+    def _sample(self, ids: list[list[int]], cfg: GenerationConfig, scorer: Scorer | None,
+                prompts: list[Prompt]) -> list[list[Completion]]:
+        """Greedy, sampling and best-of-N: best_of rows per prompt, the best kept."""
+        n = max(cfg.best_of, cfg.num_return_sequences)
+        if n > 1 and cfg.best_of == 1:
+            cfg = GenerationConfig.from_kwargs(cfg, logprobs=True)
+        elif cfg.best_of > 1 and not cfg.logprobs:
+            cfg = GenerationConfig.from_kwargs(cfg, logprobs=True)
+        rows = new_rows(ids, cfg, n, self._decoder)
+        for _ in decode(self.model, rows, cfg, self.stop_ids(cfg), self._sequences(cfg.banned_words)):
+            pass
+        groups: list[list[Completion]] = [[] for _ in ids]
+        for row in rows:
+            groups[row.index].append(row.completion())
+        if n > 1:
+            for i, group in enumerate(groups):
+                if scorer is not None:
+                    text = prompts[i] if isinstance(prompts[i], str) else ""
+                    for c in group:
+                        c.score = float(scorer(text, c))
+                group.sort(key=lambda c: c.score if c.score is not None else float("-inf"), reverse=True)
+                del group[cfg.num_return_sequences:]
+        return groups
+
+    def _beam(self, prompt: list[int], cfg: GenerationConfig) -> list[Completion]:
+        """Beam search (constrained when force_words is set) for one prompt."""
+        from lmstack.infer.beam import beam_search
+
+        settings = cfg.processor_settings(self._sequences(cfg.banned_words))
+        stop_ids = self.stop_ids(cfg)
+
+        def hook(logits: torch.Tensor, tokens: list[list[int]]) -> torch.Tensor:
+            generated = [t[len(prompt):] for t in tokens]
+            return process(logits, settings, tokens, generated, stop_ids)
+
+        hyps = beam_search(
+            self.model, prompt, num_beams=max(cfg.num_beams, cfg.num_return_sequences),
+            max_new_tokens=cfg.max_new_tokens, stop_ids=stop_ids,
+            length_penalty=cfg.length_penalty, early_stopping=cfg.early_stopping,
+            num_return_sequences=cfg.num_return_sequences,
+            force=self._force_sequences(cfg.force_words), max_len=context_length(self.model),
+            logits_hook=hook)
+        out = []
+        for h in hyps:
+            text, reason = self._text(h.tokens), h.finish_reason
+            for s in cfg.stop:
+                if s in text:
+                    text, reason = text[:text.index(s)], "stop"
+            lps = h.token_logprobs[:len(h.tokens)]
+            out.append(Completion(text, h.tokens, reason, len(prompt), lps if cfg.logprobs else [],
+                                  [], h.score))
+        return out
+
+    def _force_sequences(self, words: Sequence[str]) -> list[list[int]]:
+        """One token sequence per forced word: the form with a leading space if it fits mid-text."""
+        if words and self.tokenizer is None:
+            raise ConfigError("force_words needs the model's tokenizer")
+        return [self.tokenizer.encode_ordinary(w) for w in words]
+
+    def _text(self, tokens: list[int]) -> str:
+        return self.tokenizer.decode(tokens) if self.tokenizer is not None else ""
+
+    def stream(self, prompt: Prompt, config: GenerationConfig | None = None,
+               **settings: Any) -> Iterator[str]:
+        """Yield the text of one completion as it is generated, in UTF-8-safe pieces that
+        never include a stop string. Beam search and best-of-N can only yield at the end."""
+        cfg = self.config(config, **settings)
+        if cfg.strategy in ("beam", "best_of") or cfg.num_return_sequences > 1:
+            result = self.generate(prompt, cfg)
+            yield (result[0] if isinstance(result, list) else result).text
+            return
+        ids = [self.encode(prompt)]
+        check_prompts(ids, self.model)
+        rows = new_rows(ids, cfg, 1, self._decoder)
+        for _, delta in decode(self.model, rows, cfg, self.stop_ids(cfg),
+                               self._sequences(cfg.banned_words)):
+            if delta:
+                yield delta
+        self.last = rows[0].completion()  # the finish reason and tokens of the stream
+
+    # ---- scoring ------------------------------------------------------------------------------
+
+    def score(self, prompt: Prompt, continuation: Prompt, top_logprobs: int = 0) -> Score:
+        """Log-probability of `continuation` after `prompt`, per token and in total."""
+        return score_continuation(self.model, self.encode(prompt), self.encode_continuation(continuation),
+                                  top_logprobs)
+
+    def encode_continuation(self, continuation: Prompt) -> list[int]:
+        """A continuation's ids; as text it is encoded on its own (keep its leading space)."""
+        return self.encode(continuation)
+
+    def perplexity(self, text: str) -> dict[str, float]:
+        """Perplexity and bits per byte of a text (sliding window past the context)."""
+        from lmstack.eval.perplexity import evaluate_text
+
+        if self.tokenizer is None:
+            raise ConfigError("perplexity of a text needs the model's tokenizer")
+        return evaluate_text(self.model, self.tokenizer, text)
+
+    def next_token_distribution(self, prompt: Prompt, **settings: Any) -> torch.Tensor:
+        """Probabilities (V,) of the next token after the processors (for teaching and tests)."""
+        cfg = self.config(None, **settings)
+        ids = self.encode(prompt)
+        check_prompts([ids], self.model)
+        with torch.no_grad():
+            logits = self.model(torch.tensor([ids]))[:, -1].float()
+        processed = process(logits, cfg.processor_settings(), [ids], [[]], self.stop_ids(cfg))
+        if cfg.temperature == 0:
+            return F.one_hot(processed.argmax(-1), processed.size(-1)).float()[0]
+        return F.softmax(processed, dim=-1)[0]

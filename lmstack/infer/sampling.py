@@ -1,0 +1,212 @@
+"""The decode loop for greedy and ancestral sampling: prefill once, then one token per step
+from a preallocated KV cache, for a batch of prompts of different lengths, streaming as it goes.
+
+1. Prefill: the prompts, right-padded to one length, go through the model in ONE forward pass
+   with `lengths`, so each row's cache holds only its own tokens and each row continues from its
+   own position (models/kv_cache.py). Right padding needs no extra mask in this pass: attention
+   is causal, so a real token never sees the pads that follow it.
+2. Decode: every step takes the logits of each row's last position, applies the logits
+   processors (processors.py, in their documented order), picks a token — argmax when
+   temperature is 0, else a draw from softmax with the row's own `torch.Generator` — and feeds
+   all the new tokens back as a (B, 1) batch.
+3. Stop: a row finishes on <|endoftext|> or a stop id (finish_reason "stop"; the id is not
+   returned), on a stop string (text cut where it begins, "stop"), at max_new_tokens or when the
+   model's context is full ("length"). Finished rows leave the batch (`cache.select`), so the
+   remaining rows get faster.
+
+Determinism: row i of a call with `seed` s draws from a generator seeded with s + (its sample
+index), never from a shared stream, so the same prompt and seed give the same text whatever
+else is in the batch (on one machine: float results can differ across CPUs and libraries).
+
+`logprobs` are the model's own log-probabilities (log_softmax of its logits, before any
+processor), as vLLM reports them; they are what best-of-N ranks by.
+
+Run the tests: `pytest tests/infer/test_generate.py`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from lmstack.errors import ConfigError
+from lmstack.infer.config import GenerationConfig
+from lmstack.infer.processors import process
+from lmstack.infer.stopping import find_stop, safe_length
+from lmstack.tokenizer.decoder import IncrementalDecoder
+
+
+@dataclass
+class Completion:
+    """One generated continuation."""
+
+    text: str
+    tokens: list[int]                  # generated ids (a final stop id is not included)
+    finish_reason: str                 # "stop" or "length"
+    prompt_tokens: int
+    logprobs: list[float] = field(default_factory=list)          # one per token in `tokens`
+    top_logprobs: list[list[tuple[int, float]]] = field(default_factory=list)
+    score: float | None = None         # best-of: mean log-probability; beam: the beam score
+    index: int = 0                     # which prompt of the call this answers
+
+
+@dataclass
+class Row:
+    """Decoding state of one row: what it has generated and how much text it has streamed."""
+
+    prompt: list[int]
+    generator: torch.Generator | None
+    decoder: IncrementalDecoder | None
+    index: int = 0
+    tokens: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    top_logprobs: list[list[tuple[int, float]]] = field(default_factory=list)
+    stop_token: int | None = None      # the stop id that ended it, if one did
+    stop_logprob: float = 0.0          # and its log-probability (when logprobs are computed)
+    text: str = ""
+    emitted: int = 0                   # characters of `text` already streamed
+    finish_reason: str | None = None
+    stop_string: bool = False          # finished by a stop string (its text already cut)
+
+    def completion(self) -> Completion:
+        """This row as a `Completion`."""
+        scored = len(self.logprobs) == len(self.tokens) and (self.logprobs or self.stop_token is not None)
+        n = len(self.tokens) + (self.stop_token is not None)
+        mean = (sum(self.logprobs) + self.stop_logprob) / max(n, 1) if scored else None
+        return Completion(self.text, self.tokens, self.finish_reason or "length", len(self.prompt),
+                          self.logprobs, self.top_logprobs, mean, self.index)
+
+
+def context_length(model) -> int | None:
+    """The most positions the model can attend over (None for RNNs and n-grams: unbounded)."""
+    return getattr(model.config, "block_size", None)
+
+
+def check_prompts(prompts: Sequence[Sequence[int]], model) -> None:
+    """Raise a clear `ConfigError` for empty prompts and prompts longer than the context."""
+    if not prompts:
+        raise ConfigError("no prompts given; pass a prompt string or a list of them")
+    ctx = context_length(model)
+    for i, p in enumerate(prompts):
+        if len(p) == 0:
+            raise ConfigError(f"prompt {i} is empty; give at least one token (e.g. the "
+                              "<|endoftext|> token to generate from scratch)")
+        if ctx is not None and len(p) >= ctx:
+            raise ConfigError(
+                f"prompt {i} has {len(p)} tokens but the model's context is {ctx}: no room to "
+                f"generate; shorten the prompt to at most {ctx - 1} tokens (e.g. keep its last "
+                f"{ctx - 1})")
+
+
+def right_pad(prompts: Sequence[Sequence[int]], pad: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, T) ids right-padded with `pad`, and the (B,) real lengths.
+
+    >>> right_pad([[1, 2, 3], [4]])
+    (tensor([[1, 2, 3],
+            [4, 0, 0]]), tensor([3, 1]))
+    """
+    T = max(len(p) for p in prompts)
+    ids = torch.tensor([list(p) + [pad] * (T - len(p)) for p in prompts], dtype=torch.long)
+    return ids, torch.tensor([len(p) for p in prompts], dtype=torch.long)
+
+
+def make_generator(seed: int | None, offset: int) -> torch.Generator:
+    """A row's own random stream: `seed + offset`, or a seed drawn from torch's global RNG."""
+    if seed is None:
+        seed = int(torch.randint(0, 2**62, (1,)).item())
+        offset = 0
+    return torch.Generator().manual_seed(seed + offset)
+
+
+@torch.no_grad()
+def prefill(model, prompts: Sequence[Sequence[int]], extra: int):
+    """Run the prompts through the model into a fresh cache; return (cache, last logits (B, V))."""
+    ctx = context_length(model)
+    longest = max(len(p) for p in prompts)
+    max_len = longest + max(extra, 1)
+    cache = model.new_cache(len(prompts), max_len if ctx is None else min(ctx, max_len))
+    device = next((p.device for p in model.parameters()), torch.device("cpu")) \
+        if hasattr(model, "parameters") else torch.device("cpu")
+    ids, lengths = right_pad(prompts)
+    ragged = bool((lengths != longest).any())
+    logits = model(ids.to(device), cache=cache, lengths=lengths if ragged else None)
+    last = logits[torch.arange(len(prompts)), (lengths - 1).to(logits.device)]
+    return cache, last.float()
+
+
+@torch.no_grad()
+def decode(model, rows: list[Row], cfg: GenerationConfig, stop_ids: set[int],
+           banned_sequences: list[list[int]] | None = None) -> Iterator[tuple[Row, str]]:
+    """Generate for every row; yield (row, new text) as text becomes safe to show, and once
+    more with the rest of the text (maybe "") when the row finishes (`row.finish_reason` set)."""
+    settings = cfg.processor_settings(banned_sequences)
+    ctx = context_length(model)
+    greedy = cfg.temperature == 0
+    longest_stop = max((len(s) for s in cfg.stop), default=0)
+    if cfg.max_new_tokens == 0:
+        for row in rows:
+            row.finish_reason = "length"
+            yield row, ""
+        return
+    cache, logits = prefill(model, [r.prompt for r in rows], cfg.max_new_tokens)
+    active = list(rows)
+    while active:
+        histories = [r.prompt + r.tokens for r in active]
+        processed = process(logits, settings, histories, [r.tokens for r in active], stop_ids)
+        if greedy:
+            chosen = processed.argmax(-1).tolist()
+        else:
+            probs = F.softmax(processed, dim=-1)
+            chosen = [int(torch.multinomial(probs[i], 1, generator=r.generator))
+                      for i, r in enumerate(active)]
+        logp = F.log_softmax(logits, dim=-1) if cfg.logprobs or cfg.best_of > 1 else None
+        tops = logp.topk(cfg.top_logprobs, dim=-1) if logp is not None and cfg.top_logprobs else None
+        keep = []
+        for i, (row, token) in enumerate(zip(active, chosen)):
+            token_logprob = float(logp[i, token]) if logp is not None else 0.0
+            if token in stop_ids:
+                row.finish_reason, row.stop_token, row.stop_logprob = "stop", token, token_logprob
+            else:
+                row.tokens.append(token)
+                if logp is not None:
+                    row.logprobs.append(token_logprob)
+                if tops is not None:
+                    row.top_logprobs.append(list(zip(tops.indices[i].tolist(), tops.values[i].tolist())))
+                if row.decoder is not None:
+                    searched = max(len(row.text) - longest_stop, 0)
+                    row.text += row.decoder.add(token)
+                    cut = find_stop(row.text, cfg.stop, searched) if cfg.stop else None
+                    if cut is not None:
+                        row.text, row.finish_reason, row.stop_string = row.text[:cut], "stop", True
+                if row.finish_reason is None and (
+                        len(row.tokens) >= cfg.max_new_tokens
+                        or (ctx is not None and len(row.prompt) + len(row.tokens) >= ctx)):
+                    row.finish_reason = "length"
+            if row.finish_reason is None:
+                keep.append(i)
+                upto = safe_length(row.text, cfg.stop) if cfg.stop else len(row.text)
+            else:
+                if row.decoder is not None and not row.stop_string:
+                    row.text += row.decoder.flush()  # bytes of an unfinished character, as U+FFFD
+                upto = len(row.text)
+            delta, row.emitted = row.text[row.emitted:upto], max(row.emitted, upto)
+            if delta or row.finish_reason is not None:
+                yield row, delta
+        if len(keep) < len(active):
+            if not keep:
+                break
+            cache.select(keep)
+        active = [active[i] for i in keep]
+        x = torch.tensor([[active_row.tokens[-1]] for active_row in active], dtype=torch.long)
+        logits = model(x.to(logits.device), cache=cache)[:, -1].float()
+
+
+def new_rows(prompts: Sequence[Sequence[int]], cfg: GenerationConfig, samples: int,
+             make_decoder: Callable[[], IncrementalDecoder] | None) -> list[Row]:
+    """One `Row` per (prompt, sample): sample j of every prompt draws from seed + j."""
+    return [Row(list(p), None if cfg.temperature == 0 else make_generator(cfg.seed, j),
+                make_decoder() if make_decoder else None, index=i)
+            for i, p in enumerate(prompts) for j in range(samples)]
