@@ -16,9 +16,9 @@ Models, all trained on the same training tokens:
   the training split's token stream.
 
 Score: exact match on the held-out expressions. The prompt is `<|endoftext|>expr=`; decoding
-is greedy, one token at a time through the model's cache (`model.new_cache`), until
-`<|endoftext|>` or a newline (at most 8 tokens); the answer must equal the true value exactly.
-Prompts of equal length are decoded together as one batch.
+is greedy through the inference engine (`lmstack.infer.Engine`: all prompts in one ragged
+batch, KV cache / recurrent state / n-gram history), until `<|endoftext|>` or a newline (at most
+8 tokens); the answer must equal the true value exactly.
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ import os
 import platform
 import random
 import time
-from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +37,7 @@ import torch
 
 from lmstack.data.shards import ShardConfig, read_tokens, write_shards
 from lmstack.data.sources import Document
+from lmstack.infer import Engine
 from lmstack.data.synthetic import ArithmeticConfig, generate, split_example
 from lmstack.models import NGramConfig, NGramLM, num_params
 from lmstack.models.directory import load_model
@@ -86,36 +86,6 @@ def prepare(out: Path, train_texts: list[str], tok: Tokenizer) -> Path:
     return data
 
 
-@torch.no_grad()
-def greedy_answers(model, prompts: list[list[int]], stop: set[int], max_new: int) -> list[list[int]]:
-    """Greedy continuation of every prompt until a stop id (excluded) or max_new tokens.
-
-    Prompts of one length share a batch and a cache (the cache has one length for all rows)."""
-    model.eval()
-    out: list[list[int]] = [[] for _ in prompts]
-    by_length: dict[int, list[int]] = defaultdict(list)
-    for i, p in enumerate(prompts):
-        by_length[len(p)].append(i)
-    for length, rows in by_length.items():
-        for start in range(0, len(rows), 256):
-            batch = rows[start:start + 256]
-            cache = model.new_cache(len(batch), length + max_new)
-            x = torch.tensor([prompts[i] for i in batch])
-            done = np.zeros(len(batch), dtype=bool)
-            for _ in range(max_new):
-                nxt = model(x, cache=cache)[:, -1].argmax(-1)
-                for j, t in enumerate(nxt.tolist()):
-                    if not done[j]:
-                        if t in stop:
-                            done[j] = True
-                        else:
-                            out[batch[j]].append(t)
-                if done.all():
-                    break
-                x = nxt[:, None]
-    return out
-
-
 def exact_match(model, tok: Tokenizer, test: list[str]) -> tuple[float, dict[int, float]]:
     """Share of test examples answered exactly, overall and by expression depth."""
     prompts, truths = [], []
@@ -123,8 +93,10 @@ def exact_match(model, tok: Tokenizer, test: list[str]) -> tuple[float, dict[int
         expr, value = split_example(text)
         prompts.append([tok.eot_id, *tok.encode_ordinary(f"{expr}=")])
         truths.append(str(value))
-    stop = {tok.eot_id, *tok.encode_ordinary("\n")}
-    answers = [tok.decode(a) for a in greedy_answers(model, prompts, stop, MAX_ANSWER_TOKENS)]
+    # One batch of prompts of different lengths through the inference engine, greedy.
+    done = Engine(model, tok).generate(prompts, temperature=0, max_new_tokens=MAX_ANSWER_TOKENS,
+                                       stop=["\n"])
+    answers = [c.text for c in done]
     right = np.array([a == t for a, t in zip(answers, truths)])
     depths = np.array([max_depth_of(split_example(t)[0]) for t in test])
     return float(right.mean()), {int(d): float(right[depths == d].mean()) for d in np.unique(depths)}

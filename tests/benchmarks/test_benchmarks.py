@@ -10,11 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from lmstack.data.loader import TokenLoader
 from lmstack.data.synthetic import split_example
-from lmstack.models import GPT, GPTConfig, NGramConfig, NGramLM
+from lmstack.models import NGramConfig, NGramLM
 
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 
@@ -74,16 +73,6 @@ def test_arithmetic_holds_out_unseen_expressions(arithmetic):
     assert len(test) == 50 and len(train) > 100
     assert not {split_example(t)[0] for t in test} & {split_example(t)[0] for t in train}
     assert all(eval(split_example(t)[0]) == split_example(t)[1] for t in train[:50])
-
-
-def test_batched_greedy_decoding_matches_one_prompt_at_a_time(arithmetic):
-    torch.manual_seed(0)
-    model = GPT(GPTConfig(vocab_size=257, block_size=32, n_layer=1, n_head=2, n_embd=16))
-    prompts = [[256, 40, 51, 43, 52, 41, 61], [256, 55, 61], [256, 40, 49, 42, 50, 41, 61],
-               [256, 54, 61]]  # two of length 7, two of length 3
-    batched = arithmetic.greedy_answers(model, prompts, stop={256}, max_new=5)
-    single = [arithmetic.greedy_answers(model, [p], stop={256}, max_new=5)[0] for p in prompts]
-    assert batched == single and all(len(a) <= 5 for a in batched)
 
 
 def test_exact_match_of_a_model_that_memorized_the_test(arithmetic):
