@@ -107,12 +107,27 @@ def run_generate(args: argparse.Namespace) -> None:
         print()
         done = engine.last
         print(f"[{len(done.tokens)} tokens, finish_reason={done.finish_reason}]", file=sys.stderr)
+        if cfg.logprobs:
+            print(format_logprobs(engine, done), file=sys.stderr)
         return
     result = engine.generate(prompt, cfg)
     for i, c in enumerate(result if isinstance(result, list) else [result]):
         score = "" if c.score is None else f", score {c.score:.3f}"
         print(f"--- {i} ({len(c.tokens)} tokens, finish_reason={c.finish_reason}{score})")
         print((prompt if args.echo else "") + c.text)
+        if cfg.logprobs and c.logprobs:
+            print(format_logprobs(engine, c))
+
+
+def format_logprobs(engine, completion) -> str:
+    """One line per generated token: its text, log-probability and the top alternatives."""
+    show = (lambda i: repr(engine.tokenizer.decode([i]))) if engine.tokenizer else str
+    lines = []
+    for i, (token, lp) in enumerate(zip(completion.tokens, completion.logprobs)):
+        alts = completion.top_logprobs[i] if i < len(completion.top_logprobs) else []
+        alt_text = "  ".join(f"{show(t)} {v:.2f}" for t, v in alts)
+        lines.append(f"{show(token):>14} {lp:8.3f}" + (f"   | {alt_text}" if alt_text else ""))
+    return "\n".join(lines)
 
 
 def compare(engine, prompt: str, max_new_tokens: int = 40, seed: int = 0,
