@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from lmstack.errors import ConfigError
+from lmstack.infer.beam import beam_search
 from lmstack.infer.config import GenerationConfig
 from lmstack.infer.processors import process
 from lmstack.infer.sampling import Completion, check_prompts, context_length, decode, new_rows
@@ -151,8 +152,6 @@ class Engine:
 
     def _beam(self, prompt: list[int], cfg: GenerationConfig) -> list[Completion]:
         """Beam search (constrained when force_words is set) for one prompt."""
-        from lmstack.infer.beam import beam_search
-
         settings = cfg.processor_settings(self._sequences(cfg.banned_words))
         stop_ids = self.stop_ids(cfg)
 
