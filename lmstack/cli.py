@@ -144,6 +144,18 @@ def cmd_quickstart(args: argparse.Namespace) -> None:
                                 progress=not args.quiet))
 
 
+def cmd_convert(args: argparse.Namespace) -> None:
+    from lmstack.interop import convert, is_hf_dir
+
+    source = "hf" if is_hf_dir(args.src) else "lmstack"
+    if args.from_ and args.from_ != source:
+        raise ConfigError(f"--from {args.from_} but {args.src} is an "
+                          f"{source} directory")
+    if source == args.to:
+        raise ConfigError(f"{args.src} is already an {source} directory; --to must differ")
+    print(f"wrote {convert(args.src, args.dst, args.to)}")
+
+
 def cmd_generate(args: argparse.Namespace) -> None:
     from lmstack.infer.commands import run_generate
 
@@ -299,6 +311,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=40)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_sample_compare)
+
+    p = sub.add_parser("convert", help="convert between lmstack and Hugging Face model directories",
+                       description="Import a local Hugging Face checkpoint (GPT-2, Llama, Mistral, "
+                                   "Qwen2) into an lmstack model directory, or export an lmstack "
+                                   "GPT to a directory transformers loads.")
+    p.add_argument("--src", required=True, help="model directory to read")
+    p.add_argument("--dst", required=True, help="directory to write")
+    p.add_argument("--from", dest="from_", choices=["hf", "lmstack"], help="default: detected")
+    p.add_argument("--to", required=True, choices=["hf", "lmstack"])
+    p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("plot", help="draw loss curves of training runs to a PNG",
                        description="Read each run's log.jsonl and plot train/val loss.")

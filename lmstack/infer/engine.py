@@ -36,7 +36,7 @@ from lmstack.infer.config import GenerationConfig
 from lmstack.infer.processors import process
 from lmstack.infer.sampling import Completion, check_prompts, context_length, decode, new_rows
 from lmstack.infer.scoring import Score, score_continuation
-from lmstack.tokenizer import Tokenizer
+from lmstack.tokenizer import ENDOFTEXT, Tokenizer
 
 Prompt = Union[str, Sequence[int]]
 Scorer = Callable[[str, Completion], float]
@@ -46,9 +46,13 @@ class Engine:
     """A model and its tokenizer, ready to generate."""
 
     def __init__(self, model: torch.nn.Module, tokenizer: Tokenizer | None = None,
-                 defaults: GenerationConfig | None = None) -> None:
+                 defaults: GenerationConfig | None = None, eos_ids: list[int] | None = None) -> None:
         self.model = model.eval() if hasattr(model, "eval") else model
         self.tokenizer = tokenizer
+        # End of sequence: generation_config.json's ids for HF models, else <|endoftext|>.
+        if eos_ids is None and tokenizer is not None and ENDOFTEXT in tokenizer.special_tokens:
+            eos_ids = [tokenizer.special_tokens[ENDOFTEXT]]
+        self.eos_ids = list(eos_ids or [])
         self.defaults = defaults or GenerationConfig()
         self.vocab_size = model.config.vocab_size
 
@@ -57,10 +61,12 @@ class Engine:
         """Load a model directory (config.json, weights, tokenizer.json)."""
         from lmstack.models.directory import load_model
 
+        from lmstack.interop.hf import eos_token_ids
+
         model = load_model(directory, device=device)
         tok_path = Path(directory) / "tokenizer.json"
         tokenizer = Tokenizer.load(tok_path) if tok_path.exists() else None
-        return cls(model, tokenizer)
+        return cls(model, tokenizer, eos_ids=eos_token_ids(directory) or None)
 
     # ---- prompts and settings ---------------------------------------------------------------
 
@@ -81,10 +87,10 @@ class Engine:
         return GenerationConfig.from_kwargs(config or self.defaults, **settings).validate(self.vocab_size)
 
     def stop_ids(self, cfg: GenerationConfig) -> set[int]:
-        """Ids that end a row: <|endoftext|> (unless ignore_eos) and `stop_token_ids`."""
+        """Ids that end a row: the end-of-sequence ids (unless ignore_eos) and `stop_token_ids`."""
         ids = set(cfg.stop_token_ids)
-        if not cfg.ignore_eos and self.tokenizer is not None:
-            ids.add(self.tokenizer.eot_id)
+        if not cfg.ignore_eos:
+            ids.update(self.eos_ids)
         return ids
 
     def _sequences(self, words: Sequence[str]) -> list[list[int]]:

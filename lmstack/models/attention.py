@@ -87,9 +87,10 @@ class CausalSelfAttention(nn.Module):
         self.n_head = config.n_head
         self.n_kv_head = config.n_kv_head or config.n_head
         self.head_dim = config.n_embd // config.n_head
-        self.q_proj = nn.Linear(config.n_embd, self.n_head * self.head_dim, bias=config.bias)
-        self.k_proj = nn.Linear(config.n_embd, self.n_kv_head * self.head_dim, bias=config.bias)
-        self.v_proj = nn.Linear(config.n_embd, self.n_kv_head * self.head_dim, bias=config.bias)
+        qkv_bias = config.bias if getattr(config, "qkv_bias", None) is None else config.qkv_bias
+        self.q_proj = nn.Linear(config.n_embd, self.n_head * self.head_dim, bias=qkv_bias)
+        self.k_proj = nn.Linear(config.n_embd, self.n_kv_head * self.head_dim, bias=qkv_bias)
+        self.v_proj = nn.Linear(config.n_embd, self.n_kv_head * self.head_dim, bias=qkv_bias)
         self.o_proj = nn.Linear(self.n_head * self.head_dim, config.n_embd, bias=config.bias)
         norm = NORMS[config.norm]
         self.q_norm = norm(self.head_dim, eps=config.norm_eps) if config.qk_norm else nn.Identity()

@@ -53,6 +53,8 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "int | None": (int, type(None)),
     "float | None": (int, float, type(None)),
     "str | None": (str, type(None)),
+    "bool | None": (bool, type(None)),
+    "dict | None": (dict, type(None)),
 }
 
 

@@ -71,6 +71,11 @@ def load_model(directory: str | os.PathLike, device: str | torch.device = "cpu")
     """Build the model of a model directory and load its weights (eval mode)."""
     d = Path(directory)
     config = read_config(d)
+    if "architectures" in config or "transformers_version" in config:
+        # A Hugging Face directory: converted on the fly, in memory (lmstack/interop).
+        from lmstack.interop.hf import load_hf_model
+
+        return load_hf_model(d, device=device)
     if config.get("model_type") == "ngram":
         if not (d / NGRAM).exists():
             raise ConfigError(f"{d} has an n-gram config but no {NGRAM}")

@@ -63,12 +63,14 @@ class GPTConfig(ModelConfig):
     n_embd: int = 128              # width of the residual stream
     position: str = "learned"      # "learned", "rope", "alibi" or "none" (see positions.py)
     rope_theta: float = 10000.0    # RoPE base: larger = slower rotation, longer reach
+    rope_scaling: dict | None = None  # {"rope_type": "linear"|"llama3", "factor": ...} (positions.py)
     norm: str = "layernorm"        # "layernorm" or "rmsnorm", applied before each sublayer
     norm_eps: float = 1e-5         # added to the variance inside the norm
     mlp: str = "gelu"              # "gelu" (tanh approx.), "relu", "relu2" or "swiglu"
     intermediate_size: int | None = None  # MLP hidden size; None = 4·n_embd, or ~8/3·n_embd for swiglu
     dropout: float = 0.0           # on embeddings, attention weights and residual branches
     bias: bool = True              # biases in Linear layers and LayerNorm
+    qkv_bias: bool | None = None   # biases on q/k/v projections only (Qwen2); None = follow `bias`
     tie_embeddings: bool = True    # lm_head shares its weight with wte
     qk_norm: bool = False          # normalize queries and keys per head before attention
     attn_impl: str = "sdpa"        # "sdpa" (fused kernel) or "manual" (written out)
@@ -110,6 +112,10 @@ class GPTConfig(ModelConfig):
         require(self.intermediate_size is None or self.intermediate_size >= 1,
                 f"intermediate_size must be at least 1 or null, got {self.intermediate_size}")
         require(0.0 <= self.dropout < 1.0, f"dropout {self.dropout} must be in [0, 1)")
+        if self.rope_scaling is not None:
+            from lmstack.models.positions import check_rope_scaling
+
+            check_rope_scaling(self.rope_scaling)
         for name in ("rope_theta", "norm_eps", "init_std"):
             value = getattr(self, name)
             require(value > 0, f"{name} must be positive, got {value}")
@@ -171,11 +177,13 @@ class GPT(nn.Module):
                        dtype=weight.dtype, device=weight.device)
 
     def forward(self, idx: torch.Tensor, cache: KVCache | None = None,
-                lengths: torch.Tensor | None = None) -> torch.Tensor:
+                lengths: torch.Tensor | None = None, last_only: bool = False) -> torch.Tensor:
         """Logits (B, T, vocab_size) for ids (B, T), continuing from `cache` if given.
 
         `lengths` (B,) marks right padding: row b's real tokens are its first lengths[b]; the
-        cache advances each row by its own length (logits at padded positions are meaningless)."""
+        cache advances each row by its own length (logits at padded positions are meaningless).
+        `last_only` returns (B, 1, vocab_size): the logits of each row's last real token only,
+        all a decoder's prefill needs (the head over every position of a long prompt is waste)."""
         B, T = check_idx(idx, self.config.vocab_size)
         start, row_pos = 0, None
         if cache is not None:
@@ -191,6 +199,9 @@ class GPT(nn.Module):
             x = block(x, rope, bias, cache)
         if cache is not None:
             cache.advance(T, None if lengths is None else torch.as_tensor(lengths))
+        if last_only:
+            last = None if lengths is None else torch.as_tensor(lengths, device=x.device) - 1
+            x = x[:, -1:] if last is None else x[torch.arange(B, device=x.device), last, None]
         return self.lm_head(self.ln_f(x))
 
     def attention_bias(self, pos: torch.Tensor, n_keys: int, dtype: torch.dtype) -> torch.Tensor | None:

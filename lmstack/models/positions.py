@@ -8,6 +8,10 @@ Attention by itself is blind to order, so each scheme injects position at one pl
   proportional to the position, so q·k depends only on the distance. Pairs are (i, i + d/2),
   the "rotate_half" layout of GPT-NeoX and Hugging Face Llama, so Llama weights load unchanged.
   `rope_theta` sets the slowest wavelength (10000 in the paper, 500000 in Llama 3).
+  `rope_scaling` stretches a trained model to longer contexts: "linear" (Chen et al. 2023,
+  position interpolation) divides every frequency by `factor`; "llama3" (Llama 3.1) divides
+  only the low frequencies (wavelengths beyond original_max_position_embeddings /
+  low_freq_factor), keeps the high ones, and blends in between.
 - "alibi" (Press et al. 2022, "Train Short, Test Long"): no embedding; each head adds
   -slope·(query position - key position) to its attention scores, slopes a geometric series.
 - "none" (NoPE; Haviv et al. 2022): the causal mask alone leaks enough order to learn from.
@@ -110,6 +114,47 @@ class LearnedPositions(Positions):
         return x + self.wpe(pos)
 
 
+ROPE_SCALING = {"linear": ("factor",),
+                "llama3": ("factor", "low_freq_factor", "high_freq_factor",
+                           "original_max_position_embeddings")}
+
+
+def check_rope_scaling(scaling: dict) -> None:
+    """Raise `ConfigError` unless `scaling` is a rope scaling this module implements."""
+    kind = scaling.get("rope_type", scaling.get("type"))
+    if kind not in ROPE_SCALING:
+        raise ConfigError(f"rope_scaling type {kind!r} is not supported; use one of "
+                          f"{sorted(ROPE_SCALING)} or no scaling")
+    missing = [k for k in ROPE_SCALING[kind] if k not in scaling]
+    if missing:
+        raise ConfigError(f"rope_scaling of type {kind!r} needs {missing}")
+
+
+def scale_inv_freq(inv_freq: torch.Tensor, scaling: dict | None) -> torch.Tensor:
+    """RoPE frequencies after linear or Llama-3 scaling (unchanged without scaling).
+
+    >>> f = torch.tensor([1.0, 0.01, 0.0001])
+    >>> scale_inv_freq(f, {"rope_type": "linear", "factor": 4.0})
+    tensor([2.5000e-01, 2.5000e-03, 2.5000e-05])
+    >>> scale_inv_freq(f, {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+    ...                    "high_freq_factor": 4.0, "original_max_position_embeddings": 8192})
+    tensor([1.0000e+00, 1.0000e-02, 1.2500e-05])
+    """
+    if not scaling:
+        return inv_freq
+    check_rope_scaling(scaling)
+    factor = float(scaling["factor"])
+    if scaling.get("rope_type", scaling.get("type")) == "linear":
+        return inv_freq / factor
+    old = float(scaling["original_max_position_embeddings"])
+    low, high = float(scaling["low_freq_factor"]), float(scaling["high_freq_factor"])
+    wavelen = 2 * math.pi / inv_freq
+    # Long wavelengths (beyond old/low) are divided by factor, short ones (below old/high)
+    # kept; in between, a linear blend in old/wavelen.
+    smooth = ((old / wavelen - low) / (high - low)).clamp(0.0, 1.0)
+    return (1 - smooth) * inv_freq / factor + smooth * inv_freq
+
+
 class RotaryPositions(Positions):
     """Rotary position embedding (RoPE), applied to queries and keys inside attention."""
 
@@ -119,6 +164,7 @@ class RotaryPositions(Positions):
         theta = rope_theta if rope_theta is not None else config.rope_theta
         # Pair i rotates at frequency theta^(-2i/d): fast pairs see neighbours, slow ones far away.
         inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
+        inv_freq = scale_inv_freq(inv_freq, getattr(config, "rope_scaling", None))
         self.register_buffer("inv_freq", inv_freq, persistent=False)  # derived, not a weight
 
     def rotary(self, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
