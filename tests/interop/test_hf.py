@@ -180,3 +180,17 @@ def test_bad_directories_give_clear_errors(case, tmp_path):
     with pytest.raises(ConfigError, match=expect.replace("(", r"\(")):
         load_hf_model(d) if case != "no-config" else load_model(d)
     shutil.rmtree(d)
+
+
+def test_chat_template_and_generation_config_travel_with_convert(tmp_path):
+    from lmstack.interop import chat_template, eos_token_ids
+
+    d = tmp_path / "hf"
+    hf_model("qwen2").save_pretrained(d)
+    template = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+    (d / "tokenizer_config.json").write_text(json.dumps({"chat_template": template}))
+    (d / "generation_config.json").write_text(json.dumps({"eos_token_id": [5, 7]}))
+    assert chat_template(d) == template and eos_token_ids(d) == [5, 7]
+    convert(d, tmp_path / "ours", to="lmstack")
+    assert chat_template(tmp_path / "ours") == template and eos_token_ids(tmp_path / "ours") == [5, 7]
+    assert Engine.load(d).eos_ids == [5, 7]
