@@ -85,3 +85,16 @@ def test_exact_match_of_a_model_that_memorized_the_test(arithmetic):
                                     k=1e-3)).fit(np.array(ids))
     accuracy, by_depth = arithmetic.exact_match(ngram, tok, test)
     assert accuracy > 0.9 and set(by_depth) <= {0, 1}
+
+
+def test_decode_benchmark_copies_weights_to_hf_exactly(monkeypatch):
+    pytest.importorskip("transformers")
+    decode = load("decode")
+    monkeypatch.setitem(decode.SHAPES, "test", (2, 2, 32, 61))
+    ours = decode.build_ours("test")
+    hf = decode.build_hf(ours)
+    assert decode.check_logits(ours, hf, seq_len=12) < 1e-4
+    assert decode.weight_bytes(ours) == 4 * (sum(p.numel() for p in ours.parameters()) - 1024 * 32)
+    decode.matmul_floor(hf, 1)()  # finds HF's Conv1D layers and feeds them the right widths
+    t_ours, t_hf, tok_ours, tok_hf, _ = decode.time_decode(ours, hf, [1, 2, 3], 5, repeats=1)
+    assert tok_ours == tok_hf and len(tok_ours) == 5

@@ -224,3 +224,13 @@ def test_bad_prompts(engine):
 def test_config_round_trip_of_defaults():
     cfg = GenerationConfig.from_kwargs(GenerationConfig(temperature=0.5), top_k=5)
     assert (cfg.temperature, cfg.top_k, cfg.strategy) == (0.5, 5, "sample")
+
+
+def test_processors_are_skipped_only_when_every_one_is_off():
+    from lmstack.infer.processors import ProcessorSettings
+    from lmstack.infer.sampling import is_passthrough
+
+    assert is_passthrough(ProcessorSettings(temperature=0)) and is_passthrough(ProcessorSettings())
+    assert not is_passthrough(ProcessorSettings(temperature=0.7))
+    assert not is_passthrough(ProcessorSettings(temperature=0, repetition_penalty=1.2))
+    assert not is_passthrough(ProcessorSettings(temperature=0, banned_token_ids=[3]))

@@ -224,3 +224,15 @@ def test_swiglu_default_hidden_and_explicit_intermediate_size():
 def test_bias_off_removes_every_bias():
     model = GPT(tiny_gpt_config(bias=False, norm="layernorm"))
     assert not [n for n, _ in model.named_parameters() if n.endswith("bias")]
+
+
+@pytest.mark.parametrize("position", POSITIONS)
+def test_last_only_gives_each_rows_last_logits(position):
+    model = random_gpt(position=position)
+    idx = torch.randint(0, 61, (3, 9))
+    assert torch.allclose(model(idx, last_only=True), model(idx)[:, -1:], atol=1e-6)
+    lengths = torch.tensor([9, 4, 6])  # right-padded rows: the last real token, not the last slot
+    got = model(idx, cache=model.new_cache(3, 12), lengths=lengths, last_only=True)
+    full = model(idx, cache=model.new_cache(3, 12), lengths=lengths)
+    assert got.shape == (3, 1, 61)
+    assert torch.allclose(got[:, 0], full[torch.arange(3), lengths - 1], atol=1e-6)
