@@ -3,6 +3,12 @@
 
     flock /tmp/lmstack-cpu.lock .venv/bin/python benchmarks/decode.py [--repeats 3] [--threads 2]
         [--new-tokens 128] [--prompt-len 16] [--prefill-len 512] [--shapes small,tiny]
+    .venv/bin/python benchmarks/decode.py --save-random-llama runs/smollm-random     # then:
+    flock /tmp/lmstack-cpu.lock .venv/bin/python benchmarks/decode.py --hf-dir runs/smollm-random
+
+HF directory mode (--hf-dir): any local checkpoint lmstack imports (GPT-2, Llama, Mistral,
+Qwen2): ours through `lmstack.interop.load_hf_model`, theirs through
+`AutoModelForCausalLM.from_pretrained`, then the same checks and timings.
 
 Two shapes: GPT-2 small (12 layers, 12 heads, width 768, vocab 50257, context 1024) and a tiny
 GPT (4 layers, 4 heads, width 256, vocab 8192, context 1024). Our GPT is built with random
@@ -42,6 +48,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
@@ -182,8 +189,13 @@ def read_bandwidth(nbytes: int, repeats: int = 7) -> tuple[float, float]:
 
 def weight_bytes(model: GPT) -> int:
     """fp32 bytes a decode step reads: every parameter once (the tied wte/lm_head once, as
-    parameters() yields it once), minus the position table, of which one row is read."""
-    params = sum(p.numel() for p in model.parameters()) - model.position.wpe.weight.numel()
+    parameters() yields it once), minus the embedding tables of which one row is read (the
+    position table; the token table when the head does not share it)."""
+    params = sum(p.numel() for p in model.parameters())
+    if hasattr(model.position, "wpe"):
+        params -= model.position.wpe.weight.numel()
+    if model.lm_head.weight is not model.wte.weight:
+        params -= model.wte.weight.numel()
     return 4 * params
 
 
@@ -257,7 +269,39 @@ def machine_info(threads: int) -> str:
 def bench_shape(shape: str, args: argparse.Namespace) -> list[tuple[str, str, str, str]]:
     """Build, check and time one shape; its table rows (measure, lmstack, HF, ratio)."""
     ours = build_ours(shape)
-    hf = build_hf(ours)
+    return bench_models(shape, ours, build_hf(ours), args)
+
+
+def bench_hf_dir(directory: str, args: argparse.Namespace) -> list[tuple[str, str, str, str]]:
+    """An HF checkpoint directory: ours imported by lmstack.interop, theirs by transformers."""
+    import transformers
+
+    from lmstack.interop import load_hf_model
+
+    ours = load_hf_model(directory)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32).eval()
+    if hf.generation_config.eos_token_id is None:
+        hf.generation_config.eos_token_id = hf.generation_config.pad_token_id = 0
+    hf.config.eos_token_id = hf.generation_config.eos_token_id
+    return bench_models(Path(directory).name, ours, hf, args)
+
+
+def save_random_llama(directory: str) -> None:
+    """A random-weight checkpoint of SmolLM-135M's shape (Llama: 30 layers, width 576, 9 heads,
+    3 key/value heads, SwiGLU 1536, vocab 49152, tied), saved by transformers."""
+    import transformers
+
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536,
+                                   num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3,
+                                   max_position_embeddings=2048, rope_theta=1e5, tie_word_embeddings=True,
+                                   bos_token_id=0, eos_token_id=0)
+    transformers.LlamaForCausalLM(cfg).save_pretrained(directory)
+    print(f"wrote {directory}")
+
+
+def bench_models(shape: str, ours: GPT, hf, args: argparse.Namespace) -> list[tuple[str, str, str, str]]:
+    """Check and time one pair of models holding the same weights."""
     diff = check_logits(ours, hf)
     n_params = sum(p.numel() for p in ours.parameters())
     print(f"\n{shape}: {n_params / 1e6:.1f}M params, max |logit diff| {diff:.1e}, "
@@ -310,7 +354,14 @@ def main() -> None:
     ap.add_argument("--prompt-len", type=int, default=16)
     ap.add_argument("--prefill-len", type=int, default=512)
     ap.add_argument("--shapes", default="small,tiny", help="comma-separated: " + ", ".join(SHAPES))
+    ap.add_argument("--hf-dir", help="benchmark this Hugging Face checkpoint directory instead "
+                                     "(imported by lmstack.interop, loaded by transformers)")
+    ap.add_argument("--save-random-llama", metavar="DIR", help="write a random SmolLM-135M-shaped "
+                                                               "Llama checkpoint to DIR and exit")
     args = ap.parse_args()
+    if args.save_random_llama:
+        save_random_llama(args.save_random_llama)
+        return
     torch.set_num_threads(args.threads)
     import transformers
 
@@ -318,8 +369,11 @@ def main() -> None:
     print(machine_info(args.threads))
 
     rows = []
-    for shape in args.shapes.split(","):
-        rows += bench_shape(shape.strip(), args)
+    if args.hf_dir:
+        rows += bench_hf_dir(args.hf_dir, args)
+    else:
+        for shape in args.shapes.split(","):
+            rows += bench_shape(shape.strip(), args)
     width = max(len(r[0]) for r in rows)
     print(f"\n| {'measure':<{width}} | {'lmstack':>8} | {'HF':>8} | ratio |")
     print(f"|{'-' * (width + 2)}|{'-' * 10}|{'-' * 10}|-------|")
