@@ -168,6 +168,18 @@ def cmd_sample_compare(args: argparse.Namespace) -> None:
     run_sample_compare(args)
 
 
+def cmd_serve(args: argparse.Namespace) -> None:
+    from lmstack.serve.commands import cmd_serve as serve
+
+    serve(args)
+
+
+def cmd_chat(args: argparse.Namespace) -> None:
+    from lmstack.serve.terminal import cmd_chat as chat
+
+    chat(args)
+
+
 # ---- parser ---------------------------------------------------------------------------
 def _add_text_input(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tokenizer", required=True, help="tokenizer file (ours or HF tokenizer.json)")
@@ -311,6 +323,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=40)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_sample_compare)
+
+    from lmstack.serve.commands import add_serve_args
+
+    p = sub.add_parser("serve", help="OpenAI-compatible HTTP server with a web chat page",
+                       description="Serve a model directory over the OpenAI API (/v1/completions, "
+                                   "/v1/chat/completions, streaming), with continuous batching, "
+                                   "/metrics and a web chat page at /.")
+    add_serve_args(p)
+    p.set_defaults(func=cmd_serve)
+
+    from lmstack.serve.terminal import add_chat_args
+
+    p = sub.add_parser("chat", help="chat with a model in the terminal, streaming",
+                       description="A terminal chat: /reset, /set NAME VALUE, /show, /help, /quit.")
+    add_chat_args(p)
+    p.set_defaults(func=cmd_chat)
 
     p = sub.add_parser("convert", help="convert between lmstack and Hugging Face model directories",
                        description="Import a local Hugging Face checkpoint (GPT-2, Llama, Mistral, "

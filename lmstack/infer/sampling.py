@@ -73,6 +73,37 @@ class Row:
     finish_reason: str | None = None
     stop_string: bool = False          # finished by a stop string (its text already cut)
 
+    def take(self, token: int, logprob: float | None, top: list[tuple[int, float]] | None,
+             cfg: GenerationConfig, stop_ids: set[int], ctx: int | None, longest_stop: int) -> str:
+        """Record the chosen `token`; set `finish_reason` if it ends the row; return the text
+        that became safe to show (held back while it could still be the start of a stop string)."""
+        if token in stop_ids:
+            self.finish_reason, self.stop_token, self.stop_logprob = "stop", token, logprob or 0.0
+        else:
+            self.tokens.append(token)
+            if logprob is not None:
+                self.logprobs.append(logprob)
+            if top is not None:
+                self.top_logprobs.append(top)
+            if self.decoder is not None:
+                searched = max(len(self.text) - longest_stop, 0)
+                self.text += self.decoder.add(token)
+                cut = find_stop(self.text, cfg.stop, searched) if cfg.stop else None
+                if cut is not None:
+                    self.text, self.finish_reason, self.stop_string = self.text[:cut], "stop", True
+            if self.finish_reason is None and (
+                    len(self.tokens) >= cfg.max_new_tokens
+                    or (ctx is not None and len(self.prompt) + len(self.tokens) >= ctx)):
+                self.finish_reason = "length"
+        if self.finish_reason is None:
+            upto = safe_length(self.text, cfg.stop) if cfg.stop else len(self.text)
+        else:
+            if self.decoder is not None and not self.stop_string:
+                self.text += self.decoder.flush()  # bytes of an unfinished character, as U+FFFD
+            upto = len(self.text)
+        delta, self.emitted = self.text[self.emitted:upto], max(self.emitted, upto)
+        return delta
+
     def completion(self) -> Completion:
         """This row as a `Completion`."""
         scored = len(self.logprobs) == len(self.tokens) and (self.logprobs or self.stop_token is not None)
@@ -191,33 +222,11 @@ def decode(model, rows: list[Row], cfg: GenerationConfig, stop_ids: set[int],
         tops = logp.topk(cfg.top_logprobs, dim=-1) if logp is not None and cfg.top_logprobs else None
         keep = []
         for i, (row, token) in enumerate(zip(active, chosen)):
-            token_logprob = float(logp[i, token]) if logp is not None else 0.0
-            if token in stop_ids:
-                row.finish_reason, row.stop_token, row.stop_logprob = "stop", token, token_logprob
-            else:
-                row.tokens.append(token)
-                if logp is not None:
-                    row.logprobs.append(token_logprob)
-                if tops is not None:
-                    row.top_logprobs.append(list(zip(tops.indices[i].tolist(), tops.values[i].tolist())))
-                if row.decoder is not None:
-                    searched = max(len(row.text) - longest_stop, 0)
-                    row.text += row.decoder.add(token)
-                    cut = find_stop(row.text, cfg.stop, searched) if cfg.stop else None
-                    if cut is not None:
-                        row.text, row.finish_reason, row.stop_string = row.text[:cut], "stop", True
-                if row.finish_reason is None and (
-                        len(row.tokens) >= cfg.max_new_tokens
-                        or (ctx is not None and len(row.prompt) + len(row.tokens) >= ctx)):
-                    row.finish_reason = "length"
+            top = None if tops is None else list(zip(tops.indices[i].tolist(), tops.values[i].tolist()))
+            delta = row.take(token, float(logp[i, token]) if logp is not None else None, top,
+                             cfg, stop_ids, ctx, longest_stop)
             if row.finish_reason is None:
                 keep.append(i)
-                upto = safe_length(row.text, cfg.stop) if cfg.stop else len(row.text)
-            else:
-                if row.decoder is not None and not row.stop_string:
-                    row.text += row.decoder.flush()  # bytes of an unfinished character, as U+FFFD
-                upto = len(row.text)
-            delta, row.emitted = row.text[row.emitted:upto], max(row.emitted, upto)
             if delta or row.finish_reason is not None:
                 yield row, delta
         if len(keep) < len(active):

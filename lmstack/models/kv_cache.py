@@ -21,7 +21,8 @@ continuous batch that joined at different times). `length` is then the longest r
 forward writes row b's new keys at row_lengths[b].., its queries sit at those positions, and
 the model masks every key slot beyond the query's own position, so the stale slots of shorter
 rows are never read. `select(rows)` keeps or reorders rows (beam search, finished rows leaving
-a batch).
+a batch); `extend(other)` appends the rows of another cache (requests joining a running batch,
+lmstack/serve/scheduler.py).
 
     >>> import torch
     >>> cache = KVCache(n_layer=1, batch_size=1, n_kv_head=1, max_len=4, head_dim=2)
@@ -119,9 +120,7 @@ class KVCache:
         if lengths is None and self.row_lengths is None:
             self.length += n
             return
-        rows = self.row_lengths if self.row_lengths is not None else torch.full(
-            (self.batch_size,), self.length, dtype=torch.long, device=self.k.device)
-        rows = rows + (n if lengths is None else lengths.to(rows.device, torch.long))
+        rows = self.lengths() + (n if lengths is None else lengths.to(self.k.device, torch.long))
         self._set_rows(rows)
 
     def _set_rows(self, rows: torch.Tensor) -> None:
@@ -133,12 +132,36 @@ class KVCache:
     def crop(self, length: int | torch.Tensor) -> None:
         """Forget every position from `length` on (e.g. rejected speculative tokens); a (B,)
         tensor crops each row to its own length."""
-        current = self.row_lengths if self.row_lengths is not None else torch.full(
-            (self.batch_size,), self.length, dtype=torch.long, device=self.k.device)
+        current = self.lengths()
         new = torch.as_tensor(length, dtype=torch.long, device=self.k.device).expand(self.batch_size)
         if bool((new < 0).any() or (new > current).any()):
             raise ConfigError(f"cannot crop a cache of lengths {current.tolist()} to {new.tolist()}")
         self._set_rows(new.clone())
+
+    def lengths(self) -> torch.Tensor:
+        """(B,) positions filled in each row."""
+        if self.row_lengths is not None:
+            return self.row_lengths
+        return torch.full((self.batch_size,), self.length, dtype=torch.long, device=self.k.device)
+
+    def extend(self, other: KVCache) -> None:
+        """Append the rows of `other` (same model) after these; the longer max_len wins.
+
+        Each row keeps its own length, so a request prefilled on its own can join a batch
+        that is already decoding (continuous batching)."""
+        if other.k.shape[::2] != self.k.shape[::2] or other.k.size(4) != self.k.size(4):
+            raise ConfigError(f"cannot join caches of shapes {tuple(other.k.shape)} and {tuple(self.k.shape)}: "
+                              "they come from different models")
+        max_len = max(self.max_len, other.max_len)
+
+        def grown(t: torch.Tensor) -> torch.Tensor:
+            pad = max_len - t.size(3)
+            return t if pad == 0 else torch.nn.functional.pad(t, (0, 0, 0, pad))
+
+        lengths = torch.cat([self.lengths(), other.lengths().to(self.k.device)])
+        self.k = torch.cat([grown(self.k), grown(other.k)], dim=1)
+        self.v = torch.cat([grown(self.v), grown(other.v)], dim=1)
+        self._set_rows(lengths)
 
     def select(self, rows: torch.Tensor | list[int]) -> None:
         """Keep only these rows, in this order (repeats allowed): beam reordering, dropping

@@ -120,6 +120,11 @@ class NGramState:
         """Keep only these rows, in this order (repeats allowed): beam reordering, finished rows."""
         self.tokens = [self.tokens[int(i)] for i in rows]
 
+    def extend(self, other: NGramState) -> None:
+        """Append the rows of `other` after these (requests joining a running batch)."""
+        self.tokens = self.tokens + other.tokens
+        self.length = max(self.length, other.length)
+
     @property
     def max_len(self) -> None:
         """Only n-1 tokens are kept, so the state never fills up."""

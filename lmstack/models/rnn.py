@@ -103,6 +103,12 @@ class RNNState:
         self.h = self.h[:, rows]
         self.c = None if self.c is None else self.c[:, rows]
 
+    def extend(self, other: RNNState) -> None:
+        """Append the rows of `other` after these (requests joining a running batch)."""
+        self.h = torch.cat([self.h, other.h], dim=1)
+        self.c = None if self.c is None else torch.cat([self.c, other.c], dim=1)
+        self.length = max(self.length, other.length)
+
     def reset(self) -> None:
         """Back to the zero state before the first token."""
         self.h = torch.zeros_like(self.h)

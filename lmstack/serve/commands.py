@@ -1,0 +1,77 @@
+"""`lmstack serve`: load a model directory and run the OpenAI-compatible server under uvicorn.
+
+    lmstack serve --model runs/quickstart                       # http://127.0.0.1:8000
+    LMSTACK_API_KEY=sk-local lmstack serve --model DIR --port 9000
+    lmstack serve --model DIR --api-key-file keys.txt --host 0.0.0.0   # reachable from outside
+
+It binds to 127.0.0.1 unless --host says otherwise; serving on another address without an API
+key prints a warning.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import sys
+from pathlib import Path
+
+from lmstack.errors import ConfigError
+
+
+def add_serve_args(p: argparse.ArgumentParser) -> None:
+    """The flags of `lmstack serve`."""
+    p.add_argument("--model", required=True, help="model directory (lmstack or Hugging Face)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--served-model-name", default=None,
+                   help="the model id clients use (default: the directory's name)")
+    p.add_argument("--api-key-file", default=None,
+                   help="file with one API key per line (or set LMSTACK_API_KEY)")
+    p.add_argument("--max-batch", type=int, default=8, help="rows decoded together")
+    p.add_argument("--max-queue", type=int, default=64, help="waiting requests before 429")
+    p.add_argument("--max-body-bytes", type=int, default=1_000_000, help="largest request body")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    """Run the server until interrupted."""
+    import torch
+    import uvicorn
+
+    from lmstack.infer import Engine
+    from lmstack.serve.app import ServerConfig, create_app
+    from lmstack.serve.chat_template import ChatTemplate
+    from lmstack.serve.security import load_api_keys
+
+    if not 0 < args.port < 65536:
+        raise ConfigError(f"--port must be in 1..65535, got {args.port}")
+    if args.max_batch < 1 or args.max_queue < 0 or args.max_body_bytes < 1024:
+        raise ConfigError("--max-batch must be >= 1, --max-queue >= 0 and --max-body-bytes >= 1024")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    keys = load_api_keys(args.api_key_file)
+    if not keys and not _is_loopback(args.host):
+        print(f"warning: serving on {args.host} without an API key; anyone who can reach this port "
+              "can use the model (set LMSTACK_API_KEY or --api-key-file)", file=sys.stderr)
+    engine = Engine.load(args.model)
+    name = args.served_model_name or Path(args.model).resolve().name
+    config = ServerConfig(model_name=name, max_batch=args.max_batch, max_queue=args.max_queue,
+                          max_body_bytes=args.max_body_bytes, api_keys=keys, host=args.host, port=args.port)
+    app = create_app(engine, config, ChatTemplate.from_dir(args.model))
+    print(f"serving {name} on http://{args.host}:{args.port}  (web chat at /, API at /v1)", file=sys.stderr)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+
+
+def _is_loopback(host: str) -> bool:
+    """True for 127.0.0.1, ::1 and localhost.
+
+    >>> _is_loopback("127.0.0.1"), _is_loopback("0.0.0.0")
+    (True, False)
+    """
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -1,0 +1,200 @@
+"""The OpenAI API's request and response shapes, and how requests map onto `GenerationConfig`.
+
+Requests are pydantic models in strict mode with unknown fields forbidden, so a wrong type
+(`"temperature": "hot"`), an out-of-range value (`"top_p": 1.5`) or a misspelt field
+(`"temprature"`) is a 400 that names the field, in OpenAI's error shape:
+
+    {"error": {"message": "temperature: Input should be less than or equal to 2 ...",
+               "type": "invalid_request_error", "param": "temperature", "code": null}}
+
+Fields follow https://platform.openai.com/docs/api-reference (completions and chat
+completions); `top_k`, `min_p` and `repetition_penalty` are extensions, as in vLLM.
+Responses and stream chunks are built by the small functions at the end of this file.
+
+Differences from OpenAI, on purpose: `best_of`, `echo`, `suffix`, tools and response formats
+are rejected with a 400 rather than ignored; a reply that fills the model's context ends with
+finish_reason "length" instead of a 400.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from lmstack.infer.config import GenerationConfig
+
+
+def error_body(message: str, type_: str = "invalid_request_error", param: str | None = None,
+               code: str | None = None) -> dict:
+    """OpenAI's error JSON.
+
+    >>> error_body("n: too big", param="n")["error"]["param"]
+    'n'
+    """
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+class StreamOptions(BaseModel):
+    """`stream_options`: only `include_usage` exists."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    include_usage: bool = False
+
+
+Probability = Annotated[float, Field(ge=0.0, le=1.0)]
+Penalty = Annotated[float, Field(ge=-2.0, le=2.0)]
+
+
+class _Sampling(BaseModel):
+    """Fields that completions and chat completions share."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    model: str | None = None
+    max_tokens: Annotated[int, Field(ge=1)] | None = None
+    temperature: Annotated[float, Field(ge=0.0, le=2.0)] = 1.0
+    top_p: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
+    n: Annotated[int, Field(ge=1, le=16)] = 1
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    stop: str | Annotated[list[str], Field(max_length=4)] | None = None
+    seed: Annotated[int, Field(ge=0, le=2**63 - 1)] | None = None
+    presence_penalty: Penalty = 0.0
+    frequency_penalty: Penalty = 0.0
+    logit_bias: dict[str, Annotated[float, Field(ge=-100.0, le=100.0)]] | None = None
+    user: Annotated[str, Field(max_length=256)] | None = None
+    # Extensions (vLLM's names).
+    top_k: Annotated[int, Field(ge=-1)] = 0
+    min_p: Probability = 0.0
+    repetition_penalty: Annotated[float, Field(gt=0.0, le=10.0)] = 1.0
+    ignore_eos: bool = False
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _token_ids(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        for key in value or {}:
+            if not key.isdigit():
+                raise ValueError(f"keys must be token ids written as strings, like \"50256\"; got {key!r}")
+        return value
+
+    def generation_config(self, max_new_tokens: int, stop_token_ids: list[int] | None = None) -> GenerationConfig:
+        """These settings as a `GenerationConfig` (validated by the engine afterwards)."""
+        stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+        return GenerationConfig(
+            max_new_tokens=max_new_tokens, temperature=self.temperature, top_p=self.top_p,
+            top_k=max(self.top_k, 0), min_p=self.min_p, repetition_penalty=self.repetition_penalty,
+            presence_penalty=self.presence_penalty, frequency_penalty=self.frequency_penalty,
+            logit_bias={int(k): v for k, v in (self.logit_bias or {}).items()},
+            stop=[s for s in stop if s], stop_token_ids=list(stop_token_ids or []),
+            ignore_eos=self.ignore_eos, seed=self.seed, logprobs=self.wants_logprobs,
+            top_logprobs=self.top_logprob_count)
+
+    @property
+    def wants_logprobs(self) -> bool:
+        return False
+
+    @property
+    def top_logprob_count(self) -> int:
+        return 0
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+
+class CompletionRequest(_Sampling):
+    """POST /v1/completions."""
+
+    prompt: (Annotated[str, Field(max_length=1_000_000)] | Annotated[list[str], Field(min_length=1, max_length=64)]
+             | Annotated[list[int], Field(min_length=1)]
+             | Annotated[list[Annotated[list[int], Field(min_length=1)]], Field(min_length=1, max_length=64)])
+    logprobs: Annotated[int, Field(ge=0, le=5)] | None = None
+    echo: Literal[False] = False
+    best_of: Literal[1] | None = None
+    suffix: None = None
+
+    @property
+    def wants_logprobs(self) -> bool:
+        return self.logprobs is not None
+
+    @property
+    def top_logprob_count(self) -> int:
+        return self.logprobs or 0
+
+    def prompts(self) -> list[str | list[int]]:
+        """The prompt field as a list of prompts (text or token ids)."""
+        p = self.prompt
+        if isinstance(p, str) or (p and isinstance(p[0], int)):
+            return [p]
+        return list(p)
+
+
+class ChatRequest(_Sampling):
+    """POST /v1/chat/completions. Messages are checked by chat_template.validate_messages."""
+
+    messages: Annotated[list[Any], Field(min_length=1, max_length=1024)]
+    max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
+    logprobs: bool = False
+    top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
+
+    @property
+    def wants_logprobs(self) -> bool:
+        return self.logprobs
+
+    @property
+    def top_logprob_count(self) -> int:
+        return (self.top_logprobs or 0) if self.logprobs else 0
+
+
+# ---- responses -------------------------------------------------------------------------------
+
+def new_id(prefix: str) -> str:
+    """A response id like OpenAI's: 'cmpl-…' or 'chatcmpl-…'."""
+    return f"{prefix}-{uuid.uuid4().hex[:24]}"
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> dict:
+    """The `usage` object."""
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}
+
+
+def envelope(id_: str, obj: str, model: str, choices: list[dict], **extra: Any) -> dict:
+    """The fields every response and chunk has."""
+    return {"id": id_, "object": obj, "created": int(time.time()), "model": model,
+            "choices": choices, **extra}
+
+
+def completion_logprobs(tokenizer, tokens: list[int], logprobs: list[float],
+                        tops: list[list[tuple[int, float]]], offset: int) -> dict:
+    """Legacy completions logprobs: parallel lists of tokens, logprobs, top alternatives and
+    text offsets (character offset of each token in the returned text, starting at `offset`)."""
+    texts = [token_text(tokenizer, t) for t in tokens]
+    offsets = []
+    for text in texts:
+        offsets.append(offset)
+        offset += len(text)
+    return {"tokens": texts, "token_logprobs": logprobs,
+            "top_logprobs": [{token_text(tokenizer, i): lp for i, lp in top} for top in tops] if tops else None,
+            "text_offset": offsets}
+
+
+def chat_logprobs(tokenizer, tokens: list[int], logprobs: list[float],
+                  tops: list[list[tuple[int, float]]]) -> dict:
+    """Chat logprobs: one entry per token with its bytes and its top alternatives."""
+    def entry(token: int, lp: float) -> dict:
+        raw = tokenizer.token_bytes(token) if tokenizer is not None else b""
+        return {"token": raw.decode("utf-8", errors="replace"), "logprob": lp, "bytes": list(raw)}
+
+    return {"content": [{**entry(t, lp), "top_logprobs": [entry(i, v) for i, v in (tops[k] if tops else [])]}
+                        for k, (t, lp) in enumerate(zip(tokens, logprobs))]}
+
+
+def token_text(tokenizer, token: int) -> str:
+    """A token as text (a lone piece of a multi-byte character shows as U+FFFD)."""
+    if tokenizer is None:
+        return str(token)
+    return tokenizer.token_bytes(token).decode("utf-8", errors="replace")

@@ -1,0 +1,324 @@
+"""Continuous batching: many requests share one model, joining and leaving between decode steps.
+
+Static batching waits for a whole batch to finish before the next one starts, so one long
+reply holds every short one hostage. Iteration-level scheduling (Orca, Yu et al. 2022; the
+scheduler of vLLM, Kwon et al. 2023) instead decides at every decode step:
+
+1. admit: waiting requests join while the batch has free rows (`max_batch`). They are
+   prefilled together in one forward pass into a cache of their own, which is then appended to
+   the running cache (`cache.extend`): every row keeps its own length and position, so rows
+   that joined at different times decode side by side (models/kv_cache.py, ragged rows).
+2. decode: one forward pass over the last token of every running row, then each row picks its
+   next token with its own settings (temperature, top-p, penalties, seed...) via
+   `Row.take` — the same bookkeeping as the single-call decoder in infer/sampling.py, so stop
+   strings, UTF-8-safe streaming and finish reasons behave identically.
+3. retire: finished rows and rows whose client went away (`Request.cancel`) leave the batch
+   (`cache.select`) at once, freeing their row for the next waiting request.
+
+The queue of waiting requests is bounded (`max_queue`); `submit` raises `QueueFull` when it is
+full, which the server answers with HTTP 429. All model work runs on one background thread
+under `torch.inference_mode`; results go back through each request's `on_event` callback (the
+server turns them into server-sent events). A prefill of a long prompt pauses the decoding
+rows for its duration (no chunked prefill yet).
+
+    from lmstack.infer import Engine
+    from lmstack.serve.scheduler import Scheduler
+    engine = Engine.load("runs/quickstart")
+    with Scheduler(engine, max_batch=8) as scheduler:
+        request = scheduler.submit(engine.encode("import os"), engine.config(max_new_tokens=20),
+                                   on_event=print)
+        request.done.wait()
+
+Tests: `pytest tests/serve/test_scheduler.py`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from lmstack.errors import ConfigError, LMStackError
+from lmstack.infer.config import GenerationConfig
+from lmstack.infer.processors import ProcessorSettings, process
+from lmstack.infer.sampling import Row, check_prompts, context_length, is_passthrough, make_generator, prefill
+
+log = logging.getLogger("lmstack.serve")
+
+
+class QueueFull(LMStackError):
+    """The scheduler's waiting queue is full; retry later (HTTP 429)."""
+
+
+@dataclass
+class Event:
+    """What one sample of a request produced since its previous event."""
+
+    sample: int                        # which of the request's n samples
+    text: str                          # new text, safe to show (never part of a stop string)
+    tokens: list[int]                  # ids generated since the previous event
+    logprobs: list[float]              # their log-probabilities (when asked for)
+    top_logprobs: list[list[tuple[int, float]]]
+    finish_reason: str | None = None   # "stop" or "length" on the sample's last event
+    error: str | None = None           # set when the request failed inside the scheduler
+
+
+@dataclass
+class Request:
+    """A submitted prompt and its n samples; `cancel()` drops it from the batch."""
+
+    id: int
+    prompt: list[int]
+    cfg: GenerationConfig
+    n: int
+    on_event: Callable[[Event], None]
+    submitted: float = field(default_factory=time.perf_counter)
+    first_token: float | None = None   # perf_counter time of the first generated token
+    generated: int = 0                 # tokens generated over all samples
+    cancelled: bool = False
+    done: threading.Event = field(default_factory=threading.Event)
+    _open: int = 0                     # samples still running
+
+    def cancel(self) -> None:
+        """Stop generating for this request (the client went away); its rows leave at once."""
+        self.cancelled = True
+
+
+@dataclass
+class _Sequence:
+    """One running row: a sample of a request and how to choose its tokens."""
+
+    request: Request
+    sample: int
+    row: Row
+    settings: ProcessorSettings
+    passthrough: bool
+    stop_ids: set[int]
+    longest_stop: int
+    sent: int = 0                      # tokens of row.tokens already reported
+
+    def choose(self, logits: torch.Tensor) -> int:
+        """The next token from this row's (V,) logits, with its own settings and generator."""
+        row = self.row
+        if not self.passthrough:
+            logits = process(logits[None], self.settings, [row.prompt + row.tokens], [row.tokens],
+                             self.stop_ids)[0]
+        if self.request.cfg.temperature == 0:
+            return int(logits.argmax())
+        return int(torch.multinomial(F.softmax(logits, dim=-1), 1, generator=row.generator))
+
+
+class Scheduler:
+    """Iteration-level scheduling of generation requests over one model (see module docstring)."""
+
+    def __init__(self, engine, max_batch: int = 8, max_queue: int = 64) -> None:
+        if max_batch < 1 or max_queue < 0:
+            raise ConfigError(f"max_batch must be >= 1 and max_queue >= 0, got {max_batch} and {max_queue}")
+        self.engine, self.model = engine, engine.model
+        self.max_batch, self.max_queue = max_batch, max_queue
+        self.ctx = context_length(self.model)
+        self._waiting: deque[Request] = deque()
+        self._running: list[_Sequence] = []
+        self._cache = None
+        self._logits: torch.Tensor | None = None     # next-token logits of every running row
+        self._cond = threading.Condition()
+        self._ids = itertools.count(1)
+        self._closed = False
+        self._thread: threading.Thread | None = None
+        self.steps = 0                                # decode steps taken (for metrics and tests)
+
+    # ---- the client side (any thread) ------------------------------------------------------
+
+    def submit(self, prompt: list[int], cfg: GenerationConfig, on_event: Callable[[Event], None],
+               n: int = 1) -> Request:
+        """Queue a prompt for `n` samples; raise `QueueFull` if the queue is full."""
+        if cfg.strategy not in ("greedy", "sample"):
+            raise ConfigError(f"the scheduler runs greedy decoding and sampling, not {cfg.strategy}; "
+                              "use Engine.generate for beam search and best-of")
+        if not 1 <= n <= self.max_batch:
+            raise ConfigError(f"n must be between 1 and {self.max_batch} (the batch size), got {n}")
+        check_prompts([prompt], self.model)
+        request = Request(next(self._ids), list(prompt), cfg, n, on_event, _open=n)
+        with self._cond:
+            if self._closed:
+                raise QueueFull("the server is shutting down")
+            if len(self._waiting) >= self.max_queue:
+                raise QueueFull(f"too many requests waiting ({len(self._waiting)}); retry shortly")
+            self._waiting.append(request)
+            self._cond.notify()
+        return request
+
+    def stats(self) -> dict[str, int]:
+        """Rows running, requests waiting, and decode steps taken so far."""
+        with self._cond:
+            return {"running": len(self._running), "waiting": len(self._waiting), "steps": self.steps}
+
+    # ---- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> Scheduler:
+        """Start the background thread that runs the model."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name="lmstack-scheduler", daemon=True)
+            self._thread.start()
+        return self
+
+    def close(self) -> None:
+        """Stop the thread; unfinished requests end with an error event."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        for seq in self._running:
+            self._fail(seq.request, "the server shut down")
+        while self._waiting:
+            self._fail(self._waiting.popleft(), "the server shut down")
+        self._running, self._cache, self._logits = [], None, None
+
+    def __enter__(self) -> Scheduler:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _loop(self) -> None:
+        with torch.inference_mode():
+            while True:
+                with self._cond:
+                    while not (self._running or self._waiting or self._closed):
+                        self._cond.wait()
+                    if self._closed:
+                        return
+                try:
+                    self.step()
+                except Exception as e:  # noqa: BLE001 — a bug must fail requests, not the server
+                    log.exception("scheduler step failed")
+                    for seq in self._running:
+                        self._fail(seq.request, f"internal error while generating: {type(e).__name__}")
+                    self._running, self._cache, self._logits = [], None, None
+
+    # ---- one iteration (the model thread) ----------------------------------------------------
+
+    def step(self) -> None:
+        """Admit waiting requests, choose one token for every running row, retire finished rows,
+        and run the forward pass for the next step."""
+        self._admit()
+        if not self._running:
+            return
+        need_logp = any(s.request.cfg.logprobs for s in self._running)
+        logp = F.log_softmax(self._logits, dim=-1) if need_logp else None
+        keep = []
+        for i, seq in enumerate(self._running):
+            if seq.request.cancelled:
+                self._close_sample(seq)
+                continue
+            try:
+                self._advance(seq, self._logits[i], None if logp is None else logp[i])
+            except LMStackError as e:  # e.g. every token banned for this row
+                seq.request.cancel()
+                self._fail(seq.request, str(e))
+                continue
+            if seq.row.finish_reason is None:
+                keep.append(i)
+        if len(keep) < len(self._running):
+            self._running = [self._running[i] for i in keep]
+            if not keep:
+                self._cache, self._logits = None, None
+                return
+            self._cache.select(keep)
+        x = torch.tensor([[s.row.tokens[-1]] for s in self._running], dtype=torch.long)
+        self._logits = self.model(x.to(self._logits.device), cache=self._cache)[:, -1].float()
+        self.steps += 1
+
+    def _admit(self) -> None:
+        """Move waiting requests into the batch while their samples fit; prefill them together."""
+        new: list[_Sequence] = []
+        with self._cond:
+            while self._waiting and len(self._running) + len(new) + self._waiting[0].n <= self.max_batch:
+                request = self._waiting.popleft()
+                if request.cancelled:
+                    self._fail(request, None)
+                    continue
+                new.extend(self._sequences(request))
+        if not new:
+            return
+        # max_new_tokens == 0: nothing to generate.
+        empty = [s for s in new if s.request.cfg.max_new_tokens == 0]
+        for seq in empty:
+            seq.row.finish_reason = "length"
+            self._emit(seq)
+        new = [s for s in new if s.request.cfg.max_new_tokens > 0]
+        if not new:
+            return
+        extra = max(s.request.cfg.max_new_tokens for s in new)
+        cache, logits = prefill(self.model, [s.row.prompt for s in new], extra)
+        if self._cache is None:
+            self._cache, self._logits = cache, logits
+        else:
+            self._cache.extend(cache)
+            self._logits = torch.cat([self._logits, logits])
+        self._running.extend(new)
+
+    def _sequences(self, request: Request) -> list[_Sequence]:
+        cfg, engine = request.cfg, self.engine
+        settings = cfg.processor_settings(engine._sequences(cfg.banned_words))
+        stop_ids = engine.stop_ids(cfg)
+        longest = max((len(s) for s in cfg.stop), default=0)
+        return [_Sequence(request, j, Row(request.prompt, None if cfg.temperature == 0
+                                          else make_generator(cfg.seed, j), engine._decoder()),
+                          settings, is_passthrough(settings), stop_ids, longest)
+                for j in range(request.n)]
+
+    def _advance(self, seq: _Sequence, logits: torch.Tensor, logp: torch.Tensor | None) -> None:
+        """Choose and record one token of `seq`; emit what became visible."""
+        token = seq.choose(logits)
+        cfg, request = seq.request.cfg, seq.request
+        top = None
+        if logp is not None and cfg.logprobs and cfg.top_logprobs:
+            values, indices = logp.topk(cfg.top_logprobs)
+            top = list(zip(indices.tolist(), values.tolist()))
+        lp = float(logp[token]) if logp is not None and cfg.logprobs else None
+        before = len(seq.row.tokens)
+        delta = seq.row.take(token, lp, top, cfg, seq.stop_ids, self.ctx, seq.longest_stop)
+        if len(seq.row.tokens) > before:
+            request.generated += 1
+            if request.first_token is None:
+                request.first_token = time.perf_counter()
+        if delta or seq.row.finish_reason is not None or len(seq.row.tokens) > seq.sent:
+            self._emit(seq, delta)
+
+    def _emit(self, seq: _Sequence, text: str = "") -> None:
+        row, start = seq.row, seq.sent
+        seq.sent = len(row.tokens)
+        event = Event(seq.sample, text, row.tokens[start:], row.logprobs[start:],
+                      row.top_logprobs[start:], row.finish_reason)
+        self._deliver(seq.request, event)
+        if row.finish_reason is not None:
+            self._close_sample(seq)
+
+    def _close_sample(self, seq: _Sequence) -> None:
+        seq.request._open -= 1
+        if seq.request._open <= 0:
+            seq.request.done.set()
+
+    def _deliver(self, request: Request, event: Event) -> None:
+        try:
+            request.on_event(event)
+        except Exception:  # noqa: BLE001 — a broken consumer must not stop the batch
+            log.exception("on_event of request %d failed; cancelling it", request.id)
+            request.cancel()
+
+    def _fail(self, request: Request, message: str | None) -> None:
+        """End a request early: an error event (unless it was cancelled), then done."""
+        if message is not None and not request.done.is_set():
+            self._deliver(request, Event(0, "", [], [], [], None, error=message))
+        request._open = 0
+        request.done.set()
