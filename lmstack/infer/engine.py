@@ -46,8 +46,10 @@ class Engine:
     """A model and its tokenizer, ready to generate."""
 
     def __init__(self, model: torch.nn.Module, tokenizer: Tokenizer | None = None,
-                 defaults: GenerationConfig | None = None, eos_ids: list[int] | None = None) -> None:
+                 defaults: GenerationConfig | None = None, eos_ids: list[int] | None = None,
+                 prefix_cache=None) -> None:
         self.model = model.eval() if hasattr(model, "eval") else model
+        self.prefix_cache = prefix_cache  # a PrefixCache (prefix_cache.py) reuses prompt prefixes
         self.tokenizer = tokenizer
         # End of sequence: generation_config.json's ids for HF models, else <|endoftext|>.
         if eos_ids is None and tokenizer is not None and ENDOFTEXT in tokenizer.special_tokens:
@@ -57,7 +59,7 @@ class Engine:
         self.vocab_size = model.config.vocab_size
 
     @classmethod
-    def load(cls, directory: str | os.PathLike, device: str = "cpu") -> Engine:
+    def load(cls, directory: str | os.PathLike, device: str = "cpu", prefix_cache=None) -> Engine:
         """Load a model directory (config.json, weights, tokenizer.json)."""
         from lmstack.models.directory import load_model
 
@@ -66,7 +68,7 @@ class Engine:
         model = load_model(directory, device=device)
         tok_path = Path(directory) / "tokenizer.json"
         tokenizer = Tokenizer.load(tok_path) if tok_path.exists() else None
-        return cls(model, tokenizer, eos_ids=eos_token_ids(directory) or None)
+        return cls(model, tokenizer, eos_ids=eos_token_ids(directory) or None, prefix_cache=prefix_cache)
 
     # ---- prompts and settings ---------------------------------------------------------------
 
@@ -141,7 +143,8 @@ class Engine:
         elif cfg.best_of > 1 and not cfg.logprobs:
             cfg = GenerationConfig.from_kwargs(cfg, logprobs=True)
         rows = new_rows(ids, cfg, n, self._decoder)
-        for _ in decode(self.model, rows, cfg, self.stop_ids(cfg), self._sequences(cfg.banned_words)):
+        for _ in decode(self.model, rows, cfg, self.stop_ids(cfg), self._sequences(cfg.banned_words),
+                        self.prefix_cache):
             pass
         groups: list[list[Completion]] = [[] for _ in ids]
         for row in rows:
@@ -205,7 +208,7 @@ class Engine:
         check_prompts(ids, self.model)
         rows = new_rows(ids, cfg, 1, self._decoder)
         for _, delta in decode(self.model, rows, cfg, self.stop_ids(cfg),
-                               self._sequences(cfg.banned_words)):
+                               self._sequences(cfg.banned_words), self.prefix_cache):
             if delta:
                 yield delta
         self.last = rows[0].completion()  # the finish reason and tokens of the stream

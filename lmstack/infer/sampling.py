@@ -167,9 +167,12 @@ def is_passthrough(settings: ProcessorSettings) -> bool:
 
 
 @torch.inference_mode()
-def prefill(model, prompts: Sequence[Sequence[int]], extra: int):
-    """Run the prompts through the model into a fresh cache; return (cache, last logits (B, V))."""
+def prefill(model, prompts: Sequence[Sequence[int]], extra: int, prefix_cache=None):
+    """Run the prompts through the model into a fresh cache; return (cache, last logits (B, V)).
+    With a `PrefixCache` (prefix_cache.py), prefixes computed before are reused."""
     ctx = context_length(model)
+    if prefix_cache is not None and prefix_cache.supports(model):
+        return prefix_cache.prefill(model, prompts, extra, ctx)
     longest = max(len(p) for p in prompts)
     max_len = longest + max(extra, 1)
     cache = model.new_cache(len(prompts), max_len if ctx is None else min(ctx, max_len))
@@ -189,7 +192,7 @@ def prefill(model, prompts: Sequence[Sequence[int]], extra: int):
 
 @torch.inference_mode()  # not just no_grad: also skips autograd's version counters on every op
 def decode(model, rows: list[Row], cfg: GenerationConfig, stop_ids: set[int],
-           banned_sequences: list[list[int]] | None = None) -> Iterator[tuple[Row, str]]:
+           banned_sequences: list[list[int]] | None = None, prefix_cache=None) -> Iterator[tuple[Row, str]]:
     """Generate for every row; yield (row, new text) as text becomes safe to show, and once
     more with the rest of the text (maybe "") when the row finishes (`row.finish_reason` set)."""
     settings = cfg.processor_settings(banned_sequences)
@@ -204,7 +207,7 @@ def decode(model, rows: list[Row], cfg: GenerationConfig, stop_ids: set[int],
             row.finish_reason = "length"
             yield row, ""
         return
-    cache, logits = prefill(model, [r.prompt for r in rows], cfg.max_new_tokens)
+    cache, logits = prefill(model, [r.prompt for r in rows], cfg.max_new_tokens, prefix_cache)
     active = list(rows)
     while active:
         if passthrough:

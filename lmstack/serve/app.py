@@ -91,6 +91,12 @@ class Metrics:
         Gauge("lmstack_running_rows", "rows in the running batch", registry=r).set_function(
             lambda: scheduler.stats()["running"])
         Gauge("lmstack_decode_steps", "decode steps taken", registry=r).set_function(lambda: scheduler.steps)
+        store = scheduler.engine.prefix_cache
+        if store is not None:
+            Gauge("lmstack_prefix_cache_hit_tokens", "prompt tokens served from the prefix cache",
+                  registry=r).set_function(lambda: store.stats()["hit_tokens"])
+            Gauge("lmstack_prefix_cache_bytes", "bytes of keys/values in the prefix cache",
+                  registry=r).set_function(lambda: store.stats()["bytes"])
 
 
 def create_app(engine, config: ServerConfig | None = None, template: ChatTemplate | None = None) -> FastAPI:

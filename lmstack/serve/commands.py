@@ -30,6 +30,8 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-batch", type=int, default=8, help="rows decoded together")
     p.add_argument("--max-queue", type=int, default=64, help="waiting requests before 429")
     p.add_argument("--max-body-bytes", type=int, default=1_000_000, help="largest request body")
+    p.add_argument("--prefix-cache-mb", type=int, default=256,
+                   help="memory for reusing prompt prefixes across requests (0 = off)")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
 
@@ -40,21 +42,24 @@ def cmd_serve(args: argparse.Namespace) -> None:
     import uvicorn
 
     from lmstack.infer import Engine
+    from lmstack.infer.prefix_cache import PrefixCache
     from lmstack.serve.app import ServerConfig, create_app
     from lmstack.serve.chat_template import ChatTemplate
     from lmstack.serve.security import load_api_keys
 
     if not 0 < args.port < 65536:
         raise ConfigError(f"--port must be in 1..65535, got {args.port}")
-    if args.max_batch < 1 or args.max_queue < 0 or args.max_body_bytes < 1024:
-        raise ConfigError("--max-batch must be >= 1, --max-queue >= 0 and --max-body-bytes >= 1024")
+    if args.max_batch < 1 or args.max_queue < 0 or args.max_body_bytes < 1024 or args.prefix_cache_mb < 0:
+        raise ConfigError("--max-batch must be >= 1, --max-queue >= 0, --max-body-bytes >= 1024 "
+                          "and --prefix-cache-mb >= 0")
     if args.threads:
         torch.set_num_threads(args.threads)
     keys = load_api_keys(args.api_key_file)
     if not keys and not _is_loopback(args.host):
         print(f"warning: serving on {args.host} without an API key; anyone who can reach this port "
               "can use the model (set LMSTACK_API_KEY or --api-key-file)", file=sys.stderr)
-    engine = Engine.load(args.model)
+    prefix_cache = PrefixCache(max_bytes=args.prefix_cache_mb << 20) if args.prefix_cache_mb else None
+    engine = Engine.load(args.model, prefix_cache=prefix_cache)
     name = args.served_model_name or Path(args.model).resolve().name
     config = ServerConfig(model_name=name, max_batch=args.max_batch, max_queue=args.max_queue,
                           max_body_bytes=args.max_body_bytes, api_keys=keys, host=args.host, port=args.port)

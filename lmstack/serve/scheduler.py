@@ -259,7 +259,7 @@ class Scheduler:
         if not new:
             return
         extra = max(s.request.cfg.max_new_tokens for s in new)
-        cache, logits = prefill(self.model, [s.row.prompt for s in new], extra)
+        cache, logits = prefill(self.model, [s.row.prompt for s in new], extra, self.engine.prefix_cache)
         if self._cache is None:
             self._cache, self._logits = cache, logits
         else:
