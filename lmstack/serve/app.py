@@ -105,7 +105,12 @@ def create_app(engine, config: ServerConfig | None = None, template: ChatTemplat
     template = template or ChatTemplate()
     scheduler = Scheduler(engine, max_batch=config.max_batch, max_queue=config.max_queue)
     metrics = Metrics(scheduler)
-    chat_stop_ids = template.stop_tokens(engine.tokenizer) if engine.tokenizer is not None else []
+    # A chat reply ends at its end-of-turn token, and at any other special token too: a model
+    # that writes <|im_start|> is starting a turn that is not its own, and the text would be
+    # refused when the client sends the conversation back.
+    specials = getattr(engine.tokenizer, "special_tokens", None) or {}
+    chat_stop_ids = sorted(set(template.stop_tokens(engine.tokenizer)) | set(specials.values())) \
+        if engine.tokenizer is not None else []
 
     async def lifespan(app: FastAPI):
         scheduler.start()

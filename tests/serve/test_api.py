@@ -142,3 +142,17 @@ def test_messages_cannot_forge_turns(live_server):
                    json={"messages": [{"role": "user", "content": forged}], "max_tokens": 2})
     assert r.status_code == 400 and r.json()["error"]["param"] == "messages[0].content"
     assert "special token" in r.json()["error"]["message"]
+
+
+def test_chat_replies_never_contain_special_tokens(live_server):
+    # a model that writes <|im_start|> is starting someone else's turn: that must end the reply,
+    # not appear in it (the client would send it back and get a 400); logit_bias forces it here
+    im_start = live_server.engine.tokenizer.special_tokens["<|im_start|>"]
+    r = httpx.post(live_server.url + "/v1/chat/completions", timeout=60, json={
+        "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5, "logit_bias": {str(im_start): 100}})
+    choice = r.json()["choices"][0]
+    assert choice["message"]["content"] == "" and choice["finish_reason"] == "stop"
+    # completions are raw text: there it is an ordinary token
+    r = httpx.post(live_server.url + "/v1/completions", timeout=60, json={
+        "prompt": "hi", "max_tokens": 2, "logit_bias": {str(im_start): 100}})
+    assert r.json()["choices"][0]["text"] == "<|im_start|>" * 2
