@@ -340,6 +340,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_chat_args(p)
     p.set_defaults(func=cmd_chat)
 
+    from lmstack.infer.quantize import add_quantize_args, cmd_quantize
+
+    p = sub.add_parser("quantize", help="weight-only int8/int4 quantization of a model directory",
+                       description="Write a copy of --model with every Linear layer in int8 "
+                                   "(per channel) or int4 (groups of --group-size).")
+    add_quantize_args(p)
+    p.set_defaults(func=cmd_quantize)
+
     p = sub.add_parser("convert", help="convert between lmstack and Hugging Face model directories",
                        description="Import a local Hugging Face checkpoint (GPT-2, Llama, Mistral, "
                                    "Qwen2) into an lmstack model directory, or export an lmstack "

@@ -59,13 +59,22 @@ class Engine:
         self.vocab_size = model.config.vocab_size
 
     @classmethod
-    def load(cls, directory: str | os.PathLike, device: str = "cpu", prefix_cache=None) -> Engine:
-        """Load a model directory (config.json, weights, tokenizer.json)."""
+    def load(cls, directory: str | os.PathLike, device: str = "cpu", prefix_cache=None,
+             dtype: str | None = None) -> Engine:
+        """Load a model directory (config.json, weights, tokenizer.json); a quantized one
+        (`lmstack quantize`) loads into its int8/int4 layers. `dtype="bf16"` runs the model in
+        bfloat16 (weights, activations, KV cache; the decoder reads float32 logits)."""
         from lmstack.models.directory import load_model
 
         from lmstack.interop.hf import eos_token_ids
 
         model = load_model(directory, device=device)
+        if dtype is not None:
+            from lmstack.infer.quantize import DTYPES
+
+            if dtype not in DTYPES:
+                raise ConfigError(f"dtype {dtype!r} is not one of {sorted(DTYPES)}")
+            model = model.to(DTYPES[dtype])
         tok_path = Path(directory) / "tokenizer.json"
         tokenizer = Tokenizer.load(tok_path) if tok_path.exists() else None
         return cls(model, tokenizer, eos_ids=eos_token_ids(directory) or None, prefix_cache=prefix_cache)
@@ -212,6 +221,13 @@ class Engine:
             if delta:
                 yield delta
         self.last = rows[0].completion()  # the finish reason and tokens of the stream
+
+    def speculative(self, draft: Any = None, **options: Any):
+        """A `SpeculativeDecoder` over this engine (speculative.py): `draft=` a small Engine or
+        model with the same tokenizer, or `prompt_lookup=n`, or `medusa=` heads; `gamma=`."""
+        from lmstack.infer.speculative import SpeculativeDecoder
+
+        return SpeculativeDecoder(self, draft, **options)
 
     # ---- scoring ------------------------------------------------------------------------------
 

@@ -4,6 +4,8 @@
     DIR/model.safetensors  the weights (neural models), or DIR/ngram.npz (the n-gram counts)
     DIR/tokenizer.json     the tokenizer the ids come from
 
+A quantized model (`lmstack quantize`) has a "quantization" entry in config.json and its
+int8/int4 tensors in model.safetensors; `load_model` rebuilds the quantized layers.
 A training run adds `train_state.pt` and `log.jsonl` (lmstack.train.checkpoint). Every file is
 written to a temporary name and renamed, so a reader never sees a half-written one.
 
@@ -51,7 +53,10 @@ def save_model(directory: str | os.PathLike, model: torch.nn.Module) -> Path:
         with atomic_open(d / WEIGHTS) as f:
             # safetensors' save_model drops the duplicate of tied (shared) tensors.
             st_save_model(model, f.name)
-    atomic_write_json(d / CONFIG, model.config.to_dict())
+    config = model.config.to_dict()
+    if getattr(model, "quantization", None):  # lmstack/infer/quantize.py
+        config["quantization"] = model.quantization
+    atomic_write_json(d / CONFIG, config)
     return d
 
 
@@ -80,7 +85,15 @@ def load_model(directory: str | os.PathLike, device: str | torch.device = "cpu")
         if not (d / NGRAM).exists():
             raise ConfigError(f"{d} has an n-gram config but no {NGRAM}")
         return NGramLM.load(d / NGRAM).eval()
+    quantization = config.pop("quantization", None)
     model = build_model(config)
+    if quantization is not None:
+        # Weight-only int8/int4 (lmstack/infer/quantize.py): swap in the empty quantized
+        # layers the weights file holds, then load it as usual. Imported on demand, as the
+        # HF conversion above is, so that the models layer does not depend on inference.
+        from lmstack.infer.quantize import prepare_quantized
+
+        prepare_quantized(model, quantization)
     path = d / WEIGHTS
     if not path.exists():
         raise ConfigError(f"{d} has no {WEIGHTS}; the model directory is incomplete")

@@ -32,6 +32,7 @@ from typing import Any
 
 from lmstack.errors import ConfigError
 from lmstack.train.optim import OptimConfig
+from lmstack.train.qat import check_qat
 from lmstack.train.schedule import ScheduleConfig
 
 
@@ -67,6 +68,8 @@ class TrainConfig:
     save_every: int = 500  # steps between checkpoints (and always at the end)
     log_every: int = 10
     scheduled_sampling: float = 0.0  # RNNs: final probability of feeding own predictions
+    qat_bits: int | None = None  # quantization-aware training: 8 or 4 (train/qat.py); None = off
+    qat_group_size: int = 64  # int4 QAT group size (32, 64, 128, 256), as `lmstack quantize`'s
     resume: bool = False  # continue from out_dir's checkpoint
     progress: bool = True
 
@@ -88,6 +91,7 @@ class TrainConfig:
         if self.target_val_loss is not None and not self.eval_every:
             raise ConfigError("target_val_loss needs validation to stop on: set eval_every "
                               "to a number of steps, e.g. eval_every=100")
+        check_qat(self.qat_bits, self.qat_group_size)
         if not 0 <= self.scheduled_sampling <= 1:
             raise ConfigError("scheduled_sampling is a probability: use a value in [0, 1]")
         return self

@@ -205,6 +205,10 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> TrainResult:
     if isinstance(model, NGramLM):
         return _fit_ngram(model, cfg, tok, train_loader, val_loader, out, d)
 
+    if cfg.qat_bits:  # fake-quantized Linear weights with a straight-through gradient
+        from lmstack.train.qat import apply_qat
+
+        apply_qat(model, cfg.qat_bits, cfg.qat_group_size)
     model.to(d.device)
     state = None
     if cfg.resume and (out / ckpt.STATE).exists():

@@ -1,0 +1,442 @@
+"""Weight-only quantization: int8 per output channel, int4 in groups, and bf16 inference.
+
+A decode step at batch 1 reads every weight once and does little arithmetic with each, so its
+speed is set by how many bytes the weights take. Storing them in 8 or 4 bits instead of 32
+reads 4x or 8x fewer bytes; activations stay in floating point ("weight-only" quantization).
+
+- **int8, symmetric, per output channel** (the absmax scheme of LLM.int8(), Dettmers et al.
+  2022, without its outlier decomposition): row n of W (out, in) gets one scale
+  s_n = max|W[n]| / 127 and q = round(W / s_n) in [-127, 127]; W ~ s_n * q. The rounding
+  error of each weight is at most s_n / 2.
+- **int4, asymmetric, group-wise** (round-to-nearest in groups along the input dimension, the
+  baseline that GPTQ, Frantar et al. 2022, and AWQ improve on; the layout of gpt-fast and
+  torchao's int4 weight-only): each run of `group_size` (32/64/128/256) weights of a row gets a
+  scale s = (max - min) / 15 and a zero point z = min, q = round((W - z) / s) in [0, 15];
+  W ~ q * s + z. The zero point is kept as a float (the group's minimum, so both ends of the
+  range are exact) rather than GPTQ's integer; error at most s / 2. Smaller groups: smaller
+  error, more scales to store (2 floats per group: +2 bits per weight at g32, +0.5 at g128).
+
+The readable reference is `quantize_*` / `dequantize_*` below (doctested). The fast path runs
+the CPU kernels torch ships, `torch._weight_int8pack_mm(x, q, scales)` and
+`torch._weight_int4pack_mm_for_cpu(x, packed, group_size, scales_and_zeros)`, which
+dequantize inside the matmul. Their requirements, found by experiment on torch 2.13:
+
+- int8: q (N, K) int8, scales (N,) in the dtype of x; x 2-D (M, K), fp32, bf16 or fp16.
+- int4: `torch._convert_weight_to_int4pack_for_cpu(q_int32 (N, K) in 0..15, 1)` -> (N, K/2)
+  uint8 in the kernel's own blocked layout (not row-separable: rows are packed in tiles);
+  N must be a multiple of 16 (we pad rows with zeros and slice the output);
+  group size 32, 64, 128 or 256; scales_and_zeros (K/group, N, 2) in x's dtype, holding
+  (s, z + 8 s): the kernel computes (q - 8) * s + zero.
+- On an AVX2-only CPU (no AVX-512) both kernels are ~7-10x slower with fp32 activations than
+  with bf16 ones (a scalar fallback), so the fast path casts activations to `act_dtype`
+  (default bf16) for the matmul and casts the result back. `act_dtype=torch.float32` matches
+  the reference path to float rounding; bf16 adds bf16 rounding of the activations.
+
+On disk a quantized model directory is an ordinary one (models/directory.py) whose config.json
+has a `"quantization": {"bits", "group_size", "method", "skip"}` entry and whose
+model.safetensors holds, for each quantized layer, `qweight` (int8 (N, K), or for int4 uint8
+(N, K/2): two 4-bit values per byte, column 2j in the low nibble, 2j+1 in the high one — a
+portable layout; the kernel's is made when the layer first runs), `scales`, (`zeros`) and
+`bias`. `load_model` and `Engine.load` rebuild the quantized modules, so
+`lmstack generate --model runs/q4` works unchanged.
+
+**The tied head.** With `tie_embeddings` the head `lm_head` and the token table `wte` are one
+matrix. The head is an nn.Linear read in full every step (a third of GPT-2 small's weights), so
+it is quantized by default; the embedding lookup reads one row per token and keeps the fp32
+table. The tie is therefore broken: the directory stores wte in fp32 and the head quantized.
+`skip=("lm_head",)` keeps the head fp32 and tied instead (smaller file for a small model whose
+vocabulary table dominates, slower decode) — docs/quantization.md has both measured.
+
+bf16 inference needs no module: `model.to(torch.bfloat16)` (or `Engine.load(dir,
+dtype="bf16")`) runs the GPT and its KV cache in bf16; the decoder takes `.float()` logits.
+
+    lmstack quantize --model runs/quickstart --out runs/q8 --bits 8
+    lmstack quantize --model runs/quickstart --out runs/q4 --bits 4 --group-size 64
+    lmstack generate --model runs/q4 --prompt "def "
+
+    >>> import torch
+    >>> from torch import nn
+    >>> model = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 16))
+    >>> _ = quantize_model(model, bits=4, group_size=32)
+    >>> [type(m).__name__ for m in model]
+    ['Int4Linear', 'ReLU', 'Int4Linear']
+    >>> quantize_model(nn.Linear(48, 16), bits=4, group_size=32)
+    Traceback (most recent call last):
+    ...
+    lmstack.errors.ConfigError: group_size 32 does not divide the input width 48 of layer '' (nn.Linear(48, 16)); choose a group size that divides every layer's input width, or skip the layer
+
+Tests: `pytest lmstack/infer/quantize.py tests/infer/test_quantize.py`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lmstack.errors import ConfigError
+
+BITS = (4, 8)
+GROUP_SIZES = (32, 64, 128, 256)  # what torch's int4 CPU kernel accepts
+METHOD = "rtn"  # round-to-nearest (no calibration data)
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+# ---- the reference: pure functions ------------------------------------------------------------
+
+def quantize_int8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric int8 per output channel: (q int8 (N, K), scales float32 (N,)), W ~ q * s[:, None].
+
+    >>> w = torch.tensor([[0.5, -1.0, 0.25], [2.0, 0.0, -0.01]])
+    >>> q, s = quantize_int8(w)
+    >>> q
+    tensor([[  64, -127,   32],
+            [ 127,    0,   -1]], dtype=torch.int8)
+    >>> s
+    tensor([0.0079, 0.0157])
+    >>> bool(((dequantize_int8(q, s) - w).abs() <= s[:, None] / 2 + 1e-7).all())  # error <= s/2
+    True
+    """
+    w = w.detach().float()
+    scales = (w.abs().amax(dim=1) / 127).clamp(min=1e-12)  # an all-zero row: any scale works
+    q = torch.round(w / scales[:, None]).clamp(-127, 127).to(torch.int8)
+    return q, scales
+
+
+def dequantize_int8(q: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """float32 (N, K) weights back from int8 `q` (N, K) and per-row `scales` (N,)."""
+    return q.float() * scales.float()[:, None]
+
+
+def check_group_size(in_features: int, group_size: int, name: str = "") -> None:
+    """Raise ConfigError unless `group_size` is one the kernel takes and divides the width.
+
+    >>> check_group_size(96, 64, "mlp.up_proj")
+    Traceback (most recent call last):
+    ...
+    lmstack.errors.ConfigError: group_size 64 does not divide the input width 96 of layer 'mlp.up_proj'; choose a group size that divides every layer's input width, or skip the layer
+    """
+    if group_size not in GROUP_SIZES:
+        raise ConfigError(f"group_size {group_size} is not supported: use one of {list(GROUP_SIZES)} "
+                          "(what torch's int4 CPU kernel accepts)")
+    if in_features % group_size:
+        raise ConfigError(f"group_size {group_size} does not divide the input width {in_features} of "
+                          f"layer {name!r}; choose a group size that divides every layer's input "
+                          "width, or skip the layer")
+
+
+def quantize_int4(w: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Asymmetric int4 in groups of `group_size` along each row: (q uint8 (N, K) in 0..15,
+    scales (N, K/g), zeros (N, K/g)) with W ~ q * s + z per group (z = the group's minimum).
+
+    >>> w = torch.linspace(-1, 2, 64).reshape(1, 64)
+    >>> q, s, z = quantize_int4(w, 32)
+    >>> q[0, :8].tolist(), q[0, 32:36].tolist(), s.shape, z.tolist()
+    ([0, 0, 1, 1, 2, 2, 3, 3], [0, 0, 1, 1], torch.Size([1, 2]), [[-1.0, 0.5238094925880432]])
+    >>> bool(((dequantize_int4(q, s, z) - w).abs() <= s.repeat_interleave(32, 1) / 2 + 1e-6).all())
+    True
+    >>> quantize_int4(torch.zeros(2, 48), 32)
+    Traceback (most recent call last):
+    ...
+    lmstack.errors.ConfigError: group_size 32 does not divide the input width 48 of layer ''; choose a group size that divides every layer's input width, or skip the layer
+    """
+    N, K = w.shape
+    check_group_size(K, group_size)
+    g = w.detach().float().reshape(N, K // group_size, group_size)
+    lo, hi = g.amin(dim=-1), g.amax(dim=-1)
+    scales = ((hi - lo) / 15).clamp(min=1e-12)  # a constant group: q = 0, W = z exactly
+    q = torch.round((g - lo[..., None]) / scales[..., None]).clamp(0, 15).to(torch.uint8)
+    return q.reshape(N, K), scales, lo
+
+
+def dequantize_int4(q: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor) -> torch.Tensor:
+    """float32 (N, K) weights back from `q` (N, K) in 0..15 and per-group scales/zeros (N, K/g)."""
+    N, K = q.shape
+    g = K // scales.size(1)
+    w = q.float().reshape(N, -1, g) * scales.float()[..., None] + zeros.float()[..., None]
+    return w.reshape(N, K)
+
+
+def pack_int4(q: torch.Tensor) -> torch.Tensor:
+    """Two 4-bit values per byte: column 2j in the low nibble, 2j+1 in the high one (our file
+    layout, independent of the kernel's).
+
+    >>> p = pack_int4(torch.tensor([[1, 2, 15, 0]], dtype=torch.uint8)); p.tolist()
+    [[33, 15]]
+    >>> unpack_int4(p).tolist()
+    [[1, 2, 15, 0]]
+    """
+    q = q.to(torch.uint8)
+    return q[:, 0::2] | (q[:, 1::2] << 4)
+
+
+def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
+    """The (N, K) uint8 values 0..15 of `pack_int4`'s (N, K/2) bytes."""
+    return torch.stack([packed & 15, packed >> 4], dim=-1).reshape(packed.size(0), -1)
+
+
+# ---- modules --------------------------------------------------------------------------------
+
+class QuantLinear(nn.Module):
+    """A Linear whose weight is stored quantized; subclasses define the format and the kernel.
+
+    `reference=True` runs the readable path: dequantize the whole weight, then F.linear (slow,
+    exact in fp32). Otherwise the torch kernel runs on activations cast to `act_dtype`."""
+
+    bits = 0
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True,
+                 reference: bool = False, act_dtype: torch.dtype = torch.bfloat16) -> None:
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.reference = reference
+        self.act_dtype = act_dtype
+        self.bias = nn.Parameter(torch.zeros(out_features), requires_grad=False) if bias else None
+
+    def dequantize(self) -> torch.Tensor:
+        """The float32 (out, in) weight this layer stands for."""
+        raise NotImplementedError
+
+    def kernel(self, x: torch.Tensor) -> torch.Tensor:
+        """(M, in) activations in act_dtype -> (M, out) by the fast kernel."""
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.reference:
+            return F.linear(x, self.dequantize().to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
+        y = self.kernel(x.reshape(-1, self.in_features).to(self.act_dtype))
+        y = y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
+        return y if self.bias is None else y + self.bias.to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"bias={self.bias is not None}, reference={self.reference}, act_dtype={self.act_dtype}")
+
+
+class Int8Linear(QuantLinear):
+    """int8 weights (N, K) with one fp32 scale per output channel; `torch._weight_int8pack_mm`."""
+
+    bits = 8
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, **kw) -> None:
+        super().__init__(in_features, out_features, bias, **kw)
+        self.register_buffer("qweight", torch.zeros(out_features, in_features, dtype=torch.int8))
+        self.register_buffer("scales", torch.ones(out_features))
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, **kw) -> Int8Linear:
+        m = cls(linear.in_features, linear.out_features, linear.bias is not None, **kw)
+        m.qweight, m.scales = quantize_int8(linear.weight)
+        if linear.bias is not None:
+            m.bias.data = linear.bias.detach().float().clone()
+        return m
+
+    def dequantize(self) -> torch.Tensor:
+        return dequantize_int8(self.qweight, self.scales)
+
+    def kernel(self, x: torch.Tensor) -> torch.Tensor:
+        return torch._weight_int8pack_mm(x, self.qweight, self.scales.to(x.dtype))
+
+
+class Int4Linear(QuantLinear):
+    """int4 weights in groups along the input, with per-group scales and zero points;
+    `torch._weight_int4pack_mm_for_cpu`. The kernel's packed copy is made on first use."""
+
+    bits = 4
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, group_size: int = 64,
+                 **kw) -> None:
+        check_group_size(in_features, group_size)
+        super().__init__(in_features, out_features, bias, **kw)
+        self.group_size = group_size
+        groups = in_features // group_size
+        self.register_buffer("qweight", torch.zeros(out_features, in_features // 2, dtype=torch.uint8))
+        self.register_buffer("scales", torch.ones(out_features, groups))
+        self.register_buffer("zeros", torch.zeros(out_features, groups))
+        self._packed: tuple[torch.dtype, torch.Tensor, torch.Tensor] | None = None
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, group_size: int = 64, **kw) -> Int4Linear:
+        m = cls(linear.in_features, linear.out_features, linear.bias is not None, group_size, **kw)
+        q, m.scales, m.zeros = quantize_int4(linear.weight, group_size)
+        m.qweight = pack_int4(q)
+        if linear.bias is not None:
+            m.bias.data = linear.bias.detach().float().clone()
+        return m
+
+    def dequantize(self) -> torch.Tensor:
+        return dequantize_int4(unpack_int4(self.qweight), self.scales, self.zeros)
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:
+        super()._load_from_state_dict(*args, **kwargs)
+        self._packed = None  # new weights: repack on next use
+
+    def _kernel_weights(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """The kernel's packed weight and (K/g, N_pad, 2) scales-and-zeros, rows padded to 16."""
+        if self._packed is None or self._packed[0] != dtype:
+            q = unpack_int4(self.qweight).to(torch.int32)
+            pad = -self.out_features % 16
+            scales, zeros = self.scales.float(), self.zeros.float()
+            if pad:
+                q = F.pad(q, (0, 0, 0, pad))
+                scales, zeros = F.pad(scales, (0, 0, 0, pad)), F.pad(zeros, (0, 0, 0, pad))
+            packed = torch._convert_weight_to_int4pack_for_cpu(q, 1)
+            # The kernel computes (q - 8) * s + zero, ours q * s + z: zero = z + 8 s.
+            sz = torch.stack([scales, zeros + 8 * scales], dim=-1).transpose(0, 1).contiguous()
+            self._packed = (dtype, packed, sz.to(dtype))
+        return self._packed[1], self._packed[2]
+
+    def kernel(self, x: torch.Tensor) -> torch.Tensor:
+        packed, sz = self._kernel_weights(x.dtype)
+        y = torch._weight_int4pack_mm_for_cpu(x, packed, self.group_size, sz)
+        return y[:, :self.out_features]
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", group_size={self.group_size}"
+
+
+# ---- whole models ---------------------------------------------------------------------------
+
+def _skipped(name: str, skip: Iterable[str]) -> bool:
+    """A layer is skipped if its name, or its last part, is listed (e.g. 'lm_head')."""
+    return any(name == s or name.endswith("." + s) for s in skip)
+
+
+def check_quantization(bits: int, group_size: int | None) -> None:
+    """Raise ConfigError for bits outside {4, 8} or an int4 group size the kernel does not take."""
+    if bits not in BITS:
+        raise ConfigError(f"bits {bits} is not supported: use 8 (int8 per channel) or 4 (int4 in groups)")
+    if bits == 4 and group_size not in GROUP_SIZES:
+        raise ConfigError(f"group_size {group_size} is not supported: use one of {list(GROUP_SIZES)} "
+                          "(what torch's int4 CPU kernel accepts)")
+
+
+def quantize_model(model: nn.Module, bits: int, group_size: int = 64, skip: Iterable[str] = (),
+                   reference: bool = False, act_dtype: torch.dtype = torch.bfloat16,
+                   empty: bool = False) -> nn.Module:
+    """Replace every nn.Linear of `model` (in place; returned too) by an Int8Linear or
+    Int4Linear, except those named in `skip` (full names or their last part, e.g. "lm_head").
+
+    Every layer is checked before any is replaced, so bad settings leave the model untouched.
+    `empty=True` builds the modules without quantizing (their buffers are about to be loaded).
+    Records `model.quantization` = {"bits", "group_size", "method", "skip"} (for config.json)."""
+    check_quantization(bits, group_size)
+    skip = tuple(skip)
+    targets = [(name, m) for name, m in model.named_modules()
+               if isinstance(m, nn.Linear) and not _skipped(name, skip)]
+    if bits == 4:
+        for name, m in targets:
+            try:
+                check_group_size(m.in_features, group_size, name)
+            except ConfigError as e:
+                raise ConfigError(str(e).replace(f"layer {name!r}",
+                                  f"layer {name!r} (nn.Linear({m.in_features}, {m.out_features}))")) from None
+    kw = dict(reference=reference, act_dtype=act_dtype)
+    if bits == 4:
+        kw["group_size"] = group_size
+    cls = Int8Linear if bits == 8 else Int4Linear
+    for name, m in targets:
+        if empty:
+            new = cls(m.in_features, m.out_features, m.bias is not None, **kw)
+        else:
+            new = cls.from_linear(m, **kw)
+        _set_module(model, name, new.to(m.weight.device))
+    model.quantization = {"bits": bits, "group_size": group_size if bits == 4 else None,
+                          "method": METHOD, "skip": list(skip)}
+    return model
+
+
+def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
+    if name == "":
+        raise ConfigError("quantize_model needs a model that contains nn.Linear layers, "
+                          "not a single nn.Linear: use Int8Linear.from_linear / Int4Linear.from_linear")
+    parent, _, attr = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, attr, new)
+
+
+def set_reference(model: nn.Module, reference: bool = True) -> nn.Module:
+    """Switch every quantized layer between the reference path and the kernels."""
+    for m in model.modules():
+        if isinstance(m, QuantLinear):
+            m.reference = reference
+    return model
+
+
+def set_act_dtype(model: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """The activation dtype every quantized layer's kernel runs in."""
+    for m in model.modules():
+        if isinstance(m, QuantLinear):
+            m.act_dtype = dtype
+    return model
+
+
+def prepare_quantized(model: nn.Module, quantization: dict) -> nn.Module:
+    """Give a freshly built model the empty quantized modules a directory's config.json
+    describes, ready for `load_state_dict` (used by models/directory.py's load_model)."""
+    if not isinstance(quantization, dict) or "bits" not in quantization:
+        raise ConfigError(f"config.json's 'quantization' entry {quantization!r} is not "
+                          "{'bits': 4|8, 'group_size': N, 'method': 'rtn'}; the file is corrupt")
+    method = quantization.get("method", METHOD)
+    if method != METHOD:
+        raise ConfigError(f"quantization method {method!r} is unknown; this lmstack reads {METHOD!r}")
+    return quantize_model(model, int(quantization["bits"]), quantization.get("group_size") or 64,
+                          skip=quantization.get("skip", ()), empty=True)
+
+
+def model_bytes(model: nn.Module) -> int:
+    """Bytes of the tensors a saved model holds (shared tensors once; runtime-only copies
+    such as the int4 kernel packing excluded): what model.safetensors stores, minus headers."""
+    seen, total = set(), 0
+    for t in list(model.parameters()) + [b for _, b in model.named_buffers()]:
+        if t.data_ptr() in seen:
+            continue
+        seen.add(t.data_ptr())
+        total += t.numel() * t.element_size()
+    return total
+
+
+# ---- the command --------------------------------------------------------------------------
+
+def add_quantize_args(p: argparse.ArgumentParser) -> None:
+    """Flags of `lmstack quantize`."""
+    p.add_argument("--model", required=True, help="model directory to quantize (fp32 weights)")
+    p.add_argument("--out", required=True, help="directory to write the quantized model to")
+    p.add_argument("--bits", type=int, required=True, choices=BITS,
+                   help="8: int8 per output channel; 4: int4 in groups with scales and zero points")
+    p.add_argument("--group-size", type=int, default=64,
+                   help=f"int4 group size along the input width, one of {list(GROUP_SIZES)} (default 64)")
+    p.add_argument("--skip", nargs="*", default=[],
+                   help="layers kept in float (full names or last parts, e.g. lm_head)")
+
+
+def cmd_quantize(args: argparse.Namespace) -> int:
+    """`lmstack quantize`: load --model, quantize, write --out (config, weights, tokenizer)."""
+    from lmstack.models.directory import load_model, read_config, save_model
+
+    check_quantization(args.bits, args.group_size)
+    if "quantization" in read_config(args.model):
+        raise ConfigError(f"{args.model} is already quantized; quantize the fp32 model it came from")
+    if Path(args.out).resolve() == Path(args.model).resolve():
+        raise ConfigError("--out must differ from --model (the fp32 weights would be overwritten)")
+    model = load_model(args.model)
+    if not any(isinstance(m, nn.Linear) for m in model.modules()):
+        raise ConfigError(f"{args.model} has no Linear layers to quantize (n-gram models have no weights)")
+    before = model_bytes(model)
+    quantize_model(model, args.bits, args.group_size, skip=args.skip)
+    out = save_model(args.out, model)
+    tok = Path(args.model) / "tokenizer.json"
+    if tok.exists():
+        from lmstack.atomic import atomic_open
+
+        with atomic_open(out / "tokenizer.json") as f, open(tok, "rb") as src:
+            shutil.copyfileobj(src, f)
+    after = os.path.getsize(out / "model.safetensors")
+    label = "int8" if args.bits == 8 else f"int4 g{args.group_size}"
+    print(f"wrote {out} ({label}): {after / 1e6:.1f} MB on disk, fp32 tensors were {before / 1e6:.1f} MB")
+    return 0
