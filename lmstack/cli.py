@@ -168,6 +168,12 @@ def cmd_sample_compare(args: argparse.Namespace) -> None:
     run_sample_compare(args)
 
 
+def cmd_train_heads(args: argparse.Namespace) -> None:
+    from lmstack.train.heads import cmd_train_heads as run
+
+    run(args)
+
+
 def cmd_serve(args: argparse.Namespace) -> None:
     from lmstack.serve.commands import cmd_serve as serve
 
@@ -339,6 +345,14 @@ def build_parser() -> argparse.ArgumentParser:
                        description="A terminal chat: /reset, /set NAME VALUE, /show, /help, /quit.")
     add_chat_args(p)
     p.set_defaults(func=cmd_chat)
+
+    from lmstack.train.heads import add_train_heads_args
+
+    p = sub.add_parser("train-heads", help="train Medusa heads on a frozen model (speculative decoding)",
+                       description="Train K Medusa heads on a frozen GPT's last hidden state; saved "
+                                   "next to the model as medusa_heads.safetensors + medusa_config.json.")
+    add_train_heads_args(p)
+    p.set_defaults(func=cmd_train_heads)
 
     from lmstack.infer.quantize import add_quantize_args, cmd_quantize
 

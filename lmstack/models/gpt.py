@@ -184,6 +184,14 @@ class GPT(nn.Module):
         cache advances each row by its own length (logits at padded positions are meaningless).
         `last_only` returns (B, 1, vocab_size): the logits of each row's last real token only,
         all a decoder's prefill needs (the head over every position of a long prompt is waste)."""
+        x = self.hidden(idx, cache, lengths, last_only)
+        return self.lm_head(x)
+
+    def hidden(self, idx: torch.Tensor, cache: KVCache | None = None,
+               lengths: torch.Tensor | None = None, last_only: bool = False) -> torch.Tensor:
+        """The last hidden state (B, T, n_embd): the final norm's output that `lm_head` maps
+        to logits (`forward` is `lm_head(hidden(...))`); Medusa heads read it
+        (lmstack/infer/medusa.py). Arguments as in `forward`."""
         B, T = check_idx(idx, self.config.vocab_size)
         start, row_pos = 0, None
         if cache is not None:
@@ -202,7 +210,7 @@ class GPT(nn.Module):
         if last_only:
             last = None if lengths is None else torch.as_tensor(lengths, device=x.device) - 1
             x = x[:, -1:] if last is None else x[torch.arange(B, device=x.device), last, None]
-        return self.lm_head(self.ln_f(x))
+        return self.ln_f(x)
 
     def attention_bias(self, pos: torch.Tensor, n_keys: int, dtype: torch.dtype) -> torch.Tensor | None:
         """Additive causal mask (+ ALiBi) for queries at `pos` (T,) or per row (B, T) over keys
