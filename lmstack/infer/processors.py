@@ -460,10 +460,12 @@ def process(
     tokens: list[list[int]],
     generated: list[list[int]],
     stop_ids: Iterable[int],
+    validate: bool = True,
 ) -> Tensor:
     """Apply every enabled processor in the order of the module docstring; a new (B, V) tensor.
 
     `tokens` is each row's prompt + generated ids, `generated` only the generated ones.
+    `validate=False` skips checking `settings` (a decode loop checks them once, not every step).
 
     >>> x = torch.tensor([[2.0, 1.0, 0.0]])
     >>> torch.equal(process(x, ProcessorSettings(), [[0]], [[]], stop_ids=[2]), x)
@@ -473,7 +475,8 @@ def process(
     tensor([[4., -inf, -inf]])
     """
     s = settings
-    s.validate(logits.shape[-1])
+    if validate:
+        s.validate(logits.shape[-1])
     _check_rows(logits, tokens, "tokens")
     _check_rows(logits, generated, "generated")
     stop_ids = list(stop_ids)

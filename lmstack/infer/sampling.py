@@ -160,6 +160,24 @@ def _takes_last_only(forward: Callable) -> bool:
     return "last_only" in inspect.signature(forward).parameters
 
 
+def draw(probs: torch.Tensor, generators: Sequence[torch.Generator | None]) -> list[int]:
+    """One token per row of `probs` (B, V), row i drawn with its own generator: a uniform u from
+    generators[i], then inverse-CDF (the first token whose cumulative probability exceeds u).
+    One vectorized search for the batch, so batching many seeded rows stays cheap.
+
+    >>> g = [torch.Generator().manual_seed(0), None]
+    >>> draw(torch.tensor([[0.0, 1.0, 0.0], [0.5, 0.0, 0.5]]), g)[0]
+    1
+    """
+    u = torch.stack([torch.rand((), generator=g, dtype=torch.float64) for g in generators])
+    cdf = probs.double().cumsum(-1)
+    total = cdf[:, -1]
+    # Strictly below the total, and side="right": never a zero-probability token, even for u
+    # at either end of [0, 1).
+    target = torch.minimum(u * total, torch.nextafter(total, torch.zeros_like(total)))
+    return torch.searchsorted(cdf, target.unsqueeze(-1), right=True).squeeze(-1).tolist()
+
+
 def is_passthrough(settings: ProcessorSettings) -> bool:
     """True when `process` would return an unchanged copy: no processor on and temperature
     0 (greedy) or 1."""
@@ -214,13 +232,12 @@ def decode(model, rows: list[Row], cfg: GenerationConfig, stop_ids: set[int],
             processed = logits
         else:
             histories = [r.prompt + r.tokens for r in active]
-            processed = process(logits, settings, histories, [r.tokens for r in active], stop_ids)
+            processed = process(logits, settings, histories, [r.tokens for r in active], stop_ids,
+                                validate=False)  # checked once, by GenerationConfig.validate
         if greedy:
             chosen = processed.argmax(-1).tolist()
         else:
-            probs = F.softmax(processed, dim=-1)
-            chosen = [int(torch.multinomial(probs[i], 1, generator=r.generator))
-                      for i, r in enumerate(active)]
+            chosen = draw(F.softmax(processed, dim=-1), [r.generator for r in active])
         logp = F.log_softmax(logits, dim=-1) if cfg.logprobs or cfg.best_of > 1 else None
         tops = logp.topk(cfg.top_logprobs, dim=-1) if logp is not None and cfg.top_logprobs else None
         keep = []

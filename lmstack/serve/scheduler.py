@@ -48,7 +48,8 @@ import torch.nn.functional as F
 from lmstack.errors import ConfigError, LMStackError
 from lmstack.infer.config import GenerationConfig
 from lmstack.infer.processors import ProcessorSettings, process
-from lmstack.infer.sampling import Row, check_prompts, context_length, is_passthrough, make_generator, prefill
+from lmstack.infer.sampling import (Row, check_prompts, context_length, draw, is_passthrough, make_generator,
+                                    prefill)
 
 log = logging.getLogger("lmstack.serve")
 
@@ -104,15 +105,11 @@ class _Sequence:
     longest_stop: int
     sent: int = 0                      # tokens of row.tokens already reported
 
-    def choose(self, logits: torch.Tensor) -> int:
-        """The next token from this row's (V,) logits, with its own settings and generator."""
-        row = self.row
-        if not self.passthrough:
-            logits = process(logits[None], self.settings, [row.prompt + row.tokens], [row.tokens],
-                             self.stop_ids)[0]
-        if self.request.cfg.temperature == 0:
-            return int(logits.argmax())
-        return int(torch.multinomial(F.softmax(logits, dim=-1), 1, generator=row.generator))
+    def chooses_like(self, other: _Sequence) -> bool:
+        """Whether this row picks tokens by the same rules as `other` (so they share one
+        `process` call): same processor settings and stop ids; seeds may differ."""
+        return self.settings is other.settings or (self.settings == other.settings
+                                                   and self.stop_ids == other.stop_ids)
 
 
 class Scheduler:
@@ -215,17 +212,21 @@ class Scheduler:
             return
         need_logp = any(s.request.cfg.logprobs for s in self._running)
         logp = F.log_softmax(self._logits, dim=-1) if need_logp else None
-        keep = []
+        live = []
         for i, seq in enumerate(self._running):
             if seq.request.cancelled:
                 self._close_sample(seq)
-                continue
-            try:
-                self._advance(seq, self._logits[i], None if logp is None else logp[i])
-            except LMStackError as e:  # e.g. every token banned for this row
+            else:
+                live.append(i)
+        chosen = self._choose(live)
+        keep = []
+        for i in live:
+            seq = self._running[i]
+            if isinstance(chosen[i], LMStackError):  # e.g. every token banned for this row
                 seq.request.cancel()
-                self._fail(seq.request, str(e))
+                self._fail(seq.request, str(chosen[i]))
                 continue
+            self._advance(seq, chosen[i], None if logp is None else logp[i])
             if seq.row.finish_reason is None:
                 keep.append(i)
         if len(keep) < len(self._running):
@@ -277,9 +278,42 @@ class Scheduler:
                           settings, is_passthrough(settings), stop_ids, longest)
                 for j in range(request.n)]
 
-    def _advance(self, seq: _Sequence, logits: torch.Tensor, logp: torch.Tensor | None) -> None:
-        """Choose and record one token of `seq`; emit what became visible."""
-        token = seq.choose(logits)
+    def _choose(self, rows: list[int]) -> dict[int, int | LMStackError]:
+        """The next token of each running row in `rows`. Rows that choose alike are processed
+        in one batched call (the processors' cost is per call more than per row); each row
+        still draws from its own generator."""
+        groups: list[list[int]] = []
+        for i in rows:
+            for group in groups:
+                if self._running[i].chooses_like(self._running[group[0]]):
+                    group.append(i)
+                    break
+            else:
+                groups.append([i])
+        chosen: dict[int, int | LMStackError] = {}
+        for group in groups:
+            try:
+                chosen.update(zip(group, self._choose_group(group)))
+            except LMStackError:  # find the row(s) at fault, so the others go on
+                for i in group:
+                    try:
+                        chosen[i] = self._choose_group([i])[0]
+                    except LMStackError as e:
+                        chosen[i] = e
+        return chosen
+
+    def _choose_group(self, rows: list[int]) -> list[int]:
+        seqs = [self._running[i] for i in rows]
+        first, logits = seqs[0], self._logits[rows]
+        if not first.passthrough:
+            logits = process(logits, first.settings, [s.row.prompt + s.row.tokens for s in seqs],
+                             [s.row.tokens for s in seqs], first.stop_ids, validate=False)
+        if first.request.cfg.temperature == 0:
+            return logits.argmax(-1).tolist()
+        return draw(F.softmax(logits, dim=-1), [s.row.generator for s in seqs])
+
+    def _advance(self, seq: _Sequence, token: int, logp: torch.Tensor | None) -> None:
+        """Record one chosen token of `seq`; emit what became visible."""
         cfg, request = seq.request.cfg, seq.request
         top = None
         if logp is not None and cfg.logprobs and cfg.top_logprobs:
