@@ -405,7 +405,12 @@ def refuse_special_tokens(messages: list[dict], tokenizer) -> None:
 
 def _validation_error(exc: RequestValidationError) -> APIError:
     """A pydantic error as a 400 naming the first bad field."""
-    err = exc.errors()[0]
+    errors = exc.errors()
+    err = errors[0]
+    # A union field (stop: str | list[str]) gets one error per member; the member of the type the
+    # client sent fails on its value, the others only on their type: report the value error.
+    same_field = [e for e in errors if _field_path(e) == _field_path(err)]
+    err = next((e for e in same_field if not str(e.get("type", "")).endswith("_type")), err)
     loc = [str(x) for x in err.get("loc", ()) if x != "body"]
     if err.get("type") == "json_invalid":
         return APIError(400, "the request body is not valid JSON: " + str(err.get("ctx", {}).get("error", "")).strip()
@@ -419,6 +424,12 @@ def _validation_error(exc: RequestValidationError) -> APIError:
     given = repr(err.get("input"))
     given = given if len(given) <= 80 else given[:77] + "..."
     return APIError(400, f"{param}: {err.get('msg')} (got {given})", param)
+
+
+def _field_path(error: dict) -> tuple:
+    """The field part of a pydantic error location (body and union member names left out)."""
+    return tuple(x for x in error.get("loc", ()) if x != "body" and str(x) not in _TYPE_NAMES
+                 and not str(x).startswith(("constrained-", "function-")))
 
 
 _TYPE_NAMES = {"str", "int", "float", "bool", "list", "dict", "list[str]", "list[int]", "list[list[int]]",

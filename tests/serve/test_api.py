@@ -121,6 +121,8 @@ def test_validation_names_the_field(live_server):
         assert r.status_code == 400, body
         error = r.json()["error"]
         assert error["param"] == param and param.split("[")[0] in error["message"], (body, error)
+    r = httpx.post(url, json={"messages": [{"role": "user", "content": "x"}], "stop": list("abcde")})
+    assert r.json()["error"]["param"] == "stop" and "at most 4" in r.json()["error"]["message"]
     r = httpx.post(url, content=b"{not json", headers={"content-type": "application/json"})
     assert r.status_code == 400 and "not valid JSON" in r.json()["error"]["message"]
     long = {"messages": [{"role": "user", "content": "word " * 2000}]}
