@@ -252,16 +252,20 @@ def time_prefill(ours: GPT, hf, n: int, repeats: int) -> dict[str, float]:
         return {name: t for name, (t, _) in median_times(runs, repeats).items()}
 
 
+def cpu_model() -> str:
+    """The CPU's model name (from /proc/cpuinfo where there is one)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
 def machine_info(threads: int) -> str:
     """One line: cores, CPU model, library versions, threads, date."""
     import transformers
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    cpu = cpu_model()
     return (f"{os.cpu_count()} cores, {cpu}, python {platform.python_version()}, torch {torch.__version__}, "
             f"transformers {transformers.__version__}, {threads} threads, {datetime.date.today()}")
 

@@ -35,6 +35,7 @@ over every request of every repeat. Results go to docs/benchmarks.md by hand.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import asyncio
 import contextlib
 import datetime
@@ -345,12 +346,10 @@ def machine_info(threads: int) -> str:
     """One line: cores, CPU model, library versions, threads, date."""
     import torch
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    spec = importlib.util.spec_from_file_location("bench_decode", Path(__file__).with_name("decode.py"))
+    decode = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(decode)
+    cpu = decode.cpu_model()
     return (f"{os.cpu_count()} cores, {cpu}, python {platform.python_version()}, torch {torch.__version__}, "
             f"httpx {httpx.__version__}, server --threads {threads}, {datetime.date.today()}")
 

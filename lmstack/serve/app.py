@@ -341,7 +341,8 @@ class Reply:
         self.tokens[i] += event.tokens
         self.logprobs[i] += event.logprobs
         self.tops[i] += event.top_logprobs
-        self.completion_tokens += len(event.tokens)
+        # The stop token was generated (and computed) too, as vLLM and OpenAI count it.
+        self.completion_tokens += len(event.tokens) + (event.stop_token is not None)
         if event.finish_reason is not None:
             self.finish[i] = event.finish_reason
             self.open -= 1

@@ -68,6 +68,7 @@ class Event:
     logprobs: list[float]              # their log-probabilities (when asked for)
     top_logprobs: list[list[tuple[int, float]]]
     finish_reason: str | None = None   # "stop" or "length" on the sample's last event
+    stop_token: int | None = None      # the end-of-text/stop id that finished it (never in tokens)
     error: str | None = None           # set when the request failed inside the scheduler
 
 
@@ -322,7 +323,7 @@ class Scheduler:
         lp = float(logp[token]) if logp is not None and cfg.logprobs else None
         before = len(seq.row.tokens)
         delta = seq.row.take(token, lp, top, cfg, seq.stop_ids, self.ctx, seq.longest_stop)
-        if len(seq.row.tokens) > before:
+        if len(seq.row.tokens) > before or seq.row.stop_token is not None:
             request.generated += 1
             if request.first_token is None:
                 request.first_token = time.perf_counter()
@@ -333,7 +334,7 @@ class Scheduler:
         row, start = seq.row, seq.sent
         seq.sent = len(row.tokens)
         event = Event(seq.sample, text, row.tokens[start:], row.logprobs[start:],
-                      row.top_logprobs[start:], row.finish_reason)
+                      row.top_logprobs[start:], row.finish_reason, row.stop_token)
         self._deliver(seq.request, event)
         if row.finish_reason is not None:
             self._close_sample(seq)

@@ -158,3 +158,11 @@ def test_chat_replies_never_contain_special_tokens(live_server):
     r = httpx.post(live_server.url + "/v1/completions", timeout=60, json={
         "prompt": "hi", "max_tokens": 2, "logit_bias": {str(im_start): 100}})
     assert r.json()["choices"][0]["text"] == "<|im_start|>" * 2
+
+
+def test_usage_counts_the_end_of_text_token(live_server):
+    eot = live_server.engine.tokenizer.special_tokens["<|endoftext|>"]
+    r = httpx.post(live_server.url + "/v1/completions", timeout=60, json={
+        "prompt": "hi", "max_tokens": 5, "logit_bias": {str(eot): 100}}).json()
+    assert r["choices"][0]["text"] == "" and r["choices"][0]["finish_reason"] == "stop"
+    assert r["usage"]["completion_tokens"] == 1
