@@ -120,7 +120,8 @@ def methods(target: Engine, draft: Engine | None, medusa, gammas=(2, 3, 4, 5, 6)
     if draft is not None:
         for g in gammas:
             out[f"draft model, γ={g}"] = target.speculative(draft=draft, gamma=g)
-    out["prompt lookup, n=3, γ=8"] = target.speculative(prompt_lookup=3, gamma=8)
+    for g in (4, 8, 12, 16):  # a sweep, like the draft model's: longer guesses cost a longer check
+        out[f"prompt lookup, n=3, γ={g}"] = target.speculative(prompt_lookup=3, gamma=g)
     if medusa is not None:
         out[f"Medusa, K={medusa.config.num_heads}"] = target.speculative(medusa=medusa)
     return out
