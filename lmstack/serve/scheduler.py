@@ -9,9 +9,13 @@ scheduler of vLLM, Kwon et al. 2023) instead decides at every decode step:
    the running cache (`cache.extend`): every row keeps its own length and position, so rows
    that joined at different times decode side by side (models/kv_cache.py, ragged rows).
 2. decode: one forward pass over the last token of every running row, then each row picks its
-   next token with its own settings (temperature, top-p, penalties, seed...) via
-   `Row.take` — the same bookkeeping as the single-call decoder in infer/sampling.py, so stop
-   strings, UTF-8-safe streaming and finish reasons behave identically.
+   next token with its own settings (temperature, top-p, penalties...) and its own seeded
+   generator. Rows whose settings are equal go through the logits processors in one batched
+   call, and all sampled rows share one vectorized draw (`sampling.draw`), because per-row
+   Python costs as much as the forward pass of a small model. The token is recorded by
+   `Row.take`, the same bookkeeping as the single-call decoder in infer/sampling.py, so stop
+   strings, UTF-8-safe streaming, finish reasons and seeded samples are identical to
+   `Engine.generate`.
 3. retire: finished rows and rows whose client went away (`Request.cancel`) leave the batch
    (`cache.select`) at once, freeing their row for the next waiting request.
 
