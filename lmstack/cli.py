@@ -316,6 +316,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "--temperature 0; beam search with --num-beams N; best-of-N "
                                    "with --best-of N. Every generation setting is a flag.")
     p.add_argument("--model", required=True, help="model directory")
+    p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default=None,
+                   help="run the model in this precision (default: as stored)")
     p.add_argument("--prompt", help="the prompt (\\n for newlines; default: stdin)")
     p.add_argument("--echo", action="store_true", help="print the prompt before the completion")
     add_generation_flags(p)
@@ -325,6 +327,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Continue the same prompt with several decoding strategies "
                                    "(same seed) and print them side by side.")
     p.add_argument("--model", required=True, help="model directory")
+    p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default=None,
+                   help="run the model in this precision (default: as stored)")
     p.add_argument("--prompt", help="the prompt (default: stdin)")
     p.add_argument("--max-new-tokens", type=int, default=40)
     p.add_argument("--seed", type=int, default=0)

@@ -95,7 +95,7 @@ def run_generate(args: argparse.Namespace) -> None:
     """Generate from --prompt, streaming to stdout (one completion) or printing each."""
     from lmstack.infer.engine import Engine
 
-    engine = Engine.load(args.model)
+    engine = Engine.load(args.model, dtype=args.dtype)
     settings = settings_from_args(args)
     prompt = _prompt(args)
     cfg = engine.config(None, **settings)
@@ -158,7 +158,7 @@ def run_sample_compare(args: argparse.Namespace) -> None:
     """Print the prompt's continuations under every strategy of STRATEGIES."""
     from lmstack.infer.engine import Engine
 
-    engine = Engine.load(args.model)
+    engine = Engine.load(args.model, dtype=args.dtype)
     prompt = _prompt(args)
     print(f"prompt: {prompt!r}\n")
     print(format_compare(compare(engine, prompt, args.max_new_tokens, args.seed)))

@@ -32,6 +32,8 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-body-bytes", type=int, default=1_000_000, help="largest request body")
     p.add_argument("--prefix-cache-mb", type=int, default=256,
                    help="memory for reusing prompt prefixes across requests (0 = off)")
+    p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default=None,
+                   help="run the model in this precision (default: as stored)")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
 
@@ -59,7 +61,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
         print(f"warning: serving on {args.host} without an API key; anyone who can reach this port "
               "can use the model (set LMSTACK_API_KEY or --api-key-file)", file=sys.stderr)
     prefix_cache = PrefixCache(max_bytes=args.prefix_cache_mb << 20) if args.prefix_cache_mb else None
-    engine = Engine.load(args.model, prefix_cache=prefix_cache)
+    engine = Engine.load(args.model, prefix_cache=prefix_cache, dtype=args.dtype)
     name = args.served_model_name or Path(args.model).resolve().name
     config = ServerConfig(model_name=name, max_batch=args.max_batch, max_queue=args.max_queue,
                           max_body_bytes=args.max_body_bytes, api_keys=keys, host=args.host, port=args.port)

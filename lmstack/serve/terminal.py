@@ -245,13 +245,15 @@ def add_chat_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-p", type=float, help="nucleus sampling mass (default 1.0 = off)")
     p.add_argument("--max-new-tokens", type=int, default=256, help="longest reply (default 256)")
     p.add_argument("--seed", type=int, help="seed for sampling, for reproducible replies")
+    p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default=None,
+                   help="run the model in this precision (default: as stored)")
 
 
 def cmd_chat(args: argparse.Namespace) -> None:
     """Load the model and its chat template and chat on stdin/stdout."""
     from lmstack.infer.engine import Engine
 
-    engine = Engine.load(args.model)
+    engine = Engine.load(args.model, dtype=args.dtype)
     template = ChatTemplate.from_dir(args.model)
     settings = {k: v for k, v in (("temperature", args.temperature), ("top_p", args.top_p),
                                   ("max_new_tokens", args.max_new_tokens), ("seed", args.seed))

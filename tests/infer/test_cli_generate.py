@@ -53,3 +53,10 @@ def test_bad_settings_exit_2_with_the_setting_named(model_dir, capsys, flags, me
     assert main(["generate", "--model", str(model_dir), "--prompt", "x", *flags]) == 2
     err = capsys.readouterr().err
     assert err.startswith("lmstack: error:") and message in err and "Traceback" not in err
+
+
+def test_generate_in_bf16(model_dir, capsys):
+    assert main(["generate", "--model", str(model_dir), "--prompt", "import os", "--dtype", "bf16",
+                 "--temperature", "0", "--max-new-tokens", "6"]) == 0
+    expected = Engine.load(model_dir, dtype="bf16").generate("import os", temperature=0, max_new_tokens=6)
+    assert capsys.readouterr().out == expected.text + "\n"
