@@ -280,3 +280,25 @@ def test_api_key_and_errors_are_shown(page, tok):
         reply = send(page, "hi")
         assert reply.locator(".text").text_content()
         expect(page.locator("#error")).to_be_hidden()
+
+
+def test_a_conversation_that_outgrows_the_context_leaves_out_its_oldest_turns(page, tok):
+    with serve(tiny_engine(tok, block_size=64), ServerConfig(model_name="short")) as server:
+        open_chat(page, server)
+        bodies = chat_bodies(page)
+        page.fill("#seed", SEED)
+        page.fill("#max-tokens", "4")
+        message = "def add(a, b): return a + b"
+        notes = []
+        for _ in range(6):  # each turn adds ~20 tokens to a 64-token context
+            reply = send(page, message)
+            notes = reply.locator(".note").all_text_contents()
+            if any("left out" in n for n in notes):
+                break
+        assert any("left out 2 earlier messages" in n or "left out 4 earlier messages" in n for n in notes), notes
+        turns = page.locator("#messages .msg").count()
+        refused, accepted = bodies[-2], bodies[-1]  # the retry after the 400 dropped the oldest turns
+        assert len(refused["messages"]) == turns - 1          # everything but the reply in progress
+        assert len(accepted["messages"]) < len(refused["messages"])
+        assert accepted["messages"][-1] == {"role": "user", "content": message}
+        expect(page.locator("#error")).to_be_hidden()

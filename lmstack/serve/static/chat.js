@@ -13,7 +13,8 @@ const el = {
 };
 
 let modelId = null;     // from GET /v1/models
-let history = [];       // [{role, content}] of the finished turns, sent whole with each request
+let history = [];       // [{role, content}] of the finished turns, sent with each request
+let firstKept = 0;      // history[firstKept:] is sent: older turns no longer fit the model's context
 let controller = null;  // AbortController of the reply being streamed, or null
 
 function headers() {
@@ -28,14 +29,15 @@ function showError(text) {
   el.error.hidden = !text;
 }
 
+// The JSON body of an error response, or null.
+async function errorBody(response) {
+  try { return await response.json(); } catch (_) { return null; }
+}
+
 // The message of an error response: OpenAI's {"error": {"message": ...}}, else the HTTP status.
-async function errorText(response) {
-  let message = "";
-  try {
-    const body = await response.json();
-    message = (body && body.error && body.error.message) || (body && body.detail) || "";
-    if (typeof message !== "string") message = JSON.stringify(message);
-  } catch (_) { /* not JSON */ }
+function errorText(response, body) {
+  let message = (body && body.error && body.error.message) || (body && body.detail) || "";
+  if (typeof message !== "string") message = JSON.stringify(message);
   const status = `HTTP ${response.status}${response.statusText ? " " + response.statusText : ""}`;
   if (response.status === 401) {
     return `This server needs an API key: enter it under Settings. (${message || status})`;
@@ -47,7 +49,7 @@ async function loadModel() {
   el.modelName.textContent = "loading…";
   try {
     const response = await fetch("/v1/models", { headers: headers() });
-    if (!response.ok) throw new Error(await errorText(response));
+    if (!response.ok) throw new Error(errorText(response, await errorBody(response)));
     const body = await response.json();
     if (!body.data || !body.data.length) throw new Error("the server lists no models");
     modelId = body.data[0].id;
@@ -132,28 +134,41 @@ async function send() {
   const userBubble = addBubble("user", content);
   const reply = addBubble("assistant", "");
   reply.node.dataset.state = "streaming";
-  const messages = [];
-  if (el.system.value.trim()) messages.push({ role: "system", content: el.system.value });
-  messages.push(...history, userTurn);
-  const request = {
+  const request = (messages) => ({
     model: modelId, messages, stream: true,
     temperature: numberSetting(el.temperature),
     top_p: numberSetting(el.topP),
     max_tokens: numberSetting(el.maxTokens, parseInt),
     seed: numberSetting(el.seed, parseInt),
-  };
+  });
+  const conversation = () => [
+    ...(el.system.value.trim() ? [{ role: "system", content: el.system.value }] : []),
+    ...history.slice(firstKept), userTurn,
+  ];
 
   controller = new AbortController();
   setStreaming(true);
   let finish = null;
   let note = null;
   try {
-    const response = await fetch("/v1/chat/completions", {
-      method: "POST", headers: headers(), body: JSON.stringify(request), signal: controller.signal,
-    });
-    if (!response.ok) {
+    let response, left = 0;
+    for (;;) {
+      response = await fetch("/v1/chat/completions", {
+        method: "POST", headers: headers(), body: JSON.stringify(request(conversation())),
+        signal: controller.signal,
+      });
+      if (response.ok) break;
+      const body = await errorBody(response);
+      const tooLong = body && body.error && body.error.code === "context_length_exceeded";
+      if (tooLong && firstKept < history.length) {
+        // The conversation outgrew the model's context: leave out the oldest exchange and retry
+        // (the system prompt stays; the page still shows everything).
+        firstKept += 2;
+        left += 2;
+        continue;
+      }
       // Nothing was said: drop both bubbles and give the text back so it can be re-sent.
-      showError(await errorText(response));
+      showError(errorText(response, body));
       userBubble.node.remove();
       reply.node.remove();
       if (!el.prompt.value) el.prompt.value = content;
@@ -172,6 +187,10 @@ async function send() {
     });
     if (finish === "length") note = "stopped: max tokens";
     else if (finish && finish !== "stop") note = `finish reason: ${finish}`;
+    if (left) {
+      const earlier = `left out ${left} earlier messages to fit the model's context`;
+      note = note ? `${note}; ${earlier}` : earlier;
+    }
   } catch (err) {
     if (err.name === "AbortError") note = "stopped";
     else {
@@ -196,6 +215,7 @@ async function send() {
 function newChat() {
   if (controller) controller.abort();
   history = [];
+  firstKept = 0;
   el.messages.replaceChildren();
   showError("");
   el.prompt.focus();
