@@ -418,8 +418,7 @@ def _validation_error(exc: RequestValidationError) -> APIError:
                         + "; send a JSON object", code="invalid_json")
     if err.get("type") == "missing" and not loc:
         return APIError(400, "the request has no JSON body; send a JSON object with the request fields")
-    # pydantic names union members in the location (e.g. prompt.str); keep the field path only.
-    param = ".".join(x for x in loc if not x[:1].isalpha() or x not in _TYPE_NAMES) or None
+    param = ".".join(map(str, _field_path(err))) or None
     if err.get("type") == "extra_forbidden":
         return APIError(400, f"unrecognized request argument supplied: {param}", param)
     given = repr(err.get("input"))
@@ -433,8 +432,8 @@ def _field_path(error: dict) -> tuple:
                  and not str(x).startswith(("constrained-", "function-")))
 
 
-_TYPE_NAMES = {"str", "int", "float", "bool", "list", "dict", "list[str]", "list[int]", "list[list[int]]",
-               "constrained-str", "constrained-list", "function-after[_token_ids(), dict[str,float]]"}
+# pydantic names the member of a union field in the error location (prompt.str, stop.list[str]).
+_TYPE_NAMES = {"str", "int", "float", "bool", "list", "dict", "list[str]", "list[int]", "list[list[int]]"}
 
 
 def _param_of(message: str) -> str | None:
