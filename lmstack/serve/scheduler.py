@@ -265,7 +265,13 @@ class Scheduler:
         if not new:
             return
         extra = max(s.request.cfg.max_new_tokens for s in new)
-        cache, logits = prefill(self.model, [s.row.prompt for s in new], extra, self.engine.prefix_cache)
+        try:
+            cache, logits = prefill(self.model, [s.row.prompt for s in new], extra, self.engine.prefix_cache)
+        except Exception as e:  # noqa: BLE001 — these requests are in neither list: end them here
+            log.exception("prefill failed")
+            for seq in new:
+                self._fail(seq.request, f"internal error while reading the prompt: {type(e).__name__}")
+            return
         if self._cache is None:
             self._cache, self._logits = cache, logits
         else:

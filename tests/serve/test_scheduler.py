@@ -153,3 +153,21 @@ def test_a_row_that_cannot_continue_fails_alone(tok):
             scheduler.step()
     assert bad[-1].error and "banned" in bad[-1].error
     assert len(sum((e.tokens for e in good), [])) == 5
+
+
+def test_a_failing_prefill_ends_its_requests_and_the_batch_goes_on(tok, monkeypatch):
+    engine = engines(tok)["gpt"]
+    events: dict = {}
+    cfg = engine.config(temperature=0, max_new_tokens=4, ignore_eos=True)
+    with Scheduler(engine, max_batch=4) as scheduler:
+        import lmstack.serve.scheduler as module
+
+        real = module.prefill
+        monkeypatch.setattr(module, "prefill", lambda *a, **k: 1 / 0)
+        broken = scheduler.submit(engine.encode("x"), cfg, collect(events, "broken"))
+        assert broken.done.wait(30)
+        monkeypatch.setattr(module, "prefill", real)
+        fine = scheduler.submit(engine.encode("x"), cfg, collect(events, "fine"))
+        assert fine.done.wait(30)
+    assert "ZeroDivisionError" in events["broken"][-1].error
+    assert len(sum((e.tokens for e in events["fine"]), [])) == 4
