@@ -38,7 +38,10 @@ Tests: `pytest tests/infer/test_prefix_cache.py`.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import threading
+import typing
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -196,5 +199,14 @@ class PrefixCache:
     @staticmethod
     def supports(model) -> bool:
         """Whether the model decodes from a `KVCache` and takes `last_only` (GPT does)."""
-        new_cache = getattr(model, "new_cache", None)
-        return new_cache is not None and isinstance(new_cache(1, 1), KVCache)
+        return _kv_cached(type(model))
+
+
+@functools.cache
+def _kv_cached(cls: type) -> bool:
+    """From the class's signatures, once per class: prefill runs on every request."""
+    new_cache, forward = getattr(cls, "new_cache", None), getattr(cls, "forward", None)
+    if new_cache is None or forward is None:
+        return False
+    return (typing.get_type_hints(new_cache).get("return") is KVCache
+            and "last_only" in inspect.signature(forward).parameters)

@@ -70,6 +70,7 @@ Tests: `pytest lmstack/infer/quantize.py tests/infer/test_quantize.py`.
 
 from __future__ import annotations
 
+import abc
 import argparse
 import os
 import shutil
@@ -183,7 +184,7 @@ def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
 
 # ---- modules --------------------------------------------------------------------------------
 
-class QuantLinear(nn.Module):
+class QuantLinear(nn.Module, abc.ABC):
     """A Linear whose weight is stored quantized; subclasses define the format and the kernel.
 
     `reference=True` runs the readable path: dequantize the whole weight, then F.linear (slow,
@@ -199,13 +200,13 @@ class QuantLinear(nn.Module):
         self.act_dtype = act_dtype
         self.bias = nn.Parameter(torch.zeros(out_features), requires_grad=False) if bias else None
 
+    @abc.abstractmethod
     def dequantize(self) -> torch.Tensor:
         """The float32 (out, in) weight this layer stands for."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def kernel(self, x: torch.Tensor) -> torch.Tensor:
         """(M, in) activations in act_dtype -> (M, out) by the fast kernel."""
-        raise NotImplementedError
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.reference:

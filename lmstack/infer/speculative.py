@@ -79,6 +79,7 @@ benchmark: `flock /tmp/lmstack-cpu.lock .venv/bin/python benchmarks/speculative.
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -219,7 +220,7 @@ class Round:
     max_len: int
 
 
-class Drafter:
+class Drafter(abc.ABC):
     """Proposes tokens; the decoder verifies them. Subclasses: draft model, prompt lookup, Medusa."""
 
     uses_hidden = False  # wants the target's last hidden state at every commit (Medusa)
@@ -232,10 +233,10 @@ class Drafter:
         """How many tokens it can propose after a sequence of `seq_len` tokens."""
         return 1 << 30
 
+    @abc.abstractmethod
     def propose(self, seq: list[int], n: int) -> tuple[list[int], torch.Tensor | None]:
         """Up to `n` tokens to follow `seq`, and the (len, V) probabilities they were drawn
         from, or None if they were chosen deterministically."""
-        raise NotImplementedError
 
     def commit(self, seq: list[int], hidden: torch.Tensor | None) -> None:
         """`seq` (prompt + generated) is final; `hidden` (n_embd,) is the target's last hidden

@@ -168,7 +168,7 @@ def create_app(engine, config: ServerConfig | None = None, template: ChatTemplat
     async def completions(body: P.CompletionRequest, request: Request):
         check_model(body.model)
         prompts = []
-        for i, p in enumerate(body.prompts()):
+        for p in body.prompts():
             try:
                 prompts.append(engine.encode(p))
             except LMStackError as e:
@@ -228,7 +228,7 @@ def create_app(engine, config: ServerConfig | None = None, template: ChatTemplat
                 r.cancel()
             raise APIError(400, str(e)) from None
         metrics.prompt_tokens.inc(sum(map(len, prompts)))
-        reply = Reply(engine.tokenizer, config.model_name, chat, body, prompts, cfg)
+        reply = Reply(engine.tokenizer, config.model_name, chat, body, prompts)
         route = "/v1/chat/completions" if chat else "/v1/completions"
         if body.stream:
             return StreamingResponse(stream(request, queue, submitted, reply, route), media_type="text/event-stream",
@@ -319,7 +319,7 @@ def sse(payload: dict) -> str:
 class Reply:
     """Collects a request's events into the final response or into stream chunks."""
 
-    def __init__(self, tokenizer, model: str, chat: bool, body, prompts: list[list[int]], cfg) -> None:
+    def __init__(self, tokenizer, model: str, chat: bool, body, prompts: list[list[int]]) -> None:
         self.tokenizer, self.model, self.chat, self.body = tokenizer, model, chat, body
         self.n, self.prompt_tokens = body.n, sum(map(len, prompts))
         self.id = P.new_id("chatcmpl" if chat else "cmpl")

@@ -22,8 +22,6 @@ from lmstack.infer.quantize import (
     quantize_int4,
     quantize_int8,
     quantize_model,
-    set_act_dtype,
-    set_reference,
 )
 from lmstack.models import GPT, GPTConfig
 from lmstack.models.directory import load_model, save_model

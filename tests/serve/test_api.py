@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import time
 
 import httpx
-import pytest
 
 from lmstack.serve.app import ServerConfig
 from lmstack.serve.commands import add_serve_args

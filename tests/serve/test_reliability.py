@@ -19,9 +19,6 @@ import asyncio
 import json
 import random
 import re
-import socket
-import subprocess
-import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -35,6 +32,8 @@ httpx = pytest.importorskip("httpx")
 from lmstack.infer import Engine  # noqa: E402
 from lmstack.models import GPT, GPTConfig  # noqa: E402
 from lmstack.models.directory import save_model  # noqa: E402
+
+from ..benchmarks.test_benchmarks import load  # noqa: E402
 
 MAX_BATCH, MAX_QUEUE, CLIENTS, STORM = 8, 4, 16, 200
 BODY_LIMIT = 1_000_000       # the server's default --max-body-bytes
@@ -56,20 +55,14 @@ LEAK_TOLERANCE = 12 << 20
 @dataclass
 class Server:
     url: str
-    proc: subprocess.Popen
+    pid: int
     model: str
     model_dir: Path
 
     def rss(self) -> int:
         """The server process's resident set size in bytes (/proc/PID/status, VmRSS)."""
-        text = Path(f"/proc/{self.proc.pid}/status").read_text()
+        text = Path(f"/proc/{self.pid}/status").read_text()
         return int(re.search(r"^VmRSS:\s+(\d+) kB", text, re.M).group(1)) * 1024
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -81,33 +74,11 @@ def server(tok, tmp_path_factory):
     save_model(model_dir, GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=BLOCK, n_layer=2, n_head=2,
                                         n_embd=64)))
     tok.save(model_dir / "tokenizer.json")
-    script = Path(sys.executable).with_name("lmstack")
-    cmd = [str(script)] if script.exists() else [sys.executable, "-m", "lmstack.cli"]
-    port = _free_port()
     log = model_dir.parent / "server.log"
-    with open(log, "w") as out:
-        proc = subprocess.Popen([*cmd, "serve", "--model", str(model_dir), "--port", str(port),
-                                 "--max-batch", str(MAX_BATCH), "--max-queue", str(MAX_QUEUE),
-                                 "--threads", "1", "--log-level", "warning"], stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the server did not start:\n{log.read_text()[-3000:]}")
-            try:
-                if httpx.get(url + "/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.1)
-        yield Server(url, proc, "tiny", model_dir)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    # The same launcher as benchmarks/serve.py: `lmstack serve` exactly as a user starts it.
+    with load("serve").run_server(model_dir, threads=1, max_batch=MAX_BATCH, max_queue=MAX_QUEUE,
+                                  startup_timeout=60, log_path=log) as running:
+        yield Server(running.url, running.pid, running.model, model_dir)
     # Nothing the storm did may have reached the server's log as a traceback (a 500 would).
     assert "Traceback" not in log.read_text(), log.read_text()[-3000:]
 
