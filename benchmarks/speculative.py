@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> dict:
     medusa_dir = Path(args.medusa) if args.medusa else target_dir
     medusa = None
     if (medusa_dir / "medusa_heads.safetensors").exists():
-        from lmstack.models.medusa import load_heads
+        from lmstack.models.medusa_heads import load_heads
 
         medusa = load_heads(medusa_dir)
     decoders = methods(target, draft, medusa)

@@ -4,7 +4,7 @@ forward pass, and the output is still exactly the model's own.
 Papers: Leviathan, Kalman & Matias 2023, "Fast Inference from Transformers via Speculative
 Decoding"; Chen et al. 2023, "Accelerating Large Language Model Decoding with Speculative
 Sampling" (the same rule, found independently); Saxena 2023, "Prompt Lookup Decoding" (the
-draft-free n-gram drafter); Cai et al. 2024, "Medusa" (extra heads as the drafter, medusa.py).
+draft-free n-gram drafter); Cai et al. 2024, "Medusa" (extra heads as the drafter, medusa_drafter.py).
 
 Why it helps. At batch 1 a decode step is bound by reading every weight once (and, for small
 models on a CPU, by per-layer overhead), not by arithmetic: a forward over γ+1 tokens costs
@@ -50,7 +50,7 @@ Drafters (exactly one per decoder):
 - prompt lookup (`prompt_lookup=n`): find the last n-gram (then n-1, ..., 1) of the context
   earlier in the prompt + generated text, propose the γ tokens that followed it -- free, and
   very good on repetitive text (code, edits, extraction);
-- Medusa heads (`medusa=`, medusa.py): K heads on the target's last hidden state propose the
+- Medusa heads (`medusa=`, medusa_drafter.py): K heads on the target's last hidden state propose the
   next K tokens; no extra forward at all.
 
 Cost model (Leviathan et al. §3): with per-token acceptance rate α, a round yields
@@ -307,7 +307,7 @@ class SpeculativeDecoder:
     """Greedy and sampling decode of an `Engine`'s model, accelerated by one drafter.
 
     `draft`: an `Engine` or model with the same tokenizer; `prompt_lookup`: the n-gram size for
-    prompt lookup; `medusa`: `MedusaHeads` or a directory holding them (medusa.py). `gamma`
+    prompt lookup; `medusa`: `MedusaHeads` or a directory holding them (medusa_drafter.py). `gamma`
     (default 4, or the number of Medusa heads) is the most tokens proposed per round."""
 
     def __init__(self, engine, draft=None, *, gamma: int | None = None,
@@ -327,7 +327,7 @@ class SpeculativeDecoder:
         elif prompt_lookup is not None:
             self.drafter = PromptLookupDrafter(prompt_lookup)
         else:
-            from lmstack.infer.medusa import MedusaDrafter
+            from lmstack.infer.medusa_drafter import MedusaDrafter
 
             self.drafter = MedusaDrafter.for_model(self.model, medusa)
         default = getattr(self.drafter, "num_heads", 4)

@@ -191,7 +191,7 @@ class GPT(nn.Module):
                lengths: torch.Tensor | None = None, last_only: bool = False) -> torch.Tensor:
         """The last hidden state (B, T, n_embd): the final norm's output that `lm_head` maps
         to logits (`forward` is `lm_head(hidden(...))`); Medusa heads read it
-        (lmstack/infer/medusa.py). Arguments as in `forward`."""
+        (lmstack/infer/medusa_drafter.py). Arguments as in `forward`."""
         B, T = check_idx(idx, self.config.vocab_size)
         start, row_pos = 0, None
         if cache is not None:

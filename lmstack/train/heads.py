@@ -3,7 +3,7 @@
     lmstack train-heads --model runs/spec-bench/target --data runs/spec-bench/data --heads 4 --steps 300
     lmstack train-heads --model runs/quickstart --data notes.txt src/*.py --heads 3 --max-minutes 2
 
-The base model is frozen (no gradient, eval mode); only the K heads (lmstack/models/medusa.py)
+The base model is frozen (no gradient, eval mode); only the K heads (lmstack/models/medusa_heads.py)
 learn. Each batch of windows x (B, T) goes once through the base model for its last hidden
 states h (B, T, C) and logits; head k at position t is trained to predict token t+k+1:
 
@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from lmstack.errors import ConfigError, DataError
-from lmstack.models.medusa import HEADS_WEIGHTS, MedusaHeads, save_heads
+from lmstack.models.medusa_heads import HEADS_WEIGHTS, MedusaHeads, save_heads
 from lmstack.train.schedule import ScheduleConfig, lr_at
 
 

@@ -8,7 +8,7 @@ The base model's own head maps the hidden state h_t at position t to the next to
 
 A_k starts at zero and W_k as a copy of the base model's `lm_head`, so before training every
 head predicts what the base head predicts (Medusa's initialization). Decoding with them is in
-lmstack/infer/medusa.py, training in lmstack/train/heads.py; this file is only the module and
+lmstack/infer/medusa_drafter.py, training in lmstack/train/heads.py; this file is only the module and
 how it is stored next to the base model:
 
     DIR/medusa_heads.safetensors   the heads' weights

@@ -1,6 +1,6 @@
 """Decoding with Medusa heads (Cai et al. 2024): the model drafts for itself.
 
-K heads on the base model's last hidden state (lmstack/models/medusa.py; trained on the frozen
+K heads on the base model's last hidden state (lmstack/models/medusa_heads.py; trained on the frozen
 model by `lmstack train-heads`, lmstack/train/heads.py) guess the tokens 2..K+1 places ahead.
 Every verification pass of the speculative loop (speculative.py) already computes the hidden
 state at the position that predicts the next token, so the proposals for the next round cost
@@ -32,7 +32,7 @@ import torch
 
 from lmstack.errors import ConfigError
 from lmstack.infer.speculative import Drafter
-from lmstack.models.medusa import MedusaHeads, load_heads
+from lmstack.models.medusa_heads import MedusaHeads, load_heads
 
 
 class MedusaDrafter(Drafter):
