@@ -28,20 +28,13 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lmstack.data.document import Document
 from lmstack.errors import DataError
 
 STDLIB = "stdlib"
 _GLOB_CHARS = set("*?[")
 # Third-party packages live under the stdlib directory too; they are not the stdlib.
 _EXCLUDED_DIRS = {"site-packages", "dist-packages", "__pycache__"}
-
-
-@dataclass(frozen=True)
-class Document:
-    """One unit of text and a human-readable note of where it came from."""
-
-    text: str
-    source: str
 
 
 @dataclass

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Union
 
 from lmstack.atomic import atomic_write_text
-from lmstack.data.sources import Document
+from lmstack.data.document import Document
 from lmstack.errors import ConfigError
 
 Tree = Union[int, tuple[str, "Tree", "Tree"]]
