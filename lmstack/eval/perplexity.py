@@ -38,8 +38,8 @@ import torch.nn.functional as F
 
 from lmstack.errors import ConfigError, DataError
 from lmstack.models.directory import load_model
+from lmstack.models.metrics import bits_per_byte
 from lmstack.tokenizer import Tokenizer
-from lmstack.train.metrics import bits_per_byte
 
 CHUNK = 512  # tokens per forward when streaming an unbounded model through its cache
 

@@ -38,11 +38,11 @@ from tqdm.auto import tqdm
 from lmstack.data.loader import TokenLoader
 from lmstack.errors import ConfigError, DataError
 from lmstack.models import NGramLM, build_model, config_from_dict, flops_per_token, num_params
+from lmstack.models.metrics import bits_per_byte, measure_peak_flops
 from lmstack.tokenizer import Tokenizer
 from lmstack.train import checkpoint as ckpt
 from lmstack.train import distributed
 from lmstack.train.config import TrainConfig
-from lmstack.train.metrics import bits_per_byte, measure_peak_flops
 from lmstack.train.optim import build_optimizer
 from lmstack.train.samples import sample_text
 from lmstack.train.schedule import lr_at

@@ -1,4 +1,7 @@
-"""Training metrics that need a definition: bits per byte and model FLOPs utilization.
+"""Metrics that need a definition: bits per byte and model FLOPs utilization.
+
+Here, below train (MFU, bpb in its validation) and eval (bpb of a text), so both share one
+definition without importing each other.
 
 Bits per byte (bpb) divides the total cross-entropy, converted to bits, by the UTF-8 bytes of
 the text predicted. Unlike per-token loss it does not depend on the tokenizer, so models with
