@@ -18,6 +18,7 @@ finish_reason "length" instead of a 400.
 
 from __future__ import annotations
 
+import codecs
 import time
 import uuid
 from typing import Annotated, Any, Literal
@@ -171,30 +172,65 @@ def envelope(id_: str, obj: str, model: str, choices: list[dict], **extra: Any) 
 def completion_logprobs(tokenizer, tokens: list[int], logprobs: list[float],
                         tops: list[list[tuple[int, float]]], offset: int) -> dict:
     """Legacy completions logprobs: parallel lists of tokens, logprobs, top alternatives and
-    text offsets (character offset of each token in the returned text, starting at `offset`)."""
-    texts = [token_text(tokenizer, t) for t in tokens]
-    offsets = []
-    for text in texts:
-        offsets.append(offset)
-        offset += len(text)
-    return {"tokens": texts, "token_logprobs": logprobs,
-            "top_logprobs": [{token_text(tokenizer, i): lp for i, lp in top} for top in tops] if tops else None,
-            "text_offset": offsets}
+    text offsets (character offset of each token in the returned text, starting at `offset`).
+    A token that is not whole characters is spelled `bytes:\\xNN...`, as OpenAI does, so two
+    halves of different characters stay two keys in `top_logprobs`."""
+    raw = [raw_bytes(tokenizer, t) for t in tokens]
+    return {"tokens": [token_text(b, "bytes:") for b in raw], "token_logprobs": logprobs,
+            "top_logprobs": [{token_text(raw_bytes(tokenizer, i), "bytes:"): lp for i, lp in top}
+                             for top in tops] if tops else None,
+            "text_offset": text_offsets(raw, offset)}
 
 
 def chat_logprobs(tokenizer, tokens: list[int], logprobs: list[float],
                   tops: list[list[tuple[int, float]]]) -> dict:
-    """Chat logprobs: one entry per token with its bytes and its top alternatives."""
+    """Chat logprobs: one entry per token with its UTF-8 `bytes` and its top alternatives; a
+    token that is not whole characters is spelled `\\xNN...` (OpenAI's chat spelling, no prefix)."""
     def entry(token: int, lp: float) -> dict:
-        raw = tokenizer.token_bytes(token) if tokenizer is not None else b""
-        return {"token": raw.decode("utf-8", errors="replace"), "logprob": lp, "bytes": list(raw)}
+        raw = raw_bytes(tokenizer, token)
+        return {"token": token_text(raw), "logprob": lp, "bytes": list(raw)}
 
     return {"content": [{**entry(t, lp), "top_logprobs": [entry(i, v) for i, v in (tops[k] if tops else [])]}
                         for k, (t, lp) in enumerate(zip(tokens, logprobs))]}
 
 
-def token_text(tokenizer, token: int) -> str:
-    """A token as text (a lone piece of a multi-byte character shows as U+FFFD)."""
-    if tokenizer is None:
-        return str(token)
-    return tokenizer.token_bytes(token).decode("utf-8", errors="replace")
+def raw_bytes(tokenizer, token: int) -> bytes:
+    """The bytes a token stands for (its id in ASCII when there is no tokenizer)."""
+    return tokenizer.token_bytes(token) if tokenizer is not None else str(token).encode()
+
+
+def token_text(raw: bytes, prefix: str = "") -> str:
+    """A token's bytes as text; bytes that are not whole UTF-8 characters are written as escapes,
+    every byte of the token, after `prefix` (OpenAI: "bytes:" in completions, "" in chat).
+
+    >>> token_text("é".encode()), token_text(b"\\xc3", "bytes:"), token_text(b" \\xe2\\x82")
+    ('é', 'bytes:\\\\xc3', '\\\\x20\\\\xe2\\\\x82')
+    """
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return prefix + "".join(f"\\x{b:02x}" for b in raw)
+
+
+def text_offsets(raw: list[bytes], offset: int) -> list[int]:
+    """Where each token starts in the reply's text, in characters, the first at `offset`.
+
+    A token that continues a character starts where that character does. Leading continuation
+    bytes finish a character that an earlier chunk of a stream began (at `offset`), so the first
+    character that starts after them is at `offset + 1`.
+
+    >>> text_offsets([b"caf", b"\\xc3", b"\\xa9", b"!"], 0)
+    [0, 3, 3, 4]
+    >>> text_offsets([b"\\x82", b"\\xac", b"x"], 7)
+    [7, 7, 8]
+    """
+    data = b"".join(raw)
+    tail = len(data) - len(data.lstrip(bytes(range(0x80, 0xC0))))  # the earlier chunk's character
+    decoder = codecs.getincrementaldecoder("utf-8")("replace")
+    chars, seen, offsets = (offset + 1 if tail else offset), 0, []
+    for piece in raw:
+        offsets.append(offset if seen < tail else chars)
+        skip = min(max(tail - seen, 0), len(piece))
+        chars += len(decoder.decode(piece[skip:]))
+        seen += len(piece)
+    return offsets
