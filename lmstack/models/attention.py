@@ -17,7 +17,8 @@ tests (outputs and gradients): "sdpa", PyTorch's fused `scaled_dot_product_atten
 memory-efficient), and "manual", the formula written out — read this one to learn.
 
 `bias` is an additive (T, S), (H, T, S) or (B, H, T, S) tensor holding 0 where a query may
-look and -inf where it may not, plus ALiBi's penalties; None means "plain causal" with the
+look and -inf where it may not (the future and, with a sliding window, keys more than
+`sliding_window - 1` positions back), plus ALiBi's penalties; None means "plain causal" with the
 last query at the last key: either queries are the keys (sdpa's `is_causal` fast path) or a
 single query (a decode step) that sees every key. Rows of different lengths in a KV cache get a
 (B, 1, T, S) mask that hides each row's unused slots.
@@ -39,15 +40,24 @@ from lmstack.models.norms import NORMS
 from lmstack.models.positions import apply_rotary
 
 
-def causal_bias(q_pos: torch.Tensor, k_pos: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """(T, S) additive mask: 0 where key position <= query position, -inf elsewhere.
+def causal_bias(q_pos: torch.Tensor, k_pos: torch.Tensor, dtype: torch.dtype = torch.float32,
+                window: int | None = None) -> torch.Tensor:
+    """(T, S) additive mask: 0 where query i may see key j, -inf elsewhere. Causal: j <= i; with
+    a sliding `window` also i - window < j, so each query sees `window` keys, itself included
+    (the convention of Mistral and of transformers' `sliding_window_overlay`).
 
     >>> causal_bias(torch.tensor([1, 2]), torch.arange(3))
     tensor([[0., 0., -inf],
             [0., 0., 0.]])
+    >>> causal_bias(torch.tensor([1, 2]), torch.arange(3), window=2)
+    tensor([[0., 0., -inf],
+            [-inf, 0., 0.]])
     """
-    future = k_pos[..., None, :] > q_pos[..., :, None]
-    return torch.zeros(future.shape, dtype=dtype, device=q_pos.device).masked_fill(future, float("-inf"))
+    distance = q_pos[..., :, None] - k_pos[..., None, :]  # (T, S): how far back key j is
+    hidden = distance < 0  # the future
+    if window is not None:
+        hidden |= distance >= window  # fallen out of the window
+    return torch.zeros(hidden.shape, dtype=dtype, device=q_pos.device).masked_fill(hidden, float("-inf"))
 
 
 def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None,

@@ -13,7 +13,10 @@ That is GPT-2 (Radford et al. 2019) with the knobs later models turned, each a c
 | tie_embeddings | True | False |
 | n_kv_head | = n_head | < n_head (grouped-query) |
 
-plus "alibi"/"none" positions, "relu"/"relu2" MLPs, QK-norm, dropout and the attention kernel.
+plus "alibi"/"none" positions, "relu"/"relu2" MLPs, QK-norm, dropout, the attention kernel and
+`sliding_window` (Mistral; Jiang et al. 2023, after Child et al. 2019 and Beltagy et al. 2020):
+each query attends to only the last `sliding_window` keys, itself included. `block_size` is the
+hard limit for every position scheme: a forward (cache included) past it raises `ConfigError`.
 Weights are initialized as in GPT-2: N(0, 0.02), with the projections that write into the
 residual stream (`o_proj`, `down_proj`) scaled by 1/sqrt(2·n_layer) so the stream's variance
 does not grow with depth.
@@ -42,13 +45,14 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from lmstack.errors import ConfigError
 from lmstack.models.attention import ATTENTION, CausalSelfAttention, causal_bias
 from lmstack.models.config import ModelConfig, require, require_choice
 from lmstack.models.kv_cache import KVCache
 from lmstack.models.mlp import MLPS, default_hidden
 from lmstack.models.norms import NORMS
 from lmstack.models.positions import POSITIONS
-from lmstack.models.protocol import check_idx
+from lmstack.models.protocol import check_idx, last_positions
 
 
 @dataclass
@@ -56,7 +60,7 @@ class GPTConfig(ModelConfig):
     """Architecture of a `GPT`; the defaults are a tiny GPT-2 that trains on a CPU."""
 
     vocab_size: int = 256          # token ids are 0..vocab_size-1 (256 = raw bytes)
-    block_size: int = 256          # context length trained on; the hard limit for learned positions
+    block_size: int = 256          # context length trained on; no forward may run past it
     n_layer: int = 4               # transformer blocks
     n_head: int = 4                # query heads; head_dim = n_embd // n_head
     n_kv_head: int | None = None   # key/value heads: None = n_head (MHA), 1 = MQA, between = GQA
@@ -74,6 +78,7 @@ class GPTConfig(ModelConfig):
     tie_embeddings: bool = True    # lm_head shares its weight with wte
     qk_norm: bool = False          # normalize queries and keys per head before attention
     attn_impl: str = "sdpa"        # "sdpa" (fused kernel) or "manual" (written out)
+    sliding_window: int | None = None  # each query sees the last this-many keys; None = all
     init_std: float = 0.02         # std of the normal initialization
 
     model_types = ("gpt",)
@@ -112,6 +117,8 @@ class GPTConfig(ModelConfig):
         require(self.intermediate_size is None or self.intermediate_size >= 1,
                 f"intermediate_size must be at least 1 or null, got {self.intermediate_size}")
         require(0.0 <= self.dropout < 1.0, f"dropout {self.dropout} must be in [0, 1)")
+        require(self.sliding_window is None or self.sliding_window >= 1,
+                f"sliding_window must be at least 1 or null (full attention), got {self.sliding_window}")
         if self.rope_scaling is not None:
             from lmstack.models.positions import check_rope_scaling
 
@@ -171,7 +178,7 @@ class GPT(nn.Module):
         """An empty KV cache for `batch_size` rows of up to `max_len` (default block_size) tokens."""
         c = self.config
         max_len = max_len if max_len is not None else c.block_size
-        self.position.check_length(max_len)
+        self.check_length(max_len)
         weight = self.wte.weight
         return KVCache(c.n_layer, batch_size, c.n_kv_head or c.n_head, max_len, c.head_dim,
                        dtype=weight.dtype, device=weight.device)
@@ -192,13 +199,13 @@ class GPT(nn.Module):
         """The last hidden state (B, T, n_embd): the final norm's output that `lm_head` maps
         to logits (`forward` is `lm_head(hidden(...))`); Medusa heads read it
         (lmstack/infer/medusa_drafter.py). Arguments as in `forward`."""
-        B, T = check_idx(idx, self.config.vocab_size)
+        B, T = check_idx(idx)
         start, row_pos = 0, None
         if cache is not None:
             cache.check_room(B, T)
-            start = cache.length
+            start = cache.length  # a Python int (the longest row): no device sync
             row_pos = cache.positions(T)  # (B, T) when rows differ in length
-        self.position.check_length(start + T)
+        self.check_length(start + T, start)
         pos = torch.arange(start, start + T, device=idx.device) if row_pos is None else row_pos
         x = self.drop(self.position.embed(self.wte(idx), pos))
         rope = self.position.rotary(pos)                   # computed once, used by every layer
@@ -208,20 +215,36 @@ class GPT(nn.Module):
         if cache is not None:
             cache.advance(T, None if lengths is None else torch.as_tensor(lengths))
         if last_only:
-            last = None if lengths is None else torch.as_tensor(lengths, device=x.device) - 1
-            x = x[:, -1:] if last is None else x[torch.arange(B, device=x.device), last, None]
+            x = last_positions(x, lengths)  # (B, 1, C): the head runs on these alone
         return self.ln_f(x)
 
+    def check_length(self, length: int, cached: int = 0) -> None:
+        """Raise `ConfigError` if `length` positions (`cached` of them in a cache) exceed
+        block_size, the model's context: learned positions have no vector past it, and no
+        scheme was trained past it."""
+        limit = self.config.block_size
+        if length <= limit:
+            return
+        why = (f"learned position embeddings exist only for positions 0..{limit - 1}"
+               if self.config.position == "learned" else
+               f"the model's context ({self.config.position} positions; an imported model's "
+               "max_position_embeddings) ends there")
+        where = f" ({cached} cached + {length - cached} new)" if cached else ""
+        raise ConfigError(f"sequence length {length}{where} exceeds block_size {limit}: {why}; "
+                          f"crop the input to the last {limit} tokens, or use a model with a larger block_size")
+
     def attention_bias(self, pos: torch.Tensor, n_keys: int, dtype: torch.dtype) -> torch.Tensor | None:
-        """Additive causal mask (+ ALiBi) for queries at `pos` (T,) or per row (B, T) over keys
-        0..n_keys-1; None = plain causal."""
+        """Additive causal mask (+ sliding window, + ALiBi) for queries at `pos` (T,) or per row
+        (B, T) over keys 0..n_keys-1; None = plain causal."""
         k_pos = torch.arange(n_keys, device=pos.device)
         alibi = self.position.attn_bias(pos, k_pos)
-        if alibi is None and pos.dim() == 1 and (n_keys == pos.numel() or pos.numel() == 1):
+        window = self.config.sliding_window
+        if (alibi is None and pos.dim() == 1 and (n_keys == pos.numel() or pos.numel() == 1)
+                and (window is None or n_keys <= window)):
             # Queries are exactly the keys (the kernel's is_causal fast path), or one query that
-            # sees every key (a decode step): no mask tensor needed.
+            # sees every key (a decode step), and no key is out of the window: no mask needed.
             return None
-        bias = causal_bias(pos, k_pos, dtype)  # (T, S) or (B, T, S)
+        bias = causal_bias(pos, k_pos, dtype, window)  # (T, S) or (B, T, S)
         if pos.dim() == 2:
             bias = bias.unsqueeze(1)  # (B, 1, T, S): one mask for every head of a row
         return bias if alibi is None else bias + alibi.to(dtype)

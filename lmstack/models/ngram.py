@@ -58,7 +58,7 @@ from torch import nn
 
 from lmstack.errors import ConfigError, DataError
 from lmstack.models.config import ModelConfig, require, require_choice
-from lmstack.models.protocol import check_idx
+from lmstack.models.protocol import check_idx, last_positions
 
 SMOOTHINGS = ("add_k", "kneser_ney")
 
@@ -377,14 +377,21 @@ class NGramLM(nn.Module):
         return NGramState(batch_size, self.config.order)
 
     def forward(self, idx: torch.Tensor, cache: NGramState | None = None,
-                lengths: torch.Tensor | None = None) -> torch.Tensor:
+                lengths: torch.Tensor | None = None, last_only: bool = False) -> torch.Tensor:
         """Log-probabilities (B, T, V) of the next token at every position of ids (B, T).
 
-        `lengths` (B,) marks right padding: only row b's first lengths[b] ids enter its history."""
-        B, T = check_idx(idx, self.config.vocab_size)
-        new = idx.detach().cpu().numpy().astype(np.int64)
+        `lengths` (B,) marks right padding: only row b's first lengths[b] ids enter its history.
+        `last_only` returns (B, 1, V), each row's last real position only."""
+        B, T = check_idx(idx)
+        new = idx.detach().cpu().numpy().astype(np.int64)  # on the host already: checking is free
+        lo, hi = int(new.min()), int(new.max())
+        if lo < 0 or hi >= self.config.vocab_size:
+            bad = lo if lo < 0 else hi
+            raise ConfigError(f"token id {bad} is out of range for vocab_size {self.config.vocab_size}; "
+                              "was the input encoded with the model's tokenizer?")
         if cache is None:
-            return self._log_probs(new, T).to(idx.device)
+            out = self._log_probs(new, T).to(idx.device)
+            return last_positions(out, lengths) if last_only else out
         if cache.batch_size != B:
             raise ConfigError(f"input has batch size {B} but the cache was made for {cache.batch_size}; "
                               f"call model.new_cache({B})")
@@ -398,7 +405,8 @@ class NGramLM(nn.Module):
         cache.tokens = [np.concatenate([h, row[:n]])[max(len(h) + n - keep, 0):] if keep else h[:0]
                         for h, row, n in zip(cache.tokens, new, real)]
         cache.length += T
-        return out.to(idx.device)
+        out = out.to(idx.device)
+        return last_positions(out, lengths) if last_only else out
 
     def _log_probs(self, rows: np.ndarray, T: int) -> torch.Tensor:
         """(B, T, V) log-probabilities at the last T positions of the histories `rows` (B, L)."""

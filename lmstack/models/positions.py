@@ -3,7 +3,8 @@
 Attention by itself is blind to order, so each scheme injects position at one place:
 
 - "learned" (GPT-2; Radford et al. 2019): a table `wpe` of one vector per position, added to
-  the token embeddings. Only positions below `block_size` exist.
+  the token embeddings. Only positions below `block_size` exist (GPT.check_length refuses
+  longer inputs, for every scheme).
 - "rope" (Su et al. 2021, RoFormer): rotate each pair of query/key features by an angle
   proportional to the position, so q·k depends only on the distance. Pairs are (i, i + d/2),
   the "rotate_half" layout of GPT-NeoX and Hugging Face Llama, so Llama weights load unchanged.
@@ -77,9 +78,6 @@ class Positions(nn.Module):
     def __init__(self, config: Any = None) -> None:
         super().__init__()
 
-    def check_length(self, length: int) -> None:
-        """Raise `ConfigError` if a sequence of `length` positions cannot be represented."""
-
     def embed(self, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         """Token embeddings (B, T, C) with position information added."""
         return x
@@ -98,17 +96,7 @@ class LearnedPositions(Positions):
 
     def __init__(self, config: Any) -> None:
         super().__init__()
-        self.block_size = config.block_size
         self.wpe = nn.Embedding(config.block_size, config.n_embd)
-
-    def check_length(self, length: int) -> None:
-        if length > self.block_size:
-            raise ConfigError(
-                f"sequence length {length} exceeds block_size {self.block_size}: learned position "
-                f"embeddings exist only for positions 0..{self.block_size - 1}; crop the input to the "
-                f"last {self.block_size} tokens, or use a model with a larger block_size or "
-                f"position='rope'/'alibi'"
-            )
 
     def embed(self, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         return x + self.wpe(pos)

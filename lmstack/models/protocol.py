@@ -11,19 +11,29 @@ of them works with any model (transformer, RNN, n-gram):
   token per row (a decode step) — continuing from what the cache holds, updates the cache in
   place and returns logits for just the new positions. Feeding a sequence in pieces through a
   cache gives the same logits as one full forward (the tests check it for every model).
+- `model(idx, cache=cache, lengths=lengths)`: `lengths` (B,) marks right padding, row b's real
+  tokens being its first lengths[b]; the cache takes in only those (rows of different lengths
+  in one batch), and logits at padded positions are meaningless.
+- `model(idx, ..., last_only=True)` returns (B, 1, vocab): the logits of each row's last real
+  token only (position lengths[b] - 1, or T - 1), all a decoder's prefill needs.
 - Every cache has `length` (positions consumed so far), `batch_size`, `max_len` (None if
   unbounded) and `reset()`.
 - `model.config` is the model's config dataclass; `model.config.to_dict()` is its `config.json`.
 
-`check_idx` is the shared boundary check on the ids. Run: `pytest tests/models/test_protocol.py`.
+`check_idx` is every forward's cheap check of the ids' shape and dtype. Their *values* are
+checked once, where ids enter, not on every forward (that would read them back from the device,
+a host sync per decode step): `Engine.encode` checks prompt ids against the vocabulary, and the
+trainer reads shards whose tokenizer fingerprint the loader checks, with a model whose
+vocab_size `lmstack.train.loop.build` checks is at least the tokenizer's.
+Run: `pytest tests/models/test_protocol.py`.
 
     >>> import torch
-    >>> check_idx(torch.tensor([[1, 2, 3]]), vocab_size=4)
+    >>> check_idx(torch.tensor([[1, 2, 3]]))
     (1, 3)
-    >>> check_idx(torch.tensor([[1, 9]]), vocab_size=4)
+    >>> check_idx(torch.tensor([1, 2]))
     Traceback (most recent call last):
     ...
-    lmstack.errors.ConfigError: token id 9 is out of range for vocab_size 4 (ids must be 0..3); was the input encoded with the model's tokenizer?
+    lmstack.errors.ConfigError: expected token ids as a (batch, time) tensor, got (2,); use idx[None] for one sequence
 """
 
 from __future__ import annotations
@@ -56,13 +66,15 @@ class LanguageModel(Protocol):
 
     config: Any
 
-    def __call__(self, idx: torch.Tensor, cache: Any = None) -> torch.Tensor: ...
+    def __call__(self, idx: torch.Tensor, cache: Any = None, lengths: torch.Tensor | None = None,
+                 last_only: bool = False) -> torch.Tensor: ...
 
     def new_cache(self, batch_size: int, max_len: int | None = None) -> Any: ...
 
 
-def check_idx(idx: torch.Tensor, vocab_size: int) -> tuple[int, int]:
-    """Validate a batch of token ids at the model boundary; return (batch, time)."""
+def check_idx(idx: torch.Tensor) -> tuple[int, int]:
+    """Check that token ids are a non-empty integer (batch, time) tensor; return (batch, time).
+    Only metadata is read: nothing waits for the device."""
     if not isinstance(idx, torch.Tensor) or idx.dim() != 2:
         shape = tuple(idx.shape) if isinstance(idx, torch.Tensor) else type(idx).__name__
         raise ConfigError(f"expected token ids as a (batch, time) tensor, got {shape}; use idx[None] for one sequence")
@@ -70,13 +82,18 @@ def check_idx(idx: torch.Tensor, vocab_size: int) -> tuple[int, int]:
         raise ConfigError(f"token ids must be an integer tensor, got {idx.dtype}; use idx.long()")
     if idx.numel() == 0:
         raise ConfigError(f"expected at least one token, got shape {tuple(idx.shape)}")
-    if torch.compiler.is_compiling():  # reading values back would break the compiled graph
-        return idx.shape[0], idx.shape[1]
-    lo, hi = (int(m) for m in torch.aminmax(idx))
-    if lo < 0 or hi >= vocab_size:
-        bad = lo if lo < 0 else hi
-        raise ConfigError(
-            f"token id {bad} is out of range for vocab_size {vocab_size} (ids must be 0..{vocab_size - 1}); "
-            "was the input encoded with the model's tokenizer?"
-        )
     return idx.shape[0], idx.shape[1]
+
+
+def last_positions(x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
+    """(B, T, ...) -> (B, 1, ...): each row's last real position (lengths[b] - 1, else T - 1),
+    what `last_only=True` returns.
+
+    >>> last_positions(torch.arange(6).view(2, 3), torch.tensor([1, 3]))
+    tensor([[0],
+            [5]])
+    """
+    if lengths is None:
+        return x[:, -1:]
+    last = torch.as_tensor(lengths, device=x.device) - 1
+    return x[torch.arange(x.size(0), device=x.device), last, None]

@@ -34,7 +34,7 @@ from torch import nn
 
 from lmstack.errors import ConfigError
 from lmstack.models.config import ModelConfig, require, require_choice
-from lmstack.models.protocol import check_idx
+from lmstack.models.protocol import check_idx, last_positions
 
 CELLS = {"lstm": nn.LSTM, "gru": nn.GRU}
 
@@ -148,12 +148,13 @@ class RNNLM(nn.Module):
         return RNNState(zeros, zeros.clone() if c.cell == "lstm" else None)
 
     def forward(self, idx: torch.Tensor, cache: RNNState | None = None,
-                lengths: torch.Tensor | None = None) -> torch.Tensor:
+                lengths: torch.Tensor | None = None, last_only: bool = False) -> torch.Tensor:
         """Logits (B, T, vocab_size) for ids (B, T), continuing from the state in `cache` if given.
 
         `lengths` (B,) marks right padding: the state of row b is taken after its first
-        lengths[b] tokens (a packed sequence), so padding never enters it."""
-        B, T = check_idx(idx, self.config.vocab_size)
+        lengths[b] tokens (a packed sequence), so padding never enters it. `last_only` returns
+        (B, 1, vocab_size), each row's last real token's logits."""
+        B, T = check_idx(idx)
         x = self.drop(self.wte(idx))
         if cache is None:
             out, _ = self.rnn(x)  # starts from a zero state
@@ -171,4 +172,6 @@ class RNNLM(nn.Module):
                 out, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=T)
             cache.h, cache.c = (state, None) if cache.c is None else state
             cache.length += T
+        if last_only:
+            out = last_positions(out, lengths)
         return self.lm_head(self.drop(out))

@@ -22,7 +22,7 @@ gpt_configs = st.builds(
     norm=st.sampled_from(["layernorm", "rmsnorm"]), mlp=st.sampled_from(["gelu", "relu", "relu2", "swiglu"]),
     intermediate_size=st.sampled_from([None, 24]), dropout=st.sampled_from([0.0, 0.1]),
     bias=st.booleans(), tie_embeddings=st.booleans(), qk_norm=st.booleans(),
-    attn_impl=st.sampled_from(["sdpa", "manual"]),
+    attn_impl=st.sampled_from(["sdpa", "manual"]), sliding_window=st.sampled_from([None, 1, 4096]),
 )
 
 
@@ -59,6 +59,7 @@ def test_json_integers_become_floats():
     ({"mlp": "geglu"}, "mlp 'geglu' is not one of"),
     ({"attn_impl": "flash"}, "attn_impl 'flash' is not one of"),
     ({"dropout": 1.0}, "dropout 1.0 must be in"),
+    ({"sliding_window": 0}, "sliding_window must be at least 1 or null"),
     ({"n_layer": 0}, "n_layer must be at least 1"),
     ({"position": "rope", "n_embd": 12, "n_head": 4}, "head_dim .* must be even"),
     ({"n_head": "4"}, "GPTConfig.n_head must be int, got '4'"),

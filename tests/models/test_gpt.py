@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from lmstack.errors import ConfigError
 from lmstack.models import GPT, num_params
+from lmstack.models.kv_cache import KVCache
 from lmstack.models.positions import RotaryPositions, alibi_slopes, apply_rotary
 
 from .helpers import random_gpt, randomize, tiny_gpt_config
@@ -41,9 +42,9 @@ def test_changing_a_future_token_leaves_earlier_logits_alone(position, attn_impl
 
 
 @pytest.mark.parametrize("position", POSITIONS)
-@pytest.mark.parametrize("n_kv_head", [4, 2, 1])
-def test_sdpa_and_manual_attention_agree_in_values_and_gradients(position, n_kv_head):
-    fields = dict(position=position, n_kv_head=n_kv_head, qk_norm=position == "rope")
+@pytest.mark.parametrize("n_kv_head,window", [(4, None), (2, None), (1, None), (2, 6)])
+def test_sdpa_and_manual_attention_agree_in_values_and_gradients(position, n_kv_head, window):
+    fields = dict(position=position, n_kv_head=n_kv_head, qk_norm=position == "rope", sliding_window=window)
     fast, slow = random_gpt(attn_impl="sdpa", **fields), random_gpt(attn_impl="manual", **fields)
     idx = torch.randint(0, 61, (2, 19))
     target = torch.randint(0, 61, (2, 19))
@@ -147,17 +148,60 @@ def test_alibi_attention_matches_the_formula():
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
 
-def test_learned_positions_refuse_sequences_longer_than_block_size():
-    model = random_gpt(position="learned", block_size=16)
-    model(torch.zeros(1, 16, dtype=torch.long))
+@pytest.mark.parametrize("position", POSITIONS)
+@torch.no_grad()
+def test_every_position_scheme_refuses_to_run_past_block_size(position):
+    model = random_gpt(position=position, block_size=16)
+    zeros = lambda n: torch.zeros(1, n, dtype=torch.long)  # noqa: E731
+    model(zeros(16))  # exactly the context is fine
     with pytest.raises(ConfigError, match="sequence length 17 exceeds block_size 16"):
-        model(torch.zeros(1, 17, dtype=torch.long))
+        model(zeros(17))
+    with pytest.raises(ConfigError, match="sequence length 20 exceeds block_size 16"):
+        model.new_cache(1, max_len=20)
+    # A cache with room past the context (built by hand): the model still refuses, before writing.
+    cache = KVCache(n_layer=2, batch_size=1, n_kv_head=4, max_len=20, head_dim=8)
+    model(zeros(15), cache=cache)
+    with pytest.raises(ConfigError, match=r"sequence length 17 \(15 cached \+ 2 new\) exceeds block_size 16"):
+        model(zeros(2), cache=cache)
+    assert cache.length == 15
 
 
-@pytest.mark.parametrize("position", ["rope", "alibi", "none"])
-def test_relative_positions_run_past_block_size(position):
-    model = random_gpt(position=position, block_size=8)
-    assert model(torch.zeros(1, 20, dtype=torch.long)).shape == (1, 20, 61)
+def window_reference(model: GPT, x: torch.Tensor, window: int) -> torch.Tensor:
+    """Layer 0's attention output written out query by query: query i reads keys
+    max(0, i - window + 1)..i, and nothing else."""
+    attn, (B, T, C) = model.layers[0].attn, x.shape
+    q, k, v = (proj(x).view(B, T, 4, 8).transpose(1, 2) for proj in (attn.q_proj, attn.k_proj, attn.v_proj))
+    out = torch.zeros(B, 4, T, 8)
+    for i in range(T):
+        seen = slice(max(0, i - window + 1), i + 1)
+        scores = (q[:, :, i, None] * k[:, :, seen]).sum(-1) / math.sqrt(8)  # (B, H, keys seen)
+        out[:, :, i] = (scores.softmax(-1)[..., None] * v[:, :, seen]).sum(2)
+    return attn.o_proj(out.transpose(1, 2).reshape(B, T, C))
+
+
+@pytest.mark.parametrize("attn_impl", ["sdpa", "manual"])
+def test_sliding_window_attention_matches_the_formula(attn_impl):
+    model = random_gpt(position="none", n_layer=1, attn_impl=attn_impl, sliding_window=5)
+    x = torch.randn(2, 13, 32)
+    expected = window_reference(model, x, window=5)
+    got = model.layers[0].attn(x, bias=model.attention_bias(torch.arange(13), 13, x.dtype))
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    full = model.layers[0].attn(x)  # negative control: full causal attention differs past the window
+    torch.testing.assert_close(full[:, :5], expected[:, :5], rtol=1e-5, atol=1e-5)
+    assert (full[:, 5:] - expected[:, 5:]).abs().max() > 1e-2
+
+
+@pytest.mark.parametrize("attn_impl", ["sdpa", "manual"])
+def test_sliding_window_bounds_how_far_a_token_reaches(attn_impl):
+    # Each layer looks window - 1 positions back, so with 2 layers token 3 reaches positions
+    # 3..3 + 2·(4 - 1) = 9 and no further.
+    model = random_gpt(position="rope", attn_impl=attn_impl, sliding_window=4)
+    idx = torch.randint(0, 61, (2, 20))
+    changed = idx.clone()
+    changed[:, 3] = (idx[:, 3] + 1) % 61
+    diff = (model(idx) - model(changed)).abs().amax(dim=(0, 2))  # (T,)
+    assert diff[:3].max() == 0 and diff[10:].max() == 0
+    assert diff[9] > 1e-4  # the reach is exactly that: the window is not narrower than asked
 
 
 def test_dropout_is_off_in_eval_mode():
@@ -204,9 +248,7 @@ def test_qk_norm_adds_per_head_norms():
     assert model.layers[0].attn.q_norm.weight.shape == (8,)
 
 
-@pytest.mark.parametrize("bad,message", [
-    (torch.tensor([[1, 61]]), "token id 61 is out of range for vocab_size 61"),
-    (torch.tensor([[-1, 3]]), "token id -1 is out of range"),
+@pytest.mark.parametrize("bad,message", [  # id values are checked where ids enter (protocol.py)
     (torch.tensor([1, 2, 3]), r"\(batch, time\) tensor"),
     (torch.tensor([[1.0, 2.0]]), "integer tensor"),
 ])

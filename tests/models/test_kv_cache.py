@@ -76,13 +76,31 @@ def test_wrong_batch_size_raises():
         model(torch.zeros(3, 1, dtype=torch.long), cache=model.new_cache(2, 8))
 
 
-def test_learned_positions_limit_the_cache_and_relative_ones_do_not():
+@pytest.mark.parametrize("position", ["learned", "rope", "alibi", "none"])
+def test_the_cache_is_limited_to_block_size_for_every_position_scheme(position):
     with pytest.raises(ConfigError, match="sequence length 40 exceeds block_size 32"):
-        random_gpt(position="learned").new_cache(1, max_len=40)
-    model = random_gpt(position="alibi", block_size=8)
-    idx = torch.randint(0, 61, (1, 20))
-    with torch.no_grad():
-        torch.testing.assert_close(cached_logits(model, idx, 3, max_len=20), model(idx), rtol=0, atol=1e-5)
+        random_gpt(position=position).new_cache(1, max_len=40)
+
+
+@pytest.mark.parametrize("position", ["learned", "rope", "alibi"])
+@pytest.mark.parametrize("attn_impl", ["sdpa", "manual"])
+@torch.no_grad()
+def test_cached_decoding_runs_past_the_sliding_window(position, attn_impl):
+    # The cache keeps every position; the window is applied in the mask, so decoding, chunked
+    # prefill and crop work past the window as they do without one.
+    model = random_gpt(position=position, attn_impl=attn_impl, n_kv_head=2, sliding_window=5)
+    idx = torch.randint(0, 61, (2, 30))
+    full = model(idx)
+    unwindowed = random_gpt(position=position, attn_impl=attn_impl, n_kv_head=2)(idx)
+    assert (full[:, 5:] - unwindowed[:, 5:]).abs().max() > 1e-3  # the window matters here
+    for prefill in (0, 3, 12):
+        torch.testing.assert_close(cached_logits(model, idx, prefill), full, rtol=0, atol=1e-5)
+    cache = model.new_cache(2, 32)
+    chunks = [model(idx[:, a:b], cache=cache) for a, b in [(0, 4), (4, 13), (13, 20)]]
+    model(torch.randint(0, 61, (2, 6)), cache=cache)  # rejected draft tokens...
+    cache.crop(20)                                   # ...forgotten
+    chunks.append(model(idx[:, 20:], cache=cache))
+    torch.testing.assert_close(torch.cat(chunks, 1), full, rtol=0, atol=1e-5)
 
 
 def test_crop_and_reset_rewind_the_cache():

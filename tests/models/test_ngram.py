@@ -13,7 +13,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lmstack.errors import DataError
+from lmstack.errors import ConfigError, DataError
 from lmstack.models import NGramConfig, NGramLM
 
 from .helpers import cached_logits
@@ -136,6 +136,13 @@ def test_fit_rejects_bad_data():
         NGramLM(NGramConfig(vocab_size=4)).fit([[0, 5]])
     with pytest.raises(DataError, match="no tokens"):
         NGramLM(NGramConfig(vocab_size=4)).fit([])
+
+
+def test_forward_refuses_ids_outside_the_vocabulary():
+    # The ids are copied to numpy anyway, so the n-gram model checks their values for free.
+    lm = NGramLM(NGramConfig(vocab_size=4, order=2)).fit([[0, 1, 2, 3]])
+    with pytest.raises(ConfigError, match="token id 5 is out of range for vocab_size 4"):
+        lm(torch.tensor([[0, 5]]))
 
 
 def test_save_and_load_round_trip(tmp_path):

@@ -45,5 +45,21 @@ def test_ids_to_logits_and_cache(model):
 
 
 def test_bad_ids_are_refused_at_the_boundary(model):
-    with pytest.raises(ConfigError, match="out of range for vocab_size 20"):
-        model(torch.tensor([[3, 20]]))
+    # Shape and dtype are checked on every forward (metadata, no device sync); id values are
+    # checked where ids enter (Engine.encode; the trainer's shards), not here.
+    with pytest.raises(ConfigError, match=r"\(batch, time\) tensor"):
+        model(torch.tensor([3, 4]))
+    with pytest.raises(ConfigError, match="integer tensor"):
+        model(torch.tensor([[3.0, 4.0]]))
+
+
+@torch.no_grad()
+def test_every_model_takes_lengths_and_last_only(model):
+    # The engine passes both to any model (protocol.py): no caller needs to ask which it takes.
+    idx = torch.randint(0, 20, (3, 9))
+    full = model(idx)
+    torch.testing.assert_close(model(idx, last_only=True), full[:, -1:], rtol=0, atol=1e-5)
+    lengths = torch.tensor([9, 4, 6])  # right padding: each row's last real token
+    got = model(idx, cache=model.new_cache(3, 16), lengths=lengths, last_only=True)
+    assert got.shape == (3, 1, 20)
+    torch.testing.assert_close(got[:, 0], full[torch.arange(3), lengths - 1], rtol=0, atol=1e-5)

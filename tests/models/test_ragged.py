@@ -28,6 +28,8 @@ MODELS = {
     "gpt-rope-gqa": lambda: gpt(position="rope", n_kv_head=2),
     "gpt-alibi": lambda: gpt(position="alibi"),
     "gpt-nope-manual": lambda: gpt(position="none", attn_impl="manual"),
+    "gpt-rope-window": lambda: gpt(position="rope", n_kv_head=2, sliding_window=3),
+    "gpt-alibi-window-manual": lambda: gpt(position="alibi", sliding_window=4, attn_impl="manual"),
     "lstm": lambda: (torch.manual_seed(0), RNNLM(RNNConfig(cell="lstm", vocab_size=V, n_embd=16, hidden_size=24)))[1].eval(),
     "gru": lambda: (torch.manual_seed(0), RNNLM(RNNConfig(cell="gru", vocab_size=V, n_embd=16, hidden_size=24)))[1].eval(),
     "ngram": ngram,
@@ -75,8 +77,9 @@ def test_select_reorders_and_drops_rows(name):
         torch.testing.assert_close(out[row], alone, atol=1e-5, rtol=1e-5)
 
 
-def test_kv_cache_crop_per_row_and_overflow():
-    model = gpt(position="rope")
+@pytest.mark.parametrize("window", [None, 2])
+def test_kv_cache_crop_per_row_and_overflow(window):
+    model = gpt(position="rope", sliding_window=window)
     cache = model.new_cache(2, 8)
     model(torch.tensor([[1, 2, 3, 4], [5, 6, 7, 8]]), cache=cache)
     cache.crop(torch.tensor([4, 2]))
@@ -87,3 +90,28 @@ def test_kv_cache_crop_per_row_and_overflow():
     from lmstack.errors import ConfigError
     with pytest.raises(ConfigError, match="KV cache overflow"):
         model(torch.ones(2, 4, dtype=torch.long), cache=cache)
+
+
+@pytest.mark.parametrize("window", [None, 3])
+@torch.no_grad()
+def test_extend_joins_rows_prefilled_apart(window):
+    # Continuous batching: a request prefilled on its own joins a batch that is already decoding.
+    model = gpt(position="rope", n_kv_head=2, sliding_window=window)
+    g = torch.Generator().manual_seed(2)
+    first, second = torch.randint(0, V, (2, 7), generator=g), torch.randint(0, V, (1, 3), generator=g)
+    steps = torch.randint(0, V, (3, 5), generator=g)
+    running = model.new_cache(2, 16)
+    model(first, cache=running)
+    model(steps[:2, :1], cache=running)  # the batch decodes a step before the newcomer arrives
+    joining = model.new_cache(1, 24)
+    model(second, cache=joining)
+    running.extend(joining)
+    assert running.max_len == 24 and running.lengths().tolist() == [8, 8, 3]
+    out = [model(steps[:, i:i + 1], cache=running)[:, 0] for i in range(1, 5)]
+    rows = [torch.cat([first[0], steps[0]]), torch.cat([first[1], steps[1]]),
+            torch.cat([second[0], steps[2, 1:]])]
+    starts = [8, 8, 3]
+    for b, (row, start) in enumerate(zip(rows, starts)):
+        alone = model(row[None])[0]
+        for i in range(4):
+            torch.testing.assert_close(out[i][b], alone[start + i], atol=1e-5, rtol=1e-5)
