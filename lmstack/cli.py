@@ -86,7 +86,7 @@ def cmd_tokenizer_inspect(args: argparse.Namespace) -> None:
 
 
 def cmd_tokenizer_export_hf(args: argparse.Namespace) -> None:
-    from lmstack.tokenizer.hf import save_hf
+    from lmstack.tokenizer import save_hf
 
     print(f"wrote {save_hf(_tokenizer(args), args.out)}")
 

@@ -16,8 +16,7 @@ from pathlib import Path
 
 from lmstack.data.prepare import PrepareConfig, clean_documents
 from lmstack.data.sources import STDLIB, SourceStats, iter_documents
-from lmstack.tokenizer import DEFAULT_SPECIAL_TOKENS, Tokenizer, train_bpe
-from lmstack.tokenizer.hf import save_hf
+from lmstack.tokenizer import DEFAULT_SPECIAL_TOKENS, Tokenizer, save_hf, train_bpe
 
 
 @dataclass

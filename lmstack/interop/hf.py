@@ -116,7 +116,7 @@ def export_hf(model: GPT, tokenizer, out: str | os.PathLike, eos_ids: list[int] 
               extra_from: str | os.PathLike | None = None) -> Path:
     """Write an HF directory that `AutoModelForCausalLM.from_pretrained` and
     `tokenizers.Tokenizer.from_file` load, with the same logits and ids."""
-    from lmstack.tokenizer.hf import save_hf
+    from lmstack.tokenizer import save_hf
 
     cfg = model.config
     family = hf_family(cfg)

@@ -1,4 +1,4 @@
-"""Hugging Face `tokenizer.json` export and import (byte-level BPE, GPT-2 style).
+"""The Hugging Face `tokenizer.json` format (byte-level BPE, GPT-2 style), both directions.
 
 Hugging Face `tokenizers` stores byte-level BPE with every byte mapped to a printable character
 (GPT-2's `bytes_to_unicode` table, so " hello" is stored as "Ġhello"), a vocabulary of those
@@ -15,21 +15,22 @@ Import reads GPT-2-style files (a `ByteLevel` pre-tokenizer with its GPT-2 regex
 regex followed by `ByteLevel`), with no normalizer. Anything else is refused with an error that
 names the field, never approximated silently.
 
-    python -c "from lmstack.tokenizer import Tokenizer; from lmstack.tokenizer.hf import save_hf;
+This module only translates between that JSON and a tokenizer's parts (pattern, merges,
+special tokens, byte ids); tokenizer.py builds the `Tokenizer` from them, so the two do not
+import each other. `Tokenizer.load` reads either format; `save_hf` and `load_hf` are the
+explicit ways, both exported by `lmstack.tokenizer`:
+
+    python -c "from lmstack.tokenizer import Tokenizer, save_hf;
                save_hf(Tokenizer.load('tok.json'), 'hf/tokenizer.json')"
 """
 
 from __future__ import annotations
 
 import json
-import os
 from functools import lru_cache
-from pathlib import Path
 
-from lmstack.atomic import atomic_write_text
 from lmstack.errors import TokenizerError
 from lmstack.tokenizer.patterns import GPT2_PATTERN
-from lmstack.tokenizer.tokenizer import Tokenizer
 
 
 @lru_cache(maxsize=1)
@@ -74,19 +75,25 @@ def _unicode_to_bytes() -> dict[str, int]:
     return {c: b for b, c in bytes_to_unicode().items()}
 
 
-def to_hf_dict(tok: Tokenizer) -> dict:
-    """The `tokenizer.json` content for a tokenizer (see the module docstring)."""
-    vocab = {_to_str(b): i for i, b in sorted(tok.vocab.items())}
+def is_hf_dict(d: dict) -> bool:
+    """Whether a parsed `tokenizer.json` is Hugging Face's (it has a "model"), not ours."""
+    return "model" in d and "format" not in d
+
+
+def to_hf_dict(pattern: str, vocab: dict[int, bytes], special_tokens: dict[str, int]) -> dict:
+    """The `tokenizer.json` content for a tokenizer's parts (see the module docstring)."""
+    tokens = set(vocab.values())
+    hf_vocab = {_to_str(b): i for i, b in sorted(vocab.items())}
     merges = []
-    for token_id in sorted(tok.vocab):
-        data = tok.vocab[token_id]
+    for token_id in sorted(vocab):
+        data = vocab[token_id]
         for k in range(1, len(data)):
-            if data[:k] in tok.ranks and data[k:] in tok.ranks:
+            if data[:k] in tokens and data[k:] in tokens:
                 merges.append([_to_str(data[:k]), _to_str(data[k:])])
     added = [
         {"id": i, "content": s, "single_word": False, "lstrip": False, "rstrip": False,
          "normalized": False, "special": True}
-        for s, i in sorted(tok.special_tokens.items(), key=lambda kv: kv[1])
+        for s, i in sorted(special_tokens.items(), key=lambda kv: kv[1])
     ]
     byte_level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True,
                   "use_regex": False}
@@ -97,7 +104,7 @@ def to_hf_dict(tok: Tokenizer) -> dict:
         "added_tokens": added,
         "normalizer": None,
         "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
-            {"type": "Split", "pattern": {"Regex": tok.pattern}, "behavior": "Isolated",
+            {"type": "Split", "pattern": {"Regex": pattern}, "behavior": "Isolated",
              "invert": False},
             byte_level,
         ]},
@@ -106,16 +113,8 @@ def to_hf_dict(tok: Tokenizer) -> dict:
         "model": {"type": "BPE", "dropout": None, "unk_token": None,
                   "continuing_subword_prefix": None, "end_of_word_suffix": None,
                   "fuse_unk": False, "byte_fallback": False, "ignore_merges": True,
-                  "vocab": vocab, "merges": merges},
+                  "vocab": hf_vocab, "merges": merges},
     }
-
-
-def save_hf(tok: Tokenizer, path: str | os.PathLike) -> Path:
-    """Write a Hugging Face `tokenizer.json` (a directory gets `tokenizer.json` inside)."""
-    path = Path(path)
-    if path.is_dir() or not path.suffix:
-        path = path / "tokenizer.json"
-    return atomic_write_text(path, json.dumps(to_hf_dict(tok), ensure_ascii=False))
 
 
 def _pattern_of(pre: dict | None, source: str) -> str:
@@ -146,8 +145,9 @@ def _pattern_of(pre: dict | None, source: str) -> str:
     )
 
 
-def from_hf_dict(d: dict, source: str = "tokenizer.json") -> Tokenizer:
-    """Build a Tokenizer from the content of a Hugging Face byte-level BPE `tokenizer.json`."""
+def from_hf_dict(d: dict, source: str = "tokenizer.json") -> tuple[str, list, dict, list[int]]:
+    """The parts of a Hugging Face byte-level BPE `tokenizer.json`, as `Tokenizer` takes them:
+    (pattern, merges as (left id, right id, new id), special tokens, the 256 byte ids)."""
     model = d.get("model") or {}
     if model.get("type") != "BPE":
         raise TokenizerError(
@@ -197,5 +197,5 @@ def from_hf_dict(d: dict, source: str = "tokenizer.json") -> Tokenizer:
         raise TokenizerError(
             f"{source}: {unreachable} vocabulary entries are neither bytes nor made by a merge"
         )
-    return Tokenizer(pattern, merges, specials, byte_ids)
+    return pattern, merges, specials, byte_ids
 

@@ -17,6 +17,9 @@ id) and the special tokens. Two encoders give the same ids:
 
 Text with lone surrogates (which UTF-8 cannot hold) is first repaired the way tiktoken does it:
 surrogate pairs are joined, lone ones become U+FFFD.
+
+Files: `save` writes our JSON; `Tokenizer.load` reads ours or a Hugging Face `tokenizer.json`;
+`save_hf` / `load_hf` write and read Hugging Face's explicitly (the format is in hf.py).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from lmstack.atomic import atomic_write_text
 from lmstack.errors import TokenizerError
 from lmstack.tokenizer.bpe import bpe_merge
 from lmstack.tokenizer.decoder import IncrementalDecoder, decode_bytes
+from lmstack.tokenizer.hf import from_hf_dict, is_hf_dict, to_hf_dict
 from lmstack.tokenizer.patterns import compile_pattern
 from lmstack.tokenizer.special import ENDOFTEXT, check_special, split_on_specials
 
@@ -237,23 +241,12 @@ class Tokenizer:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Tokenizer:
-        """Load our JSON format, or a Hugging Face byte-level BPE `tokenizer.json`."""
-        path = Path(path)
-        if path.is_dir():
-            path = path / "tokenizer.json"
-        try:
-            d = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise TokenizerError(f"tokenizer file {path} does not exist") from None
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise TokenizerError(f"{path} is not valid JSON ({e}); the file is corrupt") from None
-        if not isinstance(d, dict):
-            raise TokenizerError(f"{path} holds a JSON {type(d).__name__}, not a tokenizer")
-        if "model" in d and d.get("format") != FORMAT:
-            from lmstack.tokenizer.hf import from_hf_dict
-
-            return from_hf_dict(d, source=str(path))
-        return cls.from_dict(d, source=str(path))
+        """Load a tokenizer file (or DIR/tokenizer.json) in either format it may be in: ours,
+        or a Hugging Face byte-level BPE `tokenizer.json` (hf.py; `load_hf` insists on it)."""
+        d, source = _read_json(path)
+        if is_hf_dict(d):
+            return cls(*from_hf_dict(d, source=source))
+        return cls.from_dict(d, source=source)
 
     def __getstate__(self) -> dict:
         return self.to_dict()
@@ -268,3 +261,38 @@ class Tokenizer:
     def __repr__(self) -> str:
         return (f"Tokenizer(vocab_size={self.vocab_size}, merges={len(self.merges)}, "
                 f"specials={list(self.special_tokens)}, fingerprint={self.fingerprint})")
+
+
+def _read_json(path: str | os.PathLike) -> tuple[dict, str]:
+    """The JSON object of a tokenizer file (a directory means DIR/tokenizer.json), and its path."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "tokenizer.json"
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise TokenizerError(f"tokenizer file {path} does not exist") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise TokenizerError(f"{path} is not valid JSON ({e}); the file is corrupt") from None
+    if not isinstance(d, dict):
+        raise TokenizerError(f"{path} holds a JSON {type(d).__name__}, not a tokenizer")
+    return d, str(path)
+
+
+def load_hf(path: str | os.PathLike) -> Tokenizer:
+    """Import a Hugging Face byte-level BPE `tokenizer.json` (or DIR/tokenizer.json)."""
+    d, source = _read_json(path)
+    if not is_hf_dict(d):
+        raise TokenizerError(f"{source} is not a Hugging Face tokenizer.json (it has no \"model\"); "
+                             "load an lmstack tokenizer with Tokenizer.load")
+    return Tokenizer(*from_hf_dict(d, source=source))
+
+
+def save_hf(tok: Tokenizer, path: str | os.PathLike) -> Path:
+    """Export as a Hugging Face `tokenizer.json` (a directory gets `tokenizer.json` inside)
+    that `tokenizers.Tokenizer.from_file` encodes to the same ids."""
+    path = Path(path)
+    if path.is_dir() or not path.suffix:
+        path = path / "tokenizer.json"
+    hf = to_hf_dict(tok.pattern, tok.vocab, tok.special_tokens)
+    return atomic_write_text(path, json.dumps(hf, ensure_ascii=False))

@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 tokenizers = pytest.importorskip("tokenizers")  # a dev dependency; CI installs it
 
 from lmstack.errors import TokenizerError  # noqa: E402
-from lmstack.tokenizer import Tokenizer  # noqa: E402
-from lmstack.tokenizer.hf import bytes_to_unicode, save_hf  # noqa: E402
+from lmstack.tokenizer import Tokenizer, load_hf, save_hf  # noqa: E402
+from lmstack.tokenizer.hf import bytes_to_unicode  # noqa: E402
 
 from ..conftest import MULTILINGUAL  # noqa: E402
 
@@ -79,6 +79,18 @@ def test_import_equals_tokenizers_on_any_text(hf_trained, text):
 
 def test_export_then_import_is_identity(tok, tmp_path):
     assert Tokenizer.load(save_hf(tok, tmp_path / "out")).encode(CODE) == tok.encode(CODE)
+
+
+def test_load_hf_is_explicit(tok, tmp_path):
+    """`load_hf` reads only Hugging Face's format; `Tokenizer.load` reads both."""
+    hf_path = save_hf(tok, tmp_path / "hf")
+    # the same vocabulary; the merge list may name another split of a token (same encoding)
+    assert load_hf(hf_path) == Tokenizer.load(hf_path)
+    assert load_hf(hf_path).vocab == tok.vocab
+    ours = tok.save(tmp_path / "ours.json")
+    assert Tokenizer.load(ours) == tok
+    with pytest.raises(TokenizerError, match="not a Hugging Face tokenizer.json"):
+        load_hf(ours)
 
 
 def test_byte_table_is_a_bijection_onto_printables():
