@@ -2,7 +2,8 @@
 
 K heads on the base model's last hidden state (lmstack/models/medusa_heads.py; trained on the frozen
 model by `lmstack train-heads`, lmstack/train/heads.py) guess the tokens 2..K+1 places ahead.
-Every verification pass of the speculative loop (speculative.py) already computes the hidden
+Every verification pass of the speculative loop (speculative.py; the Drafter interface is in
+drafters.py) already computes the hidden
 state at the position that predicts the next token, so the proposals for the next round cost
 only the heads' small matmuls -- no draft model, no extra forward:
 
@@ -31,7 +32,7 @@ import os
 import torch
 
 from lmstack.errors import ConfigError
-from lmstack.infer.speculative import Drafter
+from lmstack.infer.drafters import Drafter
 from lmstack.models.medusa_heads import MedusaHeads, load_heads
 
 

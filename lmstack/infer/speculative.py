@@ -79,7 +79,6 @@ benchmark: `flock /tmp/lmstack-cpu.lock .venv/bin/python benchmarks/speculative.
 
 from __future__ import annotations
 
-import abc
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -89,7 +88,9 @@ import torch.nn.functional as F
 
 from lmstack.errors import ConfigError
 from lmstack.infer.config import GenerationConfig
-from lmstack.infer.processors import ProcessorSettings, process
+from lmstack.infer.drafters import Drafter, Round
+from lmstack.infer.medusa_drafter import MedusaDrafter
+from lmstack.infer.processors import process
 from lmstack.infer.sampling import (Completion, Row, _takes_last_only, check_prompts, context_length,
                                     is_passthrough, new_rows)
 
@@ -208,39 +209,8 @@ class SpecStats:
 # ---- drafters -------------------------------------------------------------------------------
 
 
-@dataclass
-class Round:
-    """What the decoder tells a drafter about the sequence being decoded."""
-
-    cfg: GenerationConfig
-    settings: ProcessorSettings
-    passthrough: bool
-    stop_ids: set[int]
-    row: Row
-    max_len: int
-
-
-class Drafter(abc.ABC):
-    """Proposes tokens; the decoder verifies them. Subclasses: draft model, prompt lookup, Medusa."""
-
-    uses_hidden = False  # wants the target's last hidden state at every commit (Medusa)
-
-    def start(self, state: Round) -> None:
-        """A new sequence begins (state.row holds its prompt)."""
-        self.state = state
-
-    def room(self, seq_len: int) -> int:
-        """How many tokens it can propose after a sequence of `seq_len` tokens."""
-        return 1 << 30
-
-    @abc.abstractmethod
-    def propose(self, seq: list[int], n: int) -> tuple[list[int], torch.Tensor | None]:
-        """Up to `n` tokens to follow `seq`, and the (len, V) probabilities they were drawn
-        from, or None if they were chosen deterministically."""
-
-    def commit(self, seq: list[int], hidden: torch.Tensor | None) -> None:
-        """`seq` (prompt + generated) is final; `hidden` (n_embd,) is the target's last hidden
-        state at the position that predicted seq[-1] (only when `uses_hidden`)."""
+# The Drafter interface and the Round it is told are in drafters.py; Medusa's drafter is in
+# medusa_drafter.py.
 
 
 class PromptLookupDrafter(Drafter):
@@ -327,8 +297,6 @@ class SpeculativeDecoder:
         elif prompt_lookup is not None:
             self.drafter = PromptLookupDrafter(prompt_lookup)
         else:
-            from lmstack.infer.medusa_drafter import MedusaDrafter
-
             self.drafter = MedusaDrafter.for_model(self.model, medusa)
         default = getattr(self.drafter, "num_heads", 4)
         self.gamma = default if gamma is None else gamma
