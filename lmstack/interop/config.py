@@ -12,10 +12,11 @@ Supported (`model_type` in config.json):
   vocab_size, hidden_size, intermediate_size, num_hidden_layers, num_attention_heads,
   num_key_value_heads, head_dim (must equal hidden_size / num_attention_heads),
   max_position_embeddings, rms_norm_eps, rope_theta / rope_scaling (transformers 4) or
-  rope_parameters (transformers 5), tie_word_embeddings, hidden_act, sliding_window.
-  Mistral's sliding window: a context no longer than the window attends exactly as full
-  attention does, so the imported model's block_size is min(max_position_embeddings,
-  sliding_window) and longer prompts are refused rather than attended wrongly.
+  rope_parameters (transformers 5), tie_word_embeddings, hidden_act, and the sliding window
+  (`sliding_window_of`): Mistral's `sliding_window` windows every layer; Qwen2's only with
+  `use_sliding_window`, and then the layers from `max_window_layers` on (or those `layer_types`
+  names "sliding_attention"): all of them or none, since one window for every layer is what
+  GPTConfig.sliding_window models. block_size is max_position_embeddings.
 
 Everything else that changes the computation (another activation, `attention_bias`,
 `mlp_bias`, dynamic NTK or
@@ -113,12 +114,9 @@ def _from_llama(d: dict, source: str) -> GPTConfig:
     if d.get("pretraining_tp", 1) != 1:
         raise _refuse(source, "pretraining_tp", d["pretraining_tp"], "use 1")
     theta, scaling = rope_settings(d, source)
-    block = d.get("max_position_embeddings", 2048)
-    window = d.get("sliding_window")
-    if window and d.get("use_sliding_window", model_type == "mistral"):
-        block = min(block, window)
     return GPTConfig(
-        vocab_size=d["vocab_size"], block_size=block, n_layer=d["num_hidden_layers"],
+        vocab_size=d["vocab_size"], block_size=d.get("max_position_embeddings", 2048),
+        sliding_window=sliding_window_of(d, source), n_layer=d["num_hidden_layers"],
         n_head=heads, n_kv_head=d.get("num_key_value_heads") or heads, n_embd=width,
         position="rope", rope_theta=theta, rope_scaling=scaling, norm="rmsnorm",
         norm_eps=d.get("rms_norm_eps", 1e-6), mlp="swiglu",
@@ -127,20 +125,50 @@ def _from_llama(d: dict, source: str) -> GPTConfig:
         tie_embeddings=d.get("tie_word_embeddings", False), dropout=0.0)
 
 
+def sliding_window_of(d: dict, source: str) -> int | None:
+    """The attention window of every layer of a Llama-family config, or None (full attention);
+    `ConfigError` if only some layers are windowed.
+
+    >>> sliding_window_of({"model_type": "mistral", "sliding_window": 16}, "config.json")
+    16
+    >>> sliding_window_of({"model_type": "qwen2", "sliding_window": 16}, "config.json")  # off by default
+    >>> sliding_window_of({"model_type": "qwen2", "sliding_window": 16, "use_sliding_window": True,
+    ...                    "num_hidden_layers": 2, "max_window_layers": 0}, "config.json")
+    16
+    """
+    window, model_type = d.get("sliding_window"), d["model_type"]
+    if window is None or model_type == "llama":  # Llama attention never reads the field
+        return None
+    if model_type == "qwen2":  # transformers' Qwen2Config: off unless asked, then per layer
+        if not d.get("use_sliding_window", False):
+            return None
+        n, first = d["num_hidden_layers"], d.get("max_window_layers", 28)
+        types = d.get("layer_types") or ["sliding_attention" if i >= first else "full_attention"
+                                         for i in range(n)]
+        if "sliding_attention" not in types:
+            return None
+        if set(types) != {"sliding_attention"}:
+            raise _refuse(source, "max_window_layers", first, f"layers {types} mix windowed and full "
+                          "attention; one sliding_window for every layer (max_window_layers 0) is modelled")
+    if not isinstance(window, int) or isinstance(window, bool) or window < 1:
+        raise _refuse(source, "sliding_window", window, "it must be a positive integer or null")
+    return window
+
+
 def hf_family(cfg: GPTConfig) -> str:
-    """Which HF family an lmstack GPT maps onto exactly ('gpt2', 'llama' or 'qwen2')."""
+    """Which HF family an lmstack GPT maps onto exactly ('gpt2', 'llama', 'mistral' or 'qwen2')."""
     if (cfg.position == "learned" and cfg.norm == "layernorm" and cfg.mlp in ("gelu", "relu")
             and cfg.bias and cfg.qkv_bias is not False and cfg.n_kv_head in (None, cfg.n_head)
-            and not cfg.qk_norm):
+            and not cfg.qk_norm and cfg.sliding_window is None):
         return "gpt2"
     if cfg.position == "rope" and cfg.norm == "rmsnorm" and cfg.mlp == "swiglu" and not cfg.qk_norm:
         if not cfg.bias and cfg.qkv_bias:
             return "qwen2"
         if not cfg.bias and not cfg.qkv_bias:
-            return "llama"
+            return "llama" if cfg.sliding_window is None else "mistral"
     raise ConfigError(
         "this model does not map onto a Hugging Face family: GPT-2 needs position=learned, "
-        "norm=layernorm, mlp=gelu|relu, bias=true, no GQA; Llama needs position=rope, "
+        "norm=layernorm, mlp=gelu|relu, bias=true, no GQA, no sliding_window; Llama needs position=rope, "
         f"norm=rmsnorm, mlp=swiglu, no qk_norm (got position={cfg.position}, norm={cfg.norm}, "
         f"mlp={cfg.mlp}, bias={cfg.bias}, qk_norm={cfg.qk_norm})")
 
@@ -155,7 +183,7 @@ def config_to_hf(cfg: GPTConfig) -> dict:
                 "activation_function": "gelu_new" if cfg.mlp == "gelu" else "relu",
                 "layer_norm_epsilon": cfg.norm_eps, "tie_word_embeddings": cfg.tie_embeddings,
                 "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0}
-    arch = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}[family]
+    arch = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM"}[family]
     rope = {"rope_theta": cfg.rope_theta, "rope_type": "default", **(cfg.rope_scaling or {})}
     out = {"architectures": [arch], "model_type": family, "vocab_size": cfg.vocab_size,
            "hidden_size": cfg.n_embd, "intermediate_size": cfg.hidden_size,
@@ -168,4 +196,10 @@ def config_to_hf(cfg: GPTConfig) -> dict:
         out["rope_scaling"] = dict(cfg.rope_scaling)
     if family == "llama":
         out.update(attention_bias=False, mlp_bias=False)
+    window = cfg.sliding_window
+    if family == "mistral":
+        out["sliding_window"] = window
+    if family == "qwen2":  # every layer windowed, or none
+        out.update(use_sliding_window=window is not None, sliding_window=window,
+                   max_window_layers=0 if window is not None else cfg.n_layer)
     return out
