@@ -186,12 +186,69 @@ def train(cfg: TrainConfig) -> TrainResult:
         distributed.teardown(d)
 
 
+@dataclass
+class Run:
+    """What the loop works on: built once by `_prepare`, then advanced one step at a time."""
+
+    cfg: TrainConfig
+    d: distributed.Dist
+    out: Path
+    tok: Tokenizer
+    model: torch.nn.Module  # what trains: wrapped for DDP/FSDP, maybe compiled
+    raw_model: torch.nn.Module  # before wrapping: what is evaluated, sampled and saved
+    optimizer: torch.optim.Optimizer
+    params: list[torch.nn.Parameter]  # listed once: model.parameters() costs ~0.7 ms a step
+    scaler: torch.amp.GradScaler | None  # fp16 only
+    train_loader: TokenLoader
+    val_loader: TokenLoader
+    step: int = 0
+    metrics: dict = field(default_factory=dict)  # the last validation's
+    metrics_step: int = -1
+
+
+@dataclass
+class Clock:
+    """Tokens/s and MFU over training time only: validation, samples and checkpoints are
+    paused out, so they do not count against the step's speed."""
+
+    tokens_per_step: int
+    flops_per_step: float
+    peak_flops: float  # all devices together
+    first_step: int
+    deadline_s: float | None  # cfg.max_minutes, in seconds
+    start: float = field(default_factory=time.perf_counter)
+    paused: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.last, self.last_step = self.start, self.first_step  # of the last reading
+        if self.deadline_s is not None:
+            self.deadline_s += self.start
+
+    def reading(self, step: int, now: float) -> dict:
+        """tokens_per_s and mfu since the last reading."""
+        tok_s = self.tokens_per_step * (step - self.last_step) / max(now - self.last, 1e-9)
+        self.last, self.last_step = now, step
+        return {"tokens_per_s": tok_s,
+                "mfu": self.flops_per_step * tok_s / self.tokens_per_step / self.peak_flops}
+
+    def pause(self, since: float) -> None:
+        """Leave the time from `since` to now out of training time."""
+        spent = time.perf_counter() - since
+        self.last += spent
+        self.paused += spent
+
+    def tokens_per_second(self, step: int) -> float:
+        train_seconds = time.perf_counter() - self.start - self.paused
+        return (self.tokens_per_step * (step - self.first_step) / train_seconds
+                if train_seconds > 0 else 0.0)
+
+
 def _train(cfg: TrainConfig, d: distributed.Dist) -> TrainResult:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     autocast(cfg, d.device)  # fail now, not after building everything, on fp16 without CUDA
     # One seed for the initial weights on every rank (FSDP, unlike DDP, does not broadcast
-    # them); each rank's own dropout/sampling stream is seeded further down.
+    # them); each rank's own dropout/sampling stream is seeded in _prepare.
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     out = Path(cfg.out_dir)
@@ -204,138 +261,178 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> TrainResult:
                              rank=d.rank, world_size=d.world_size, tokenizer=tok)
     if isinstance(model, NGramLM):
         return _fit_ngram(model, cfg, tok, train_loader, val_loader, out, d)
+    return _loop(_prepare(cfg, d, out, tok, model, train_loader, val_loader))
 
+
+def _prepare(cfg: TrainConfig, d: distributed.Dist, out: Path, tok: Tokenizer, model,
+             train_loader: TokenLoader, val_loader: TokenLoader) -> Run:
+    """Device, QAT, wrapping, optimizer and, with `resume`, the checkpoint's state."""
     if cfg.qat_bits:  # fake-quantized Linear weights with a straight-through gradient
         from lmstack.train.qat import apply_qat
 
         apply_qat(model, cfg.qat_bits, cfg.qat_group_size)
     model.to(d.device)
-    state = None
-    if cfg.resume and (out / ckpt.STATE).exists():
-        state = ckpt.load_train_state(out)
+    state = ckpt.load_train_state(out) if cfg.resume and (out / ckpt.STATE).exists() else None
+    if state is not None:
         model.load_state_dict(state["model"])  # full weights, before any sharding
     raw_model = model
     model = distributed.wrap(model, d, cfg.parallel)
     # After wrapping: FSDP replaces the parameters by sharded ones, which the optimizer must hold.
     optimizer = build_optimizer(model, cfg.optim, lr_at(0, cfg.schedule))
-    # Listed once: model.parameters() walks every module, ~0.7 ms a step for a 4-layer GPT.
     params = [p for group in optimizer.param_groups for p in group["params"]]
+    measure_peak_flops(d.device)  # now: its random matrices must not shift the seeded stream
     torch.manual_seed(cfg.seed + d.rank)
-    step = 0
+    run = Run(cfg, d, out, tok, model, raw_model, optimizer, params,
+              torch.amp.GradScaler("cuda") if cfg.precision == "fp16" else None,
+              train_loader, val_loader)
     if state is not None:
         distributed.load_optimizer_state(raw_model, optimizer, state["optimizer"])
         train_loader.load_state_dict(state["data"])
         ckpt.set_rng_state(ckpt.rng_of_rank(state, d.rank, d.world_size))
-        step = state["step"]
+        run.step = state["step"]
         if d.is_main:
-            ckpt.truncate_log(out, step)
+            ckpt.truncate_log(out, run.step)
     elif d.is_main and (out / ckpt.LOG).exists():
         (out / ckpt.LOG).unlink()  # a fresh run starts a fresh log
     if d.is_main:
         ckpt.remove_stale_temps(out)
     if cfg.compile:
-        model = torch.compile(model)
-    scaler = torch.amp.GradScaler("cuda") if cfg.precision == "fp16" else None
-    # Every rank validates its share of the val batches. Samples come from rank 0 alone,
-    # except under FSDP, where every forward pass is a collective every rank must join.
-    samples_here = d.is_main or distributed.is_sharded(raw_model)
+        run.model = torch.compile(model)
+    return run
 
-    tokens_per_step = cfg.batch_size * cfg.block_size * cfg.grad_accum * d.world_size
-    flops_step = flops_per_token(raw_model.config, cfg.block_size) * tokens_per_step
-    peak = measure_peak_flops(d.device) * d.world_size
-    if d.is_main:
-        n = num_params(raw_model)
-        print(f"model: {type(raw_model).__name__} {n / 1e6:.2f}M parameters; "
-              f"{tokens_per_step:,} tokens per step; device {d.device} x{d.world_size}")
-    bar = tqdm(total=cfg.steps, initial=step, desc="train", disable=not (cfg.progress and d.is_main),
-               dynamic_ncols=True)
-    start = time.perf_counter()
-    deadline = start + cfg.max_minutes * 60 if cfg.max_minutes else None
-    loss_value, metrics, metrics_step, tok_s = float("nan"), {}, -1, 0.0
-    t_last, step_start, first_step, paused = start, step, step, 0.0
-    reached = False  # target_val_loss met
 
-    model.train()
-    while step < cfg.steps:
-        lr = lr_at(step, cfg.schedule)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        p_own = cfg.scheduled_sampling * step / max(1, cfg.steps)
-        loss_sum = 0.0
-        for micro in range(cfg.grad_accum):
-            x, y = (torch.from_numpy(a).to(d.device) for a in train_loader.next_batch())
-            x = scheduled_inputs(model, x, p_own)
-            with distributed.grad_sync(model, micro == cfg.grad_accum - 1):
-                with autocast(cfg, d.device):
-                    loss = next_token_loss(model(x), y) / cfg.grad_accum
-                (scaler.scale(loss) if scaler else loss).backward()
-            loss_sum += loss.detach().item()
-        if scaler:
-            scaler.unscale_(optimizer)
-        if cfg.optim.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
-        if scaler:
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        step += 1
-        loss_value = distributed.all_mean(loss_sum, d)
-
-        now = time.perf_counter()
-        record = {"step": step, "loss": loss_value, "lr": lr}
-        if step % cfg.log_every == 0 or step == cfg.steps:
-            tok_s = tokens_per_step * (step - step_start) / max(now - t_last, 1e-9)
-            t_last, step_start = now, step
-            record.update(tokens_per_s=tok_s, mfu=flops_step * tok_s / tokens_per_step / peak)
-        # Ranks must agree on stopping: under DDP/FSDP a rank that leaves early hangs the rest.
-        out_of_time = deadline is not None and distributed.any_rank(now >= deadline, d)
-        if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps):
-            metrics = evaluate(raw_model, val_loader, tok, cfg.eval_batches, d.device, cfg, d)
-            distributed.reshard(raw_model)
-            metrics_step = step
-            record.update(metrics)
-            # Every rank holds the same summed metrics, so all agree on stopping.
-            reached = (cfg.target_val_loss is not None
-                       and metrics["val_loss"] <= cfg.target_val_loss)
-            if d.is_main:
-                tqdm.write(f"step {step}: val loss {metrics['val_loss']:.4f}, "
-                           f"ppl {metrics['val_ppl']:.2f}, {metrics['val_bpb']:.3f} bits/byte"
-                           + (f" <= target {cfg.target_val_loss}: stopping" if reached else ""))
-        if cfg.sample_every and step % cfg.sample_every == 0 and samples_here:
-            text = sample_text(raw_model, tok, "", 120, 0.8, d.device)
-            distributed.reshard(raw_model)
-            if d.is_main:
-                tqdm.write(f"--- sample at step {step} ---\n{text}\n---")
-        if len(record) > 3:
-            record["elapsed_s"] = time.perf_counter() - start
-        if d.is_main:
-            # Log before saving: a kill between the two then repeats this record on resume
-            # (truncate_log drops it) instead of losing it.
-            if len(record) > 3 or step % cfg.log_every == 0:
-                ckpt.append_log(out, record)
-            if "mfu" in record:
-                bar.set_postfix(loss=f"{loss_value:.3f}", tok_s=f"{tok_s:,.0f}",
-                                mfu=f"{record['mfu']:.1%}", refresh=False)
-            bar.update(1)
-        stop = out_of_time or reached
-        if step % cfg.save_every == 0 or step == cfg.steps or stop:
-            save(out, raw_model, optimizer, tok, step, train_loader.state_dict(), cfg, d)
-        # Validation, samples and saving are not training: keep them out of tokens/s and MFU.
-        spent = time.perf_counter() - now
-        t_last += spent
-        paused += spent
-        if stop:
+def _loop(run: Run) -> TrainResult:
+    """Step until cfg.steps (or a deadline, or the target loss); then the final metrics."""
+    cfg = run.cfg
+    clock = _start_clock(run)
+    bar = tqdm(total=cfg.steps, initial=run.step, desc="train", dynamic_ncols=True,
+               disable=not (cfg.progress and run.d.is_main))
+    loss = float("nan")
+    run.model.train()
+    while run.step < cfg.steps:
+        lr = lr_at(run.step, cfg.schedule)
+        p_own = cfg.scheduled_sampling * run.step / max(1, cfg.steps)
+        loss = train_step(run, lr, p_own)
+        run.step += 1
+        if _after_step(run, clock, bar, {"step": run.step, "loss": loss, "lr": lr}):
             break
     bar.close()
-    seconds = time.perf_counter() - start
-    if cfg.eval_every and metrics_step != step:
-        metrics = evaluate(raw_model, val_loader, tok, cfg.eval_batches, d.device, cfg, d)
-    train_seconds = seconds - paused
-    return TrainResult(out, step, loss_value, metrics, seconds,
-                       tokens_per_step * (step - first_step) / train_seconds
-                       if train_seconds > 0 else 0.0)
+    seconds = time.perf_counter() - clock.start
+    if cfg.eval_every and run.metrics_step != run.step:
+        run.metrics = _validate(run)
+    return TrainResult(run.out, run.step, loss, run.metrics, seconds,
+                       clock.tokens_per_second(run.step))
+
+
+def train_step(run: Run, lr: float, p_own: float) -> float:
+    """One optimizer step over `grad_accum` micro-batches; the mean loss over all ranks."""
+    cfg, d, model, optimizer, scaler = run.cfg, run.d, run.model, run.optimizer, run.scaler
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    loss_sum = 0.0
+    for micro in range(cfg.grad_accum):
+        x, y = (torch.from_numpy(a).to(d.device) for a in run.train_loader.next_batch())  # (B, T)
+        x = scheduled_inputs(model, x, p_own)
+        # Under DDP/FSDP gradients are synchronized on the last micro-batch only.
+        with distributed.grad_sync(model, micro == cfg.grad_accum - 1):
+            with autocast(cfg, d.device):
+                loss = next_token_loss(model(x), y) / cfg.grad_accum
+            (scaler.scale(loss) if scaler else loss).backward()
+        loss_sum += loss.detach().item()
+    if scaler:
+        scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
+    if cfg.optim.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(run.params, cfg.optim.grad_clip)
+    if scaler:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return distributed.all_mean(loss_sum, d)
+
+
+def _start_clock(run: Run) -> Clock:
+    """Print the model line; start timing the training (MFU: model FLOPs / measured peak)."""
+    cfg, d = run.cfg, run.d
+    tokens_per_step = cfg.batch_size * cfg.block_size * cfg.grad_accum * d.world_size
+    flops_per_step = flops_per_token(run.raw_model.config, cfg.block_size) * tokens_per_step
+    peak = measure_peak_flops(d.device) * d.world_size
+    if d.is_main:
+        print(f"model: {type(run.raw_model).__name__} {num_params(run.raw_model) / 1e6:.2f}M "
+              f"parameters; {tokens_per_step:,} tokens per step; device {d.device} x{d.world_size}")
+    return Clock(tokens_per_step, flops_per_step, peak, run.step,
+                 cfg.max_minutes * 60 if cfg.max_minutes else None)
+
+
+def _after_step(run: Run, clock: Clock, bar, record: dict) -> bool:
+    """The bookkeeping of one step, in order: speed, validation, sample, log, checkpoint.
+    Returns whether to stop (out of time, or the target loss reached)."""
+    cfg, d, step = run.cfg, run.d, run.step
+    now = time.perf_counter()
+    if step % cfg.log_every == 0 or step == cfg.steps:
+        record.update(clock.reading(step, now))
+    # Ranks must agree on stopping: under DDP/FSDP a rank that leaves early hangs the rest.
+    out_of_time = clock.deadline_s is not None and distributed.any_rank(now >= clock.deadline_s, d)
+    reached = False  # target_val_loss met
+    if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps):
+        run.metrics, run.metrics_step = _validate(run), step
+        record.update(run.metrics)
+        # Every rank holds the same summed metrics, so all agree on stopping.
+        reached = cfg.target_val_loss is not None and run.metrics["val_loss"] <= cfg.target_val_loss
+        _report_validation(run, reached)
+    if cfg.sample_every and step % cfg.sample_every == 0:
+        _sample(run)
+    if len(record) > 3:
+        record["elapsed_s"] = time.perf_counter() - clock.start
+    if d.is_main:
+        _log(run, bar, record)
+    stop = out_of_time or reached
+    if step % cfg.save_every == 0 or step == cfg.steps or stop:
+        save(run.out, run.raw_model, run.optimizer, run.tok, step, run.train_loader.state_dict(),
+             cfg, d)
+    clock.pause(now)  # validation, samples and saving are not training
+    return stop
+
+
+def _validate(run: Run) -> dict:
+    metrics = evaluate(run.raw_model, run.val_loader, run.tok, run.cfg.eval_batches, run.d.device,
+                       run.cfg, run.d)
+    distributed.reshard(run.raw_model)
+    return metrics
+
+
+def _report_validation(run: Run, reached: bool) -> None:
+    if run.d.is_main:
+        m = run.metrics
+        tqdm.write(f"step {run.step}: val loss {m['val_loss']:.4f}, ppl {m['val_ppl']:.2f}, "
+                   f"{m['val_bpb']:.3f} bits/byte"
+                   + (f" <= target {run.cfg.target_val_loss}: stopping" if reached else ""))
+
+
+def _sample(run: Run) -> None:
+    """Print a sample. From rank 0 alone, except under FSDP, where every forward pass is a
+    collective every rank must join."""
+    raw_model, tok, d = run.raw_model, run.tok, run.d
+    if not (d.is_main or distributed.is_sharded(raw_model)):
+        return
+    text = sample_text(raw_model, tok, "", 120, 0.8, d.device)
+    distributed.reshard(raw_model)
+    if d.is_main:
+        tqdm.write(f"--- sample at step {run.step} ---\n{text}\n---")
+
+
+def _log(run: Run, bar, record: dict) -> None:
+    """Append the record to log.jsonl (every log_every steps, or when it holds more than the
+    loss) and move the progress bar."""
+    # Logged before saving: a kill between the two then repeats this record on resume
+    # (truncate_log drops it) instead of losing it.
+    if len(record) > 3 or run.step % run.cfg.log_every == 0:
+        ckpt.append_log(run.out, record)
+    if "mfu" in record:
+        bar.set_postfix(loss=f"{record['loss']:.3f}", tok_s=f"{record['tokens_per_s']:,.0f}",
+                        mfu=f"{record['mfu']:.1%}", refresh=False)
+    bar.update(1)
 
 
 def check_data(cfg: TrainConfig) -> None:

@@ -12,6 +12,7 @@ import json
 import pytest
 import torch
 
+from lmstack.models.metrics import measure_peak_flops
 from lmstack.train import load_config, train
 from lmstack.train.checkpoint import LOG, STATE, load_train_state, read_log
 from tests.train.conftest import TINY_GPT, run_overrides
@@ -84,3 +85,17 @@ def test_resume_removes_stale_temp_files(data_dir, tmp_path):
     stale.write_bytes(b"half a checkpoint")
     run(data_dir, out, "steps=3", "resume=true")
     assert not stale.exists() and load_train_state(out)["step"] == 3
+
+
+def test_resume_in_a_fresh_process_is_exact(data_dir, tmp_path):
+    """A resumed run is a new process: the peak-FLOPs measurement (random matrices) is not yet
+    cached there, and must not draw from the dropout stream the checkpoint restored."""
+    extra = [*TINY_GPT, "model.dropout=0.2"]
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    run(data_dir, straight, "steps=20", *extra)
+    run(data_dir, resumed, "steps=10", *extra)
+    measure_peak_flops.cache_clear()  # as in a new process
+    run(data_dir, resumed, "steps=20", "resume=true", *extra)
+    a, b = load_train_state(straight), load_train_state(resumed)
+    for name in a["model"]:
+        assert torch.equal(a["model"][name], b["model"][name]), name
