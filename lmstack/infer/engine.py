@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
 from typing import Any, Union
 
 import torch
@@ -61,12 +60,10 @@ class Engine:
     @classmethod
     def load(cls, directory: str | os.PathLike, device: str = "cpu", prefix_cache=None,
              dtype: str | None = None) -> Engine:
-        """Load a model directory (config.json, weights, tokenizer.json); a quantized one
-        (`lmstack quantize`) loads into its int8/int4 layers. `dtype="bf16"` runs the model in
-        bfloat16 (weights, activations, KV cache; the decoder reads float32 logits)."""
-        from lmstack.models.directory import load_model
-
-        from lmstack.interop.hf import eos_token_ids
+        """Load a model directory in any format models/directory.py knows: ours, a quantized one
+        (`lmstack quantize`: into its int8/int4 layers), a Hugging Face one. `dtype="bf16"` runs
+        the model in bfloat16 (weights, activations, KV cache; the decoder reads float32 logits)."""
+        from lmstack.models.directory import load_model, load_tokenizer, model_eos_ids
 
         model = load_model(directory, device=device)
         if dtype is not None:
@@ -75,9 +72,8 @@ class Engine:
             if dtype not in DTYPES:
                 raise ConfigError(f"dtype {dtype!r} is not one of {sorted(DTYPES)}")
             model = model.to(DTYPES[dtype])
-        tok_path = Path(directory) / "tokenizer.json"
-        tokenizer = Tokenizer.load(tok_path) if tok_path.exists() else None
-        return cls(model, tokenizer, eos_ids=eos_token_ids(directory) or None, prefix_cache=prefix_cache)
+        return cls(model, load_tokenizer(directory), eos_ids=model_eos_ids(directory),
+                   prefix_cache=prefix_cache)
 
     # ---- prompts and settings ---------------------------------------------------------------
 

@@ -82,6 +82,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from lmstack.errors import ConfigError
+from lmstack.models.directory import CONFIG, ModelFormat, load_weights, read_config
+from lmstack.models.registry import build_model
 
 BITS = (4, 8)
 GROUP_SIZES = (32, 64, 128, 256)  # what torch's int4 CPU kernel accepts
@@ -379,7 +381,7 @@ def set_act_dtype(model: nn.Module, dtype: torch.dtype) -> nn.Module:
 
 def prepare_quantized(model: nn.Module, quantization: dict) -> nn.Module:
     """Give a freshly built model the empty quantized modules a directory's config.json
-    describes, ready for `load_state_dict` (used by models/directory.py's load_model)."""
+    describes, ready for `load_state_dict` (used by FORMAT, at the bottom)."""
     if not isinstance(quantization, dict) or "bits" not in quantization:
         raise ConfigError(f"config.json's 'quantization' entry {quantization!r} is not "
                           "{'bits': 4|8, 'group_size': N, 'method': 'rtn'}; the file is corrupt")
@@ -441,3 +443,23 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     label = "int8" if args.bits == 8 else f"int4 g{args.group_size}"
     print(f"wrote {out} ({label}): {after / 1e6:.1f} MB on disk, fp32 tensors were {before / 1e6:.1f} MB")
     return 0
+
+
+# ---- the model-directory format ---------------------------------------------------------------
+# Registered from here (pyproject.toml's lmstack.model_formats entry points), so that
+# models/directory.py's load_model opens a quantized directory without importing this layer.
+
+
+def _is_quantized(path: Path) -> bool:
+    return (path / CONFIG).is_file() and "quantization" in read_config(path)
+
+
+def _load_quantized(path: Path, device: str | torch.device = "cpu") -> nn.Module:
+    config = read_config(path)
+    quantization = config.pop("quantization")
+    # swap in the empty int8/int4 layers the weights file holds, then load it as usual
+    model = prepare_quantized(build_model(config), quantization)
+    return load_weights(model, path, device)
+
+
+FORMAT = ModelFormat("quantized", detect=_is_quantized, load=_load_quantized)

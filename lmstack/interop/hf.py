@@ -28,6 +28,7 @@ from lmstack.atomic import atomic_open, atomic_write_json
 from lmstack.errors import ConfigError
 from lmstack.interop.config import config_from_hf, config_to_hf, hf_family, hf_model_type
 from lmstack.interop.weights import from_lmstack, hf_tensors, to_lmstack
+from lmstack.models.directory import ModelFormat
 from lmstack.models.gpt import GPT
 from lmstack.models.positions import POSITIONS
 
@@ -173,3 +174,22 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, to: str) -> Path:
             raise ConfigError(f"{src} holds a {type(model).__name__}; only GPT models export to HF")
         return export_hf(model, tokenizer, dst, eos_token_ids(src) or None, extra_from=src)
     raise ConfigError(f"--to must be 'lmstack' or 'hf', got {to!r}")
+
+
+# ---- the model-directory format ---------------------------------------------------------------
+# Registered from here (pyproject.toml's lmstack.model_formats entry points), so that
+# models/directory.py's load_model (and so `--model` everywhere) opens a Hugging Face
+# directory without the models layer importing interop.
+
+
+def _looks_hf(path: Path) -> bool:
+    """config.json written by transformers (an unsupported family then fails in config.py)."""
+    config = path / "config.json"
+    return config.is_file() and bool({"architectures", "transformers_version"} & set(read_json(config)))
+
+
+def _load_hf(path: Path, device: str | torch.device = "cpu") -> GPT:
+    return load_hf_model(path, device=device)
+
+
+FORMAT = ModelFormat("hf", detect=_looks_hf, load=_load_hf, eos_ids=eos_token_ids)

@@ -4,10 +4,15 @@
     DIR/model.safetensors  the weights (neural models), or DIR/ngram.npz (the n-gram counts)
     DIR/tokenizer.json     the tokenizer the ids come from
 
-A quantized model (`lmstack quantize`) has a "quantization" entry in config.json and its
-int8/int4 tensors in model.safetensors; `load_model` rebuilds the quantized layers.
 A training run adds `train_state.pt` and `log.jsonl` (lmstack.train.checkpoint). Every file is
 written to a temporary name and renamed, so a reader never sees a half-written one.
+
+Opening a model goes through a registry of formats (`FORMATS`). This file holds our own ones
+(the n-gram and the plain directory above); the others live with the code that understands them
+and register from there: a Hugging Face directory (lmstack/interop/hf.py), a quantized directory
+(lmstack/infer/quantize.py: our config with a "quantization" entry and int8/int4 tensors).
+They are declared as `lmstack.model_formats` entry points in pyproject.toml and loaded on first
+use, so the models layer opens every format without importing the layers above it.
 
     >>> import tempfile
     >>> from lmstack.models import build_model
@@ -15,6 +20,8 @@ written to a temporary name and renamed, so a reader never sees a half-written o
     >>> d = save_model(tempfile.mkdtemp(), model)
     >>> sorted(p.name for p in d.iterdir())
     ['config.json', 'model.safetensors']
+    >>> find_format(d).name
+    'lmstack'
     >>> loaded = load_model(d)
     >>> all((a == b).all() for a, b in zip(model.state_dict().values(),
     ...                                    loaded.state_dict().values()))
@@ -25,6 +32,10 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cache
+from importlib.metadata import entry_points
 from pathlib import Path
 
 import torch
@@ -36,10 +47,13 @@ from lmstack.atomic import atomic_open, atomic_write_json
 from lmstack.errors import ConfigError
 from lmstack.models.ngram import NGramLM
 from lmstack.models.registry import build_model
+from lmstack.tokenizer import Tokenizer
 
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
 NGRAM = "ngram.npz"
+TOKENIZER = "tokenizer.json"
+ENTRY_POINTS = "lmstack.model_formats"  # the pyproject.toml group formats register in
 
 
 def save_model(directory: str | os.PathLike, model: torch.nn.Module) -> Path:
@@ -72,28 +86,10 @@ def read_config(directory: str | os.PathLike) -> dict:
         raise ConfigError(f"{path} is not valid JSON ({e}); the file is corrupt") from None
 
 
-def load_model(directory: str | os.PathLike, device: str | torch.device = "cpu") -> torch.nn.Module:
-    """Build the model of a model directory and load its weights (eval mode)."""
+def load_weights(model: torch.nn.Module, directory: str | os.PathLike,
+                 device: str | torch.device = "cpu") -> torch.nn.Module:
+    """Load DIR/model.safetensors into a built model; every tensor must match (eval mode)."""
     d = Path(directory)
-    config = read_config(d)
-    if "architectures" in config or "transformers_version" in config:
-        # A Hugging Face directory: converted on the fly, in memory (lmstack/interop).
-        from lmstack.interop.hf import load_hf_model
-
-        return load_hf_model(d, device=device)
-    if config.get("model_type") == "ngram":
-        if not (d / NGRAM).exists():
-            raise ConfigError(f"{d} has an n-gram config but no {NGRAM}")
-        return NGramLM.load(d / NGRAM).eval()
-    quantization = config.pop("quantization", None)
-    model = build_model(config)
-    if quantization is not None:
-        # Weight-only int8/int4 (lmstack/infer/quantize.py): swap in the empty quantized
-        # layers the weights file holds, then load it as usual. Imported on demand, as the
-        # HF conversion above is, so that the models layer does not depend on inference.
-        from lmstack.infer.quantize import prepare_quantized
-
-        prepare_quantized(model, quantization)
     path = d / WEIGHTS
     if not path.exists():
         raise ConfigError(f"{d} has no {WEIGHTS}; the model directory is incomplete")
@@ -106,3 +102,98 @@ def load_model(directory: str | os.PathLike, device: str | torch.device = "cpu")
         raise ConfigError(f"{path} does not match {d / CONFIG}: missing {sorted(missing)[:5]}, "
                           f"unexpected {sorted(unexpected)[:5]}")
     return model.to(device).eval()
+
+
+# ---- the registry of formats ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelFormat:
+    """One way a model is stored, and how to open it.
+
+    `detect(path)` says whether a path (a directory, or a file for single-file formats) holds
+    a model in this format; `load(path, device)` builds it. `eos_ids(path)` gives the end of
+    sequence ids the format records (None: the tokenizer's <|endoftext|>), and `tokenizer(path)`
+    the tokenizer (None: DIR/tokenizer.json).
+    """
+
+    name: str
+    detect: Callable[[Path], bool]
+    load: Callable[[Path, str | torch.device], torch.nn.Module]
+    eos_ids: Callable[[Path], list[int]] | None = None
+    tokenizer: Callable[[Path], Tokenizer | None] | None = None
+
+
+def _is_ngram(path: Path) -> bool:
+    return (path / CONFIG).is_file() and read_config(path).get("model_type") == "ngram"
+
+
+def _load_ngram(path: Path, device: str | torch.device = "cpu") -> torch.nn.Module:
+    if not (path / NGRAM).exists():
+        raise ConfigError(f"{path} has an n-gram config but no {NGRAM}")
+    return NGramLM.load(path / NGRAM).eval()  # counts, not tensors: no device
+
+
+def _load_plain(path: Path, device: str | torch.device = "cpu") -> torch.nn.Module:
+    return load_weights(build_model(read_config(path)), path, device)
+
+
+# Ours, asked last: a format from above may extend our directory (quantized: our config plus a
+# "quantization" entry), so the plain directory is the fallback for any config.json.
+BUILTIN = [ModelFormat("ngram", _is_ngram, _load_ngram),
+           ModelFormat("lmstack", lambda path: (path / CONFIG).is_file(), _load_plain)]
+FORMATS: dict[str, ModelFormat] = {}  # registered from above (entry points, or register_format)
+
+
+def register_format(fmt: ModelFormat) -> ModelFormat:
+    """Add a format (asked before the built-in ones); returns it, to use as `FORMAT = ...`."""
+    FORMATS[fmt.name] = fmt
+    return fmt
+
+
+@cache
+def _load_entry_points() -> None:
+    """Register the formats pyproject.toml declares, once per process."""
+    for ep in entry_points(group=ENTRY_POINTS):
+        FORMATS.setdefault(ep.name, ep.load())  # ep.load() imports the module that defines it
+
+
+def formats() -> list[ModelFormat]:
+    """Every format, in the order they are asked: registered ones by name, then ours."""
+    _load_entry_points()
+    return [FORMATS[name] for name in sorted(FORMATS)] + BUILTIN
+
+
+def find_format(path: str | os.PathLike) -> ModelFormat:
+    """The format of a model directory (or file): the first whose `detect` says yes."""
+    p = Path(path)
+    found = next((f for f in formats() if f.detect(p)), None)
+    if found is None:
+        if not p.is_file():
+            read_config(p)  # raises: not a model directory, it has no config.json
+        names = ", ".join(f.name for f in formats())
+        raise ConfigError(f"{p} is in no model format lmstack knows ({names}); formats from "
+                          f"above the models layer register as '{ENTRY_POINTS}' entry points: "
+                          "reinstall lmstack (`pip install -e .`) if one is missing")
+    return found
+
+
+def load_model(directory: str | os.PathLike, device: str | torch.device = "cpu") -> torch.nn.Module:
+    """Open a model in any registered format (ours, n-gram, quantized, Hugging Face; eval mode)."""
+    p = Path(directory)
+    return find_format(p).load(p, device)
+
+
+def model_eos_ids(directory: str | os.PathLike) -> list[int] | None:
+    """End-of-sequence ids the model's format records (HF's generation_config.json), else None."""
+    fmt = find_format(directory)
+    return (fmt.eos_ids(Path(directory)) or None) if fmt.eos_ids else None
+
+
+def load_tokenizer(directory: str | os.PathLike) -> Tokenizer | None:
+    """The model's tokenizer: its format's, else DIR/tokenizer.json, else None (ids only)."""
+    p = Path(directory)
+    fmt = find_format(p)
+    if fmt.tokenizer is not None:
+        return fmt.tokenizer(p)
+    return Tokenizer.load(p / TOKENIZER) if (p / TOKENIZER).exists() else None
