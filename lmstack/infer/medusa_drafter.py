@@ -3,9 +3,9 @@
 K heads on the base model's last hidden state (lmstack/models/medusa_heads.py; trained on the frozen
 model by `lmstack train-heads`, lmstack/train/heads.py) guess the tokens 2..K+1 places ahead.
 Every verification pass of the speculative loop (speculative.py; the Drafter interface is in
-drafters.py) already computes the hidden
-state at the position that predicts the next token, so the proposals for the next round cost
-only the heads' small matmuls -- no draft model, no extra forward:
+drafters.py) already computes the hidden state at the position that predicts the next token, so
+the proposals for the next round cost only the heads' small matmuls -- no draft model, no extra
+forward:
 
 1. the base model runs [last, d1..dk] through its KV cache, returning hidden states;
 2. `lm_head` turns them into logits; greedy verification accepts d_j while it equals the base's
