@@ -7,7 +7,7 @@
 
 from lmstack.infer.config import GenerationConfig
 from lmstack.infer.engine import Engine
-from lmstack.infer.sampling import Completion
+from lmstack.infer.step import Completion
 from lmstack.infer.scoring import Score
 
 __all__ = ["Completion", "Engine", "GenerationConfig", "Score"]

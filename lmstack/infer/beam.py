@@ -5,8 +5,8 @@ extends each by every token, as HF transformers' `BeamSearchScorer` does:
 
 1. prefill the prompt once into a cache of batch 1; the first step's winners all come from
    that one row, and `cache.select(parents)` fans it out to one row per beam;
-2. each step, log_softmax of the last logits (after `logits_hook`, which the engine uses for
-   repetition penalties and bans) is added to the beam scores, and the top 2·num_beams
+2. each step, log_softmax of the last logits (after the request's `DecodePlan.process`:
+   repetition penalties, bans, ...) is added to the beam scores, and the top 2·num_beams
    candidates over (beams x vocab) are taken, so that num_beams survive even if half of them
    end in a stop id;
 3. a candidate ending in a stop id joins the pool of finished hypotheses (only if it ranks
@@ -49,17 +49,16 @@ Run the tests:
 
 from __future__ import annotations
 
-import itertools
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 
 from lmstack.errors import ConfigError
-
-LogitsHook = Callable[[torch.Tensor, list[list[int]]], torch.Tensor]
+from lmstack.infer.sampling import model_device
+from lmstack.infer.step import DecodePlan
 
 
 @dataclass
@@ -214,8 +213,9 @@ def beam_search(model: Any, prompt: Sequence[int], *, num_beams: int, max_new_to
                 stop_ids: Iterable[int] = (), length_penalty: float = 1.0,
                 early_stopping: bool = True, num_return_sequences: int = 1,
                 force: Sequence[Sequence[int]] = (), max_len: int | None = None,
-                logits_hook: LogitsHook | None = None) -> list[Hypothesis]:
-    """The best `num_return_sequences` continuations of `prompt` by (constrained) beam search, best first."""
+                plan: DecodePlan | None = None) -> list[Hypothesis]:
+    """The best `num_return_sequences` continuations of `prompt` by (constrained) beam search,
+    best first; `plan` (step.py) processes each step's logits (penalties, bans...)."""
     stop = {int(t) for t in stop_ids}
     phrases = _validate(prompt, num_beams, max_new_tokens, length_penalty, num_return_sequences, force, stop)
     prompt = [int(t) for t in prompt]
@@ -232,7 +232,7 @@ def beam_search(model: Any, prompt: Sequence[int], *, num_beams: int, max_new_to
         budget = min(budget, min(limits) - len(prompt))
     if budget == 0:
         return empty
-    device = _device(model)
+    device = model_device(model)
     logits = model(torch.tensor([prompt], device=device), cache=cache)[:, -1]
     vocab = logits.size(-1)
     for i, phrase in enumerate(phrases):
@@ -243,11 +243,8 @@ def beam_search(model: Any, prompt: Sequence[int], *, num_beams: int, max_new_to
     beams = [_Beam(state=ConstraintState.start(phrases))]
     pool = _Pool(num_beams)
     for step in range(budget):
-        if logits_hook is not None:
-            shape = logits.shape
-            logits = logits_hook(logits, [prompt + b.tokens for b in beams])
-            if logits.shape != shape:
-                raise ConfigError(f"logits_hook returned shape {tuple(logits.shape)}, expected {tuple(shape)}")
+        if plan is not None:
+            logits = plan.process(logits, [prompt + b.tokens for b in beams], [b.tokens for b in beams])
         logp = torch.log_softmax(logits.float(), dim=-1).double()
         cands = _candidates(beams, logp, 2 * num_beams, bool(phrases), stop)
 
@@ -269,10 +266,10 @@ def beam_search(model: Any, prompt: Sequence[int], *, num_beams: int, max_new_to
             beams = [] if pool.hyps else beams
             break
         beams = chosen
+        if step + 1 == budget:
+            break  # the beams end by length in the same step as this step's stop ids (HF's max length)
         if _done(pool, beams, step + 1, early_stopping, length_penalty):
             beams = []
-            break
-        if step + 1 == budget:
             break
         cache.select(parents)
         logits = model(torch.tensor([[b.tokens[-1]] for b in beams], device=device), cache=cache)[:, -1]
@@ -380,8 +377,3 @@ def _validate(prompt: Sequence[int], num_beams: int, max_new_tokens: int, length
     return phrases
 
 
-def _device(model: Any) -> torch.device:
-    """Where the model's weights live (CPU for a model without tensors)."""
-    tensors = itertools.chain(getattr(model, "parameters", tuple)(), getattr(model, "buffers", tuple)())
-    first = next(tensors, None)
-    return torch.device("cpu") if first is None else first.device

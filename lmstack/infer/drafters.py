@@ -13,19 +13,14 @@ from dataclasses import dataclass
 
 import torch
 
-from lmstack.infer.config import GenerationConfig
-from lmstack.infer.processors import ProcessorSettings
-from lmstack.infer.sampling import Row
+from lmstack.infer.step import DecodePlan, Row
 
 
 @dataclass
 class Round:
     """What the decoder tells a drafter about the sequence being decoded."""
 
-    cfg: GenerationConfig
-    settings: ProcessorSettings
-    passthrough: bool
-    stop_ids: set[int]
+    plan: DecodePlan        # the request's settings, compiled (step.py)
     row: Row
     max_len: int
 

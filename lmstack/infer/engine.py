@@ -32,8 +32,8 @@ import torch.nn.functional as F
 from lmstack.errors import ConfigError
 from lmstack.infer.beam import beam_search
 from lmstack.infer.config import GenerationConfig
-from lmstack.infer.processors import process
-from lmstack.infer.sampling import Completion, check_prompts, context_length, decode, new_rows
+from lmstack.infer.sampling import as_prompts, check_prompts, context_length, decode, model_device
+from lmstack.infer.step import Completion, DecodePlan, new_rows
 from lmstack.infer.scoring import Score, score_continuation
 from lmstack.tokenizer import ENDOFTEXT, Tokenizer
 
@@ -100,7 +100,7 @@ class Engine:
             ids.update(self.eos_ids)
         return ids
 
-    def _sequences(self, words: Sequence[str]) -> list[list[int]]:
+    def word_sequences(self, words: Sequence[str]) -> list[list[int]]:
         """Token sequences of words, as written and after a space (how they occur mid-text)."""
         if words and self.tokenizer is None:
             raise ConfigError("banned_words and force_words need the model's tokenizer")
@@ -112,7 +112,13 @@ class Engine:
                     out.append(ids)
         return out
 
-    def _decoder(self):
+    def plan(self, cfg: GenerationConfig) -> DecodePlan:
+        """The one-step plan of a validated config (step.py): processors, stop ids, reports."""
+        return DecodePlan.compile(cfg, self.stop_ids(cfg), self.word_sequences(cfg.banned_words),
+                                  context_length(self.model))
+
+    def new_decoder(self):
+        """A fresh incremental text decoder for one row (None without a tokenizer)."""
         return self.tokenizer.decoder() if self.tokenizer is not None else None
 
     # ---- generation ---------------------------------------------------------------------------
@@ -125,8 +131,7 @@ class Engine:
         `scorer(prompt_text, completion) -> float` ranks best-of-N samples instead of their
         mean log-probability (e.g. a reward model)."""
         cfg = self.config(config, **settings)
-        single = isinstance(prompt, str) or (len(prompt) > 0 and isinstance(prompt[0], int))
-        prompts = [prompt] if single else list(prompt)
+        single, prompts = as_prompts(prompt)
         ids = [self.encode(p) for p in prompts]
         check_prompts(ids, self.model)
         if cfg.strategy == "beam":
@@ -141,15 +146,11 @@ class Engine:
 
     def _sample(self, ids: list[list[int]], cfg: GenerationConfig, scorer: Scorer | None,
                 prompts: list[Prompt]) -> list[list[Completion]]:
-        """Greedy, sampling and best-of-N: best_of rows per prompt, the best kept."""
+        """Greedy, sampling and best-of-N: best_of rows per prompt, the best kept (the plan
+        computes log-probabilities whenever best_of > 1: they are the default ranking)."""
         n = max(cfg.best_of, cfg.num_return_sequences)
-        if n > 1 and cfg.best_of == 1:
-            cfg = GenerationConfig.from_kwargs(cfg, logprobs=True)
-        elif cfg.best_of > 1 and not cfg.logprobs:
-            cfg = GenerationConfig.from_kwargs(cfg, logprobs=True)
-        rows = new_rows(ids, cfg, n, self._decoder)
-        for _ in decode(self.model, rows, cfg, self.stop_ids(cfg), self._sequences(cfg.banned_words),
-                        self.prefix_cache):
+        rows = new_rows(ids, self.plan(cfg), n, self.new_decoder)
+        for _ in decode(self.model, rows, self.prefix_cache):
             pass
         groups: list[list[Completion]] = [[] for _ in ids]
         for row in rows:
@@ -166,20 +167,13 @@ class Engine:
 
     def _beam(self, prompt: list[int], cfg: GenerationConfig) -> list[Completion]:
         """Beam search (constrained when force_words is set) for one prompt."""
-        settings = cfg.processor_settings(self._sequences(cfg.banned_words))
-        stop_ids = self.stop_ids(cfg)
-
-        def hook(logits: torch.Tensor, tokens: list[list[int]]) -> torch.Tensor:
-            generated = [t[len(prompt):] for t in tokens]
-            return process(logits, settings, tokens, generated, stop_ids)
-
+        plan = self.plan(cfg)
         hyps = beam_search(
             self.model, prompt, num_beams=max(cfg.num_beams, cfg.num_return_sequences),
-            max_new_tokens=cfg.max_new_tokens, stop_ids=stop_ids,
+            max_new_tokens=cfg.max_new_tokens, stop_ids=plan.stop_ids,
             length_penalty=cfg.length_penalty, early_stopping=cfg.early_stopping,
             num_return_sequences=cfg.num_return_sequences,
-            force=self._force_sequences(cfg.force_words), max_len=context_length(self.model),
-            logits_hook=hook)
+            force=self._force_sequences(cfg.force_words), max_len=plan.ctx, plan=plan)
         out = []
         for h in hyps:
             text, reason = self._text(h.tokens), h.finish_reason
@@ -211,9 +205,8 @@ class Engine:
             return
         ids = [self.encode(prompt)]
         check_prompts(ids, self.model)
-        rows = new_rows(ids, cfg, 1, self._decoder)
-        for _, delta in decode(self.model, rows, cfg, self.stop_ids(cfg),
-                               self._sequences(cfg.banned_words), self.prefix_cache):
+        rows = new_rows(ids, self.plan(cfg), 1, self.new_decoder)
+        for _, delta in decode(self.model, rows, self.prefix_cache):
             if delta:
                 yield delta
         self.last = rows[0].completion()  # the finish reason and tokens of the stream
@@ -229,12 +222,8 @@ class Engine:
 
     def score(self, prompt: Prompt, continuation: Prompt, top_logprobs: int = 0) -> Score:
         """Log-probability of `continuation` after `prompt`, per token and in total."""
-        return score_continuation(self.model, self.encode(prompt), self.encode_continuation(continuation),
-                                  top_logprobs)
-
-    def encode_continuation(self, continuation: Prompt) -> list[int]:
-        """A continuation's ids; as text it is encoded on its own (keep its leading space)."""
-        return self.encode(continuation)
+        # as text, the continuation is encoded on its own (keep its leading space)
+        return score_continuation(self.model, self.encode(prompt), self.encode(continuation), top_logprobs)
 
     def perplexity(self, text: str) -> dict[str, float]:
         """Perplexity and bits per byte of a text (sliding window past the context)."""
@@ -249,9 +238,9 @@ class Engine:
         cfg = self.config(None, **settings)
         ids = self.encode(prompt)
         check_prompts([ids], self.model)
-        with torch.no_grad():
-            logits = self.model(torch.tensor([ids]))[:, -1].float()
-        processed = process(logits, cfg.processor_settings(), [ids], [[]], self.stop_ids(cfg))
+        with torch.inference_mode():
+            logits = self.model(torch.tensor([ids], device=model_device(self.model)))[:, -1].float()
+        processed = self.plan(cfg).process(logits, [ids], [[]])
         if cfg.temperature == 0:
             return F.one_hot(processed.argmax(-1), processed.size(-1)).float()[0]
         return F.softmax(processed, dim=-1)[0]

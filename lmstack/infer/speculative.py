@@ -80,7 +80,7 @@ benchmark: `flock /tmp/lmstack-cpu.lock .venv/bin/python benchmarks/speculative.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -90,9 +90,8 @@ from lmstack.errors import ConfigError
 from lmstack.infer.config import GenerationConfig
 from lmstack.infer.drafters import Drafter, Round
 from lmstack.infer.medusa_drafter import MedusaDrafter
-from lmstack.infer.processors import process
-from lmstack.infer.sampling import (Completion, Row, _takes_last_only, check_prompts, context_length,
-                                    is_passthrough, new_rows)
+from lmstack.infer.sampling import as_prompts, check_prompts, context_length
+from lmstack.infer.step import Completion, Row, draw, new_rows
 
 # ---- the pure parts -------------------------------------------------------------------------
 
@@ -201,10 +200,6 @@ class SpecStats:
         """Generated tokens per target forward pass (1.0 for plain decoding)."""
         return self.new_tokens / self.target_passes if self.target_passes else 0.0
 
-    def as_dict(self) -> dict[str, float]:
-        return {**asdict(self), "acceptance_rate": self.acceptance_rate,
-                "tokens_per_pass": self.tokens_per_pass}
-
 
 # ---- drafters -------------------------------------------------------------------------------
 
@@ -244,23 +239,21 @@ class DraftModelDrafter(Drafter):
         return self.max_len - seq_len + 1
 
     def propose(self, seq: list[int], n: int) -> tuple[list[int], torch.Tensor | None]:
-        s = self.state
-        greedy = s.cfg.temperature == 0
-        device = self.cache.k.device
+        plan, row = self.state.plan, self.state.row
         x = seq[self.cache.length:]  # what the cache lacks: the last token, or 2 after a full accept
         tokens: list[int] = []
         qs: list[torch.Tensor] = []
-        for j in range(n):
-            logits = self.model(torch.tensor([x], device=device), cache=self.cache)[:, -1].float()
+        for _ in range(n):
+            logits = self.model(torch.tensor([x], device=self.cache.k.device), cache=self.cache)[:, -1].float()
             self.passes += 1
-            if not s.passthrough:
-                logits = process(logits, s.settings, [seq + tokens], [s.row.tokens + tokens], s.stop_ids)
-            if greedy:
+            # the same processors as the target's (not needed for exactness; raises acceptance)
+            logits = plan.process(logits, [seq + tokens], [row.tokens + tokens])     # (1, V)
+            if plan.greedy:
                 t = int(logits.argmax(-1))
             else:
-                probs = F.softmax(logits, dim=-1)[0]
-                t = int(torch.multinomial(probs, 1, generator=s.row.generator))
-                qs.append(probs)
+                probs = F.softmax(logits, dim=-1)
+                t = draw(probs, [row.generator])[0]
+                qs.append(probs[0])
             tokens.append(t)
             x = [t]
         return tokens, (torch.stack(qs) if qs else None)
@@ -333,16 +326,15 @@ class SpeculativeDecoder:
     def generate(self, prompt, config: GenerationConfig | None = None, **settings: Any):
         """Like `Engine.generate` for greedy and sampling: a `Completion`, or a list for a list
         of prompts (decoded one after another). `self.stats` counts the whole call."""
-        cfg = self._config(config, **settings)
-        single = isinstance(prompt, str) or (len(prompt) > 0 and isinstance(prompt[0], int))
-        prompts = [prompt] if single else list(prompt)
+        plan = self.engine.plan(self._config(config, **settings))
+        single, prompts = as_prompts(prompt)
         ids = [self.engine.encode(p) for p in prompts]
         check_prompts(ids, self.model)
         self.stats = SpecStats()
         out = []
         for i, p in enumerate(ids):
-            row = new_rows([p], cfg, 1, self.engine._decoder)[0]
-            for _ in self._decode(row, cfg):
+            row = new_rows([p], plan, 1, self.engine.new_decoder)[0]
+            for _ in self._decode(row):
                 pass
             c = row.completion()
             c.index = i
@@ -357,8 +349,8 @@ class SpeculativeDecoder:
         ids = [self.engine.encode(prompt)]
         check_prompts(ids, self.model)
         self.stats = SpecStats()
-        row = new_rows(ids, cfg, 1, self.engine._decoder)[0]
-        for delta in self._decode(row, cfg):
+        row = new_rows(ids, self.engine.plan(cfg), 1, self.engine.new_decoder)[0]
+        for delta in self._decode(row):
             if delta:
                 yield delta
         self.last = row.completion()
@@ -374,73 +366,64 @@ class SpeculativeDecoder:
     # ---- the loop -----------------------------------------------------------------------
 
     @torch.inference_mode()
-    def _decode(self, row: Row, cfg: GenerationConfig) -> Iterator[str]:
+    def _decode(self, row: Row) -> Iterator[str]:
         """Decode one row; yield each text delta (maybe "") as `Row.take` releases it."""
-        model, stats, drafter = self.model, self.stats, self.drafter
-        stop_ids = self.engine.stop_ids(cfg)
-        settings = cfg.processor_settings(self.engine._sequences(cfg.banned_words))
-        passthrough = is_passthrough(settings)
-        greedy = cfg.temperature == 0
-        ctx = context_length(model)
-        longest_stop = max((len(s) for s in cfg.stop), default=0)
+        cfg = row.plan.cfg
         if cfg.max_new_tokens == 0:
             row.finish_reason = "length"
             yield ""
             return
+        plan, drafter = row.plan, self.drafter
         prompt = row.prompt
-        max_len = min(ctx, len(prompt) + cfg.max_new_tokens + self.gamma + 1)
-        cache = model.new_cache(1, max_len)
-        device = cache.k.device
+        max_len = min(plan.ctx, len(prompt) + cfg.max_new_tokens + self.gamma + 1)
+        cache = self.model.new_cache(1, max_len)
         if len(prompt) > 1:  # the cache holds every token but the last
-            x = torch.tensor([prompt[:-1]], device=device)
-            if drafter.uses_hidden:
-                model.hidden(x, cache=cache, last_only=True)
-            elif _takes_last_only(type(model).forward):
-                model(x, cache=cache, last_only=True)
-            else:
-                model(x, cache=cache)
-        drafter.start(Round(cfg, settings, passthrough, stop_ids, row, max_len))
+            x = torch.tensor([prompt[:-1]], device=cache.k.device)
+            (self.model.hidden if drafter.uses_hidden else self.model)(x, cache=cache, last_only=True)
+        drafter.start(Round(plan, row, max_len))
         draft_passes0 = getattr(drafter, "passes", 0)
-        want_logprobs = cfg.logprobs or cfg.best_of > 1
-        while True:
+        while row.finish_reason is None:
             seq = prompt + row.tokens
-            n = min(self.gamma, cfg.max_new_tokens - len(row.tokens) - 1, ctx - len(seq),
+            n = min(self.gamma, cfg.max_new_tokens - len(row.tokens) - 1, plan.ctx - len(seq),
                     drafter.room(len(seq)))
             drafts, q = drafter.propose(seq, n) if n > 0 else ([], None)
-            x = torch.tensor([[seq[-1]] + drafts], device=device)
-            if drafter.uses_hidden:
-                hidden = model.hidden(x, cache=cache)[0]
-                logits = model.lm_head(hidden).float()
-            else:
-                hidden = None
-                logits = model(x, cache=cache)[0].float()
-            stats.target_passes += 1
-            stats.proposed += len(drafts)
-            if passthrough:
-                processed = logits
-            else:
-                m = len(drafts) + 1
-                processed = process(logits, settings, [seq + drafts[:j] for j in range(m)],
-                                    [row.tokens + drafts[:j] for j in range(m)], stop_ids)
-            if greedy:
-                n_acc, nxt = greedy_accept(drafts, processed.argmax(-1).tolist())
-            else:
-                n_acc, nxt = accept_reject(F.softmax(processed, dim=-1), q, drafts, row.generator)
-            stats.accepted += n_acc
-            logp = F.log_softmax(logits, dim=-1) if want_logprobs else None
-            for j, token in enumerate(drafts[:n_acc] + [nxt]):
-                top = None
-                if logp is not None and cfg.top_logprobs:
-                    t = logp[j].topk(cfg.top_logprobs)
-                    top = list(zip(t.indices.tolist(), t.values.tolist()))
-                delta = row.take(token, float(logp[j, token]) if logp is not None else None, top,
-                                 cfg, stop_ids, ctx, longest_stop)
-                stats.new_tokens += 1
+            logits, hidden = self._verify(cache, [seq[-1]] + drafts)
+            n_acc, nxt = self._accept(plan, logits, seq, row, drafts, q)
+            kept = drafts[:n_acc] + [nxt]
+            for token, (lp, top) in zip(kept, plan.report(logits[:len(kept)], kept)):
+                delta = row.take(token, lp, top)
+                self.stats.new_tokens += 1
                 if delta or row.finish_reason is not None:
                     yield delta
                 if row.finish_reason is not None:
-                    stats.draft_passes += getattr(drafter, "passes", 0) - draft_passes0
-                    return
-            new_seq = prompt + row.tokens
-            cache.crop(len(new_seq) - 1)  # keep last + accepted drafts; nxt is the new last
-            drafter.commit(new_seq, None if hidden is None else hidden[n_acc])
+                    break
+            else:
+                new_seq = prompt + row.tokens
+                cache.crop(len(new_seq) - 1)  # keep last + accepted drafts; nxt is the new last
+                drafter.commit(new_seq, None if hidden is None else hidden[n_acc])
+        self.stats.draft_passes += getattr(drafter, "passes", 0) - draft_passes0
+
+    def _verify(self, cache, x: list[int]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The target's logits (m, V) after each of the m tokens `x` (the last token and the
+        drafts), in one forward pass through its cache; and its hidden states for Medusa."""
+        ids = torch.tensor([x], device=cache.k.device)                 # (1, m)
+        self.stats.target_passes += 1
+        self.stats.proposed += len(x) - 1
+        if self.drafter.uses_hidden:
+            hidden = self.model.hidden(ids, cache=cache)[0]             # (m, C)
+            return self.model.lm_head(hidden).float(), hidden
+        return self.model(ids, cache=cache)[0].float(), None
+
+    def _accept(self, plan, logits: torch.Tensor, seq: list[int], row: Row, drafts: list[int],
+                q: torch.Tensor | None) -> tuple[int, int]:
+        """(drafts accepted, the next token): each verified position processed by the request's
+        plan exactly as plain decoding would, with the drafts before it as history."""
+        m = len(drafts) + 1
+        processed = plan.process(logits, [seq + drafts[:j] for j in range(m)],
+                                 [row.tokens + drafts[:j] for j in range(m)])        # (m, V)
+        if plan.greedy:
+            n_acc, nxt = greedy_accept(drafts, processed.argmax(-1).tolist())
+        else:
+            n_acc, nxt = accept_reject(F.softmax(processed, dim=-1), q, drafts, row.generator)
+        self.stats.accepted += n_acc
+        return n_acc, nxt

@@ -8,14 +8,13 @@ scheduler of vLLM, Kwon et al. 2023) instead decides at every decode step:
    prefilled together in one forward pass into a cache of their own, which is then appended to
    the running cache (`cache.extend`): every row keeps its own length and position, so rows
    that joined at different times decode side by side (models/kv_cache.py, ragged rows).
-2. decode: one forward pass over the last token of every running row, then each row picks its
-   next token with its own settings (temperature, top-p, penalties...) and its own seeded
-   generator. Rows whose settings are equal go through the logits processors in one batched
-   call, and all sampled rows share one vectorized draw (`sampling.draw`), because per-row
-   Python costs as much as the forward pass of a small model. The token is recorded by
-   `Row.take`, the same bookkeeping as the single-call decoder in infer/sampling.py, so stop
-   strings, UTF-8-safe streaming, finish reasons and seeded samples are identical to
-   `Engine.generate`.
+2. decode: one forward pass over the last token of every running row, then the one decode
+   step (infer/step.py), the same as `Engine.generate`'s, chooses and records each row's
+   token with its own settings (temperature, top-p, penalties...) and its own seeded
+   generator; so stop strings, UTF-8-safe streaming, finish reasons and seeded samples are
+   identical to `Engine.generate`. Rows whose plans choose alike share one step call
+   (batched processors, one vectorized draw), because per-row Python costs as much as the
+   forward pass of a small model.
 3. retire: finished rows and rows whose client went away (`Request.cancel`) leave the batch
    (`cache.select`) at once, freeing their row for the next waiting request.
 
@@ -47,13 +46,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 
 from lmstack.errors import ConfigError, LMStackError
 from lmstack.infer.config import GenerationConfig
-from lmstack.infer.processors import ProcessorSettings, process
-from lmstack.infer.sampling import (Row, check_prompts, context_length, draw, is_passthrough, make_generator,
-                                    prefill)
+from lmstack.infer.sampling import check_prompts, prefill
+from lmstack.infer.step import Row, new_rows, step
 
 log = logging.getLogger("lmstack.serve")
 
@@ -99,22 +96,12 @@ class Request:
 
 @dataclass
 class _Sequence:
-    """One running row: a sample of a request and how to choose its tokens."""
+    """One running row: a sample of a request (the row holds the plan its tokens are chosen by)."""
 
     request: Request
     sample: int
     row: Row
-    settings: ProcessorSettings
-    passthrough: bool
-    stop_ids: set[int]
-    longest_stop: int
     sent: int = 0                      # tokens of row.tokens already reported
-
-    def chooses_like(self, other: _Sequence) -> bool:
-        """Whether this row picks tokens by the same rules as `other` (so they share one
-        `process` call): same processor settings and stop ids; seeds may differ."""
-        return self.settings is other.settings or (self.settings == other.settings
-                                                   and self.stop_ids == other.stop_ids)
 
 
 class Scheduler:
@@ -125,7 +112,6 @@ class Scheduler:
             raise ConfigError(f"max_batch must be >= 1 and max_queue >= 0, got {max_batch} and {max_queue}")
         self.engine, self.model = engine, engine.model
         self.max_batch, self.max_queue = max_batch, max_queue
-        self.ctx = context_length(self.model)
         self._waiting: deque[Request] = deque()
         self._running: list[_Sequence] = []
         self._cache = None
@@ -215,32 +201,23 @@ class Scheduler:
         self._admit()
         if not self._running:
             return
-        need_logp = any(s.request.cfg.logprobs for s in self._running)
-        logp = F.log_softmax(self._logits, dim=-1) if need_logp else None
         live = []
         for i, seq in enumerate(self._running):
             if seq.request.cancelled:
                 self._close_sample(seq)
             else:
                 live.append(i)
-        chosen = self._choose(live)
-        keep = []
-        for i in live:
-            seq = self._running[i]
-            if isinstance(chosen[i], LMStackError):  # e.g. every token banned for this row
-                seq.request.cancel()
-                self._fail(seq.request, str(chosen[i]))
-                continue
-            self._advance(seq, chosen[i], None if logp is None else logp[i])
-            if seq.row.finish_reason is None:
-                keep.append(i)
+        failed: set[int] = set()
+        for group in self._groups(live):
+            failed |= self._step_group(group)
+        keep = [i for i in live if i not in failed and self._running[i].row.finish_reason is None]
         if len(keep) < len(self._running):
             self._running = [self._running[i] for i in keep]
             if not keep:
                 self._cache, self._logits = None, None
                 return
             self._cache.select(keep)
-        x = torch.tensor([[s.row.tokens[-1]] for s in self._running], dtype=torch.long)
+        x = torch.tensor([[s.row.tokens[-1]] for s in self._running], dtype=torch.long)   # (B, 1)
         self._logits = self.model(x.to(self._logits.device), cache=self._cache)[:, -1].float()
         self.steps += 1
 
@@ -280,64 +257,50 @@ class Scheduler:
         self._running.extend(new)
 
     def _sequences(self, request: Request) -> list[_Sequence]:
-        cfg, engine = request.cfg, self.engine
-        settings = cfg.processor_settings(engine._sequences(cfg.banned_words))
-        stop_ids = engine.stop_ids(cfg)
-        longest = max((len(s) for s in cfg.stop), default=0)
-        return [_Sequence(request, j, Row(request.prompt, None if cfg.temperature == 0
-                                          else make_generator(cfg.seed, j), engine._decoder()),
-                          settings, is_passthrough(settings), stop_ids, longest)
-                for j in range(request.n)]
+        plan = self.engine.plan(request.cfg)   # compiled once, for all n samples
+        rows = new_rows([request.prompt], plan, request.n, self.engine.new_decoder)
+        return [_Sequence(request, j, row) for j, row in enumerate(rows)]
 
-    def _choose(self, rows: list[int]) -> dict[int, int | LMStackError]:
-        """The next token of each running row in `rows`. Rows that choose alike are processed
-        in one batched call (the processors' cost is per call more than per row); each row
-        still draws from its own generator."""
+    def _groups(self, rows: list[int]) -> list[list[int]]:
+        """Running rows that choose alike (`DecodePlan.chooses_like`), so that each group goes
+        through the processors in one batched call (their cost is per call more than per row);
+        each row still draws from its own generator."""
         groups: list[list[int]] = []
         for i in rows:
+            plan = self._running[i].row.plan
             for group in groups:
-                if self._running[i].chooses_like(self._running[group[0]]):
+                if plan.chooses_like(self._running[group[0]].row.plan):
                     group.append(i)
                     break
             else:
                 groups.append([i])
-        chosen: dict[int, int | LMStackError] = {}
-        for group in groups:
-            try:
-                chosen.update(zip(group, self._choose_group(group)))
-            except LMStackError:  # find the row(s) at fault, so the others go on
-                for i in group:
-                    try:
-                        chosen[i] = self._choose_group([i])[0]
-                    except LMStackError as e:
-                        chosen[i] = e
-        return chosen
+        return groups
 
-    def _choose_group(self, rows: list[int]) -> list[int]:
-        seqs = [self._running[i] for i in rows]
-        first, logits = seqs[0], self._logits[rows]
-        if not first.passthrough:
-            logits = process(logits, first.settings, [s.row.prompt + s.row.tokens for s in seqs],
-                             [s.row.tokens for s in seqs], first.stop_ids, validate=False)
-        if first.request.cfg.temperature == 0:
-            return logits.argmax(-1).tolist()
-        return draw(F.softmax(logits, dim=-1), [s.row.generator for s in seqs])
+    def _step_group(self, group: list[int]) -> set[int]:
+        """The decode step (step.py) for one group; return the rows that failed (e.g. every
+        token banned for that row), after ending their requests with the error."""
+        seqs = [self._running[i] for i in group]
+        try:
+            deltas = step(self._logits[group], [s.row for s in seqs])
+        except LMStackError as e:
+            if len(group) > 1:  # find the row(s) at fault, so the others go on
+                return set().union(*(self._step_group([i]) for i in group))
+            seqs[0].request.cancel()
+            self._fail(seqs[0].request, str(e))
+            return set(group)
+        for seq, delta in zip(seqs, deltas):
+            self._advance(seq, delta)
+        return set()
 
-    def _advance(self, seq: _Sequence, token: int, logp: torch.Tensor | None) -> None:
-        """Record one chosen token of `seq`; emit what became visible."""
-        cfg, request = seq.request.cfg, seq.request
-        top = None
-        if logp is not None and cfg.logprobs and cfg.top_logprobs:
-            values, indices = logp.topk(cfg.top_logprobs)
-            top = list(zip(indices.tolist(), values.tolist()))
-        lp = float(logp[token]) if logp is not None and cfg.logprobs else None
-        before = len(seq.row.tokens)
-        delta = seq.row.take(token, lp, top, cfg, seq.stop_ids, self.ctx, seq.longest_stop)
-        if len(seq.row.tokens) > before or seq.row.stop_token is not None:
+    def _advance(self, seq: _Sequence, delta: str) -> None:
+        """Count the token `step` just recorded for `seq`; emit what became visible."""
+        row, request = seq.row, seq.request
+        new_token = len(row.tokens) > seq.sent
+        if new_token or row.stop_token is not None:
             request.generated += 1
             if request.first_token is None:
                 request.first_token = time.perf_counter()
-        if delta or seq.row.finish_reason is not None or len(seq.row.tokens) > seq.sent:
+        if delta or row.finish_reason is not None or new_token:
             self._emit(seq, delta)
 
     def _emit(self, seq: _Sequence, text: str = "") -> None:

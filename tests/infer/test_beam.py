@@ -13,6 +13,8 @@ from torch import nn
 
 from lmstack.errors import ConfigError
 from lmstack.infer.beam import ConstraintState, Hypothesis, beam_search
+from lmstack.infer.config import GenerationConfig
+from lmstack.infer.step import DecodePlan
 from lmstack.models import GPT, GPTConfig, NGramConfig, NGramLM, RNNConfig, RNNLM
 
 V = 32
@@ -227,23 +229,24 @@ def test_context_limit_and_zero_tokens():
         [Hypothesis([], 0.0, 0.0, "length", [])] * 2
 
 
-def test_logits_hook_sees_each_beam_and_can_ban():
+def test_plan_processes_each_beam_and_can_ban():
     model, prompt, seen = gpt(), [4, 5, 6], []
-    banned = greedy_uncached(model, prompt, 1)[0]
+    unbanned = beam_search(model, prompt, num_beams=3, max_new_tokens=5, num_return_sequences=3)
+    banned = unbanned[0].tokens[0]  # the best beam's first token: only a working ban removes it
 
-    def hook(logits: torch.Tensor, tokens: list[list[int]]) -> torch.Tensor:
-        seen.append(tokens)
-        assert logits.shape == (len(tokens), V) and all(t[:3] == prompt for t in tokens)
-        logits = logits.clone()
-        logits[:, banned] = -math.inf
-        return logits
+    class Recording(DecodePlan):
+        def process(self, logits, histories, generated):
+            seen.append((histories, generated))
+            assert logits.shape == (len(histories), V) and all(t[:3] == prompt for t in histories)
+            return super().process(logits, histories, generated)
 
-    hyps = beam_search(model, prompt, num_beams=3, max_new_tokens=5, logits_hook=hook, num_return_sequences=3)
+    cfg = GenerationConfig(num_beams=3, banned_token_ids=[banned], max_new_tokens=5)
+    plan = Recording.compile(cfg)
+    hyps = beam_search(model, prompt, num_beams=3, max_new_tokens=5, plan=plan, num_return_sequences=3)
     assert all(banned not in h.tokens for h in hyps)
-    assert [len(s) for s in seen] == [1, 3, 3, 3, 3]  # one row before the fan-out
-    assert [len(s[0]) for s in seen] == [3, 4, 5, 6, 7]
-    with pytest.raises(ConfigError, match="logits_hook returned shape"):
-        beam_search(model, prompt, num_beams=2, max_new_tokens=3, logits_hook=lambda x, t: x[:, :-1])
+    assert [len(h) for h, _ in seen] == [1, 3, 3, 3, 3]  # one row before the fan-out
+    assert [len(h[0]) for h, _ in seen] == [3, 4, 5, 6, 7]
+    assert all(h[len(prompt):] == g for hs, gs in seen for h, g in zip(hs, gs))
 
 
 # ---- constrained beam search --------------------------------------------------------------

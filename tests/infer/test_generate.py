@@ -164,10 +164,10 @@ class FixedLM(torch.nn.Module):
     def new_cache(self, batch_size, max_len=None):
         return FixedLM.Cache(batch_size)
 
-    def forward(self, idx, cache=None, lengths=None):
+    def forward(self, idx, cache=None, lengths=None, last_only=False):
         if cache is not None:
             cache.length += idx.size(1)
-        return self.logits.expand(idx.size(0), idx.size(1), -1)
+        return self.logits.expand(idx.size(0), 1 if last_only else idx.size(1), -1)
 
 
 @pytest.mark.parametrize("settings", [dict(), dict(top_p=0.8), dict(top_k=3, temperature=0.7),
@@ -228,7 +228,7 @@ def test_config_round_trip_of_defaults():
 
 def test_processors_are_skipped_only_when_every_one_is_off():
     from lmstack.infer.processors import ProcessorSettings
-    from lmstack.infer.sampling import is_passthrough
+    from lmstack.infer.step import is_passthrough
 
     assert is_passthrough(ProcessorSettings(temperature=0)) and is_passthrough(ProcessorSettings())
     assert not is_passthrough(ProcessorSettings(temperature=0.7))

@@ -171,3 +171,27 @@ def test_a_failing_prefill_ends_its_requests_and_the_batch_goes_on(tok, monkeypa
         assert fine.done.wait(30)
     assert "ZeroDivisionError" in events["broken"][-1].error
     assert len(sum((e.tokens for e in events["fine"]), [])) == 4
+
+
+def test_rows_sharing_a_step_keep_their_own_limits_and_stops(tok):
+    # Same processors, so the scheduler batches them into one step call; but each request's
+    # own max_new_tokens, stop strings and logprobs must still decide its row.
+    engine = engines(tok)["gpt"]
+    base = dict(temperature=0, ignore_eos=True)
+    settings = [dict(base, max_new_tokens=3), dict(base, max_new_tokens=11),
+                dict(base, max_new_tokens=9, stop=[" "]), dict(base, max_new_tokens=7, logprobs=True)]
+    scheduler = Scheduler(engine, max_batch=4)
+    events: dict = {}
+    with torch.inference_mode():
+        requests = [scheduler.submit(engine.encode(PROMPTS[i]), engine.config(**s), collect(events, i))
+                    for i, s in enumerate(settings)]
+        scheduler.step()
+        assert scheduler.stats()["running"] == 4  # decoded side by side
+        while any(not r.done.is_set() for r in requests):
+            scheduler.step()
+    for i, s in enumerate(settings):
+        alone = engine.generate(PROMPTS[i], **s)
+        assert sum((e.tokens for e in events[i]), []) == alone.tokens
+        assert "".join(e.text for e in events[i]) == alone.text
+        assert sum((e.logprobs for e in events[i]), []) == pytest.approx(alone.logprobs, abs=1e-5)
+    assert len(alone.logprobs) == 7 and not sum((e.logprobs for e in events[1]), [])
