@@ -16,6 +16,7 @@ training run resumes from its last checkpoint. `lmstack eval --model OUT` and
 
 from __future__ import annotations
 
+import argparse
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,13 +25,12 @@ import torch
 
 from lmstack.data.prepare import REPORT, PrepareConfig, format_report, prepare
 from lmstack.data.tokenizer_train import TokenizerTrainConfig, train_tokenizer
+from lmstack.infer import sample_text
 from lmstack.tokenizer import Tokenizer
 from lmstack.tokenizer.inspect import describe, inspect_text
 from lmstack.train import checkpoint as ckpt
 from lmstack.train import load_config, train
 from lmstack.train.loop import evaluate
-from lmstack.train.plot import plot_runs
-from lmstack.train.samples import sample_text
 
 SAMPLE = 'def greet(name: str) -> str:\n    """Say hello."""\n    return f"Hello, {name}!"\n'
 PROMPTS = ["def ", "import os\n\n", "class "]
@@ -95,7 +95,7 @@ def quickstart(cfg: QuickstartConfig) -> dict:
     else:
         if done:
             print(f"resuming from step {done}")
-        result = train(train_cfg)
+        result = train(train_cfg, sample=sample_text)
         print(f"trained {result.step} steps in {result.seconds:.0f} s, "
               f"{result.tokens_per_second:,.0f} tokens/s")
 
@@ -110,11 +110,25 @@ def quickstart(cfg: QuickstartConfig) -> dict:
     metrics = evaluate(model, val, tok, train_cfg.eval_batches, torch.device("cpu"), train_cfg)
     print(f"validation: loss {metrics['val_loss']:.3f} nats/token, perplexity "
           f"{metrics['val_ppl']:.1f}, {metrics['val_bpb']:.3f} bits per byte")
+    from lmstack.train.plot import plot_runs  # matplotlib: not on every `lmstack` start
+
     png = plot_runs([out], out / "loss.png")
     print(f"loss curve: {png}")
     for prompt in PROMPTS[:2]:
         for temperature in TEMPERATURES:
-            text = sample_text(model, tok, prompt, 60, temperature, torch.device("cpu"))
+            text = sample_text(model, tok, prompt, 60, temperature)
             print(f"\n--- prompt {prompt!r}, temperature {temperature} ---\n{prompt}{text}")
     print(f"\nmodel directory: {out}  (try: lmstack eval --model {out} --data FILE)")
     return {"model": out, "tokenizer": tok_path, "data": data_dir, **metrics}
+
+
+def add_quickstart_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", default="runs/quickstart", help="output directory")
+    p.add_argument("--vocab-size", type=int, default=8192)
+    p.add_argument("--steps", type=int, default=None, help="training steps (default: config)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def cmd_quickstart(args: argparse.Namespace) -> None:
+    quickstart(QuickstartConfig(out=args.out, vocab_size=args.vocab_size, steps=args.steps,
+                                progress=not args.quiet))

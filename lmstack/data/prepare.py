@@ -10,13 +10,11 @@ from exactly the text the model will see); ``prepare(cfg)`` also encodes them in
 writes ``report.json`` next to them: what was seen, what each rule removed, what PII was
 replaced, the token counts and the bytes per token. ``format_report`` renders it as a table.
 
-Run it: ``python -m lmstack.data.prepare --tokenizer tok.json --out data/stdlib`` (the CLI
-equivalent is ``lmstack data prepare``).
+Run it: ``lmstack data prepare --tokenizer tok.json --out data/stdlib``.
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from collections.abc import Iterator
@@ -207,26 +205,3 @@ def format_report(report: PrepareReport) -> str:
         lines.append(f"  bytes per token: {report.bytes_per_token:.2f}   tokenizer: {report.tokenizer_fingerprint}")
     lines.append(f"  took {report.seconds:.1f} s")
     return "\n".join(lines)
-
-
-def main(argv: list[str] | None = None) -> None:
-    """A minimal command line for running the pipeline without the lmstack CLI."""
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--source", action="append", help="file, directory, glob or 'stdlib' (repeatable)")
-    p.add_argument("--tokenizer", required=True)
-    p.add_argument("--out", default=PrepareConfig.out_dir)
-    p.add_argument("--workers", type=int, default=None)
-    p.add_argument("--no-progress", action="store_true")
-    a = p.parse_args(argv)
-    cfg = PrepareConfig(
-        sources=a.source or [STDLIB],
-        tokenizer=a.tokenizer,
-        out_dir=a.out,
-        workers=a.workers,
-        progress=not a.no_progress,
-    )
-    print(format_report(prepare(cfg)))
-
-
-if __name__ == "__main__":
-    main()

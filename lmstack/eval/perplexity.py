@@ -1,6 +1,6 @@
 """Perplexity and bits per byte of a language model on held-out text, with a sliding window.
 
-    python -m lmstack.eval.perplexity --model runs/train --data held_out.txt [--stride 64]
+    lmstack eval --model runs/train --data held_out.txt [--stride 64]
 
 The text is encoded with the model's tokenizer and `<|endoftext|>` is put in front as context,
 so every token of the text is scored, the first one too (the training shards separate
@@ -28,7 +28,6 @@ read the whole text in chunks through their cache — the hidden state carries e
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
 from pathlib import Path
@@ -177,21 +176,3 @@ def evaluate_model_dir(model_dir: str | os.PathLike, data_file: str | os.PathLik
     tok = Tokenizer.load(d / "tokenizer.json")
     model = load_model(d, device=device)
     return evaluate_text(model, tok, text, block_size, stride, batch_size)
-
-
-def main(argv: list[str] | None = None) -> None:
-    """Print the perplexity and bits per byte of a model directory on a text file."""
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", required=True, help="model directory")
-    p.add_argument("--data", required=True, help="UTF-8 text file")
-    p.add_argument("--block-size", type=int, default=None)
-    p.add_argument("--stride", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=8)
-    a = p.parse_args(argv)
-    r = evaluate_model_dir(a.model, a.data, a.block_size, a.stride, a.batch_size)
-    print(f"{r['tokens']:,} tokens, {r['bytes']:,} bytes: loss {r['loss']:.4f} nats/token, "
-          f"ppl {r['ppl']:.2f}, {r['bpb']:.4f} bits/byte")
-
-
-if __name__ == "__main__":
-    main()

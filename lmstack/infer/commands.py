@@ -51,6 +51,24 @@ def _bias(text: str) -> tuple[int, float]:
         raise argparse.ArgumentTypeError(f"expected ID=BIAS like 50256=-100, got {text!r}") from None
 
 
+def add_generate_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="model directory")
+    p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default=None,
+                   help="run the model in this precision (default: as stored)")
+    p.add_argument("--prompt", help="the prompt (\\n for newlines; default: stdin)")
+    p.add_argument("--echo", action="store_true", help="print the prompt before the completion")
+    add_generation_flags(p)
+
+
+def add_sample_compare_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="model directory")
+    p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default=None,
+                   help="run the model in this precision (default: as stored)")
+    p.add_argument("--prompt", help="the prompt (default: stdin)")
+    p.add_argument("--max-new-tokens", type=int, default=40)
+    p.add_argument("--seed", type=int, default=0)
+
+
 def add_generation_flags(p: argparse.ArgumentParser) -> None:
     """One flag per `GenerationConfig` field, defaulting to None (= the config's default)."""
     hints = typing.get_type_hints(GenerationConfig)
@@ -91,7 +109,7 @@ def _prompt(args: argparse.Namespace) -> str:
     raise ConfigError("give a prompt with --prompt TEXT (or pipe it on stdin)")
 
 
-def run_generate(args: argparse.Namespace) -> None:
+def cmd_generate(args: argparse.Namespace) -> None:
     """Generate from --prompt, streaming to stdout (one completion) or printing each."""
     from lmstack.infer.engine import Engine
 
@@ -154,7 +172,7 @@ def format_compare(rows: list[tuple[str, str]], width: int | None = None) -> str
     return "\n".join(lines)
 
 
-def run_sample_compare(args: argparse.Namespace) -> None:
+def cmd_sample_compare(args: argparse.Namespace) -> None:
     """Print the prompt's continuations under every strategy of STRATEGIES."""
     from lmstack.infer.engine import Engine
 

@@ -1,6 +1,6 @@
 """Loss curves of training runs, one panel per metric, one line per run, saved as a PNG.
 
-    python -m lmstack.train.plot runs/a runs/b --out curves.png [--metrics loss val_loss val_bpb]
+    lmstack plot runs/a runs/b --out curves.png [--metrics loss val_loss val_bpb]
 
 Reads each run's `log.jsonl` (checkpoint.read_log) and draws every record that has the metric
 against its step. Training loss is noisy from batch to batch, so its raw curve is drawn faint
@@ -14,7 +14,6 @@ state), and writes the file atomically.
 
 from __future__ import annotations
 
-import argparse
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -92,17 +91,3 @@ def _labels(runs: list[Path]) -> list[str]:
     """Short legend names: the directory names, or longer paths where two names clash."""
     names = [r.name or str(r) for r in runs]
     return [str(r) if names.count(n) > 1 else n for r, n in zip(runs, names)]
-
-
-def main(argv: list[str] | None = None) -> None:
-    """Plot the curves of the runs given on the command line."""
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("runs", nargs="+", help="training output directories (with log.jsonl)")
-    p.add_argument("--out", default="curves.png", help="PNG file to write")
-    p.add_argument("--metrics", nargs="+", default=["loss", "val_loss"])
-    a = p.parse_args(argv)
-    print(plot_runs(a.runs, a.out, a.metrics))
-
-
-if __name__ == "__main__":
-    main()

@@ -1,0 +1,27 @@
+"""`lmstack eval`: perplexity and bits per byte of a model directory on a text file.
+
+    lmstack eval --model runs/quickstart --data held_out.txt [--stride 64]
+
+The command is `add_eval_args(parser)` (its flags) and `cmd_eval(args)` (its run); cli.py
+registers them.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_eval_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="model directory")
+    p.add_argument("--data", required=True, help="UTF-8 text file")
+    p.add_argument("--block-size", type=int, default=None, help="window (default: context)")
+    p.add_argument("--stride", type=int, default=None, help="window step (default: half)")
+    p.add_argument("--batch-size", type=int, default=8)
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    from lmstack.eval.perplexity import evaluate_model_dir
+
+    r = evaluate_model_dir(args.model, args.data, args.block_size, args.stride, args.batch_size)
+    print(f"{r['tokens']:,} tokens, {r['bytes']:,} bytes: loss {r['loss']:.4f} nats/token, "
+          f"perplexity {r['ppl']:.2f}, {r['bpb']:.4f} bits/byte")

@@ -1,0 +1,43 @@
+"""`lmstack train` and `lmstack plot`: pretraining runs and their loss curves, from the shell.
+
+    lmstack train --config configs/quickstart.toml --set steps=500 [--resume]
+    lmstack plot runs/a runs/b --out loss.png
+
+Each command is `add_<name>_args(parser)` (its flags) and `cmd_<name>(args)` (its run); cli.py
+registers them. The work is imported when a command runs, so building the parser stays cheap.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_train_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="TOML file (top-level TrainConfig keys, [model], [optim], "
+                                    "[schedule])")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="overrides, e.g. steps=500 schedule.lr=3e-4 model.n_layer=6")
+    p.add_argument("--resume", action="store_true", help="continue from out_dir's checkpoint")
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from lmstack.train import load_config, train
+
+    overrides = list(args.set) + (["resume=true"] if args.resume else [])
+    result = train(load_config(args.config, overrides))
+    val = ", ".join(f"{k} {v:.4f}" for k, v in result.val.items())
+    print(f"trained {result.step} steps in {result.seconds:.1f} s "
+          f"({result.tokens_per_second:,.0f} tokens/s); {val}; model in {result.out_dir}")
+
+
+def add_plot_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("runs", nargs="+", help="run directories (with log.jsonl)")
+    p.add_argument("--out", default="loss.png", help="PNG file to write")
+    p.add_argument("--metrics", nargs="+", default=["loss", "val_loss"],
+                   help="what to draw, one panel each (also val_ppl, val_bpb, lr, tokens_per_s, mfu)")
+
+
+def cmd_plot(args: argparse.Namespace) -> None:
+    from lmstack.train.plot import plot_runs  # matplotlib: only when plotting
+
+    print(f"wrote {plot_runs(args.runs, args.out, args.metrics)}")
