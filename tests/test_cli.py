@@ -100,3 +100,12 @@ def test_errors_are_one_line_without_traceback(argv, message, tok_file, tmp_path
     assert proc.returncode == 2
     assert message in proc.stderr and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith("lmstack: error:")
+
+
+def test_building_the_parser_leaves_heavy_work_unimported():
+    """Each command imports its work when it runs: `lmstack --help` loads no web server and no
+    plotting library (the registry holds only the flag and run functions)."""
+    code = ("import sys; from lmstack.cli import build_parser; build_parser(); "
+            "print(sorted(m for m in ('fastapi', 'matplotlib', 'uvicorn') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
