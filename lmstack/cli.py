@@ -22,12 +22,14 @@ import argparse
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 from lmstack import quickstart
 from lmstack.data import commands as data
 from lmstack.errors import LMStackError
 from lmstack.eval import commands as evaluation
 from lmstack.infer import commands as infer
+from lmstack.infer import sample_text
 from lmstack.infer import quantize
 from lmstack.interop import commands as interop
 from lmstack.serve import commands as serve
@@ -89,7 +91,9 @@ COMMANDS: dict[str, Command | Group] = {
                        "Hugging Face."),
     "data": Group(DATA, "prepare training data",
                   "Clean, deduplicate and tokenize corpora into shards."),
-    "train": Command(training.add_train_args, training.cmd_train, "pretrain a model on token shards",
+    # Progress samples come from the inference layer, which train may not import: given here.
+    "train": Command(training.add_train_args, partial(training.cmd_train, sample=sample_text),
+                     "pretrain a model on token shards",
                      "Teacher-forcing training of any model (GPT, LSTM, GRU, n-gram) on shards from "
                      "`lmstack data prepare`. Config from TOML (see configs/), overridden by --set "
                      "key=value. Under torchrun it runs DDP (or FSDP with --set parallel=fsdp)."),

@@ -20,11 +20,12 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="continue from out_dir's checkpoint")
 
 
-def cmd_train(args: argparse.Namespace) -> None:
+def cmd_train(args: argparse.Namespace, sample=None) -> None:
+    """`sample(model, tokenizer) -> str` writes the progress samples (see `train`)."""
     from lmstack.train import load_config, train
 
     overrides = list(args.set) + (["resume=true"] if args.resume else [])
-    result = train(load_config(args.config, overrides))
+    result = train(load_config(args.config, overrides), sample=sample)
     val = ", ".join(f"{k} {v:.4f}" for k, v in result.val.items())
     print(f"trained {result.step} steps in {result.seconds:.1f} s "
           f"({result.tokens_per_second:,.0f} tokens/s); {val}; model in {result.out_dir}")
