@@ -1,7 +1,7 @@
 """Beam search, plain and lexically constrained: the highest-scoring continuations of one prompt.
 
 Beam search keeps the `num_beams` best partial continuations by total log-probability and
-extends each by every token, as HF transformers' `BeamSearchScorer` does:
+extends each by every token, as HF transformers' `generate(num_beams=...)` does:
 
 1. prefill the prompt once into a cache of batch 1; the first step's winners all come from
    that one row, and `cache.select(parents)` fans it out to one row per beam;
@@ -18,7 +18,9 @@ extends each by every token, as HF transformers' `BeamSearchScorer` does:
    length, cannot beat the pool's worst (HF's `early_stopping=False` heuristic: it ignores that
    a longer beam can score higher when length_penalty > 0), or at `max_new_tokens`, or when
    prompt + generated reaches `max_len` (the context). Unfinished beams then join the pool
-   with finish_reason "length", unless the search stopped early.
+   with finish_reason "length", unless the search stopped early; at the last step they join
+   alongside that step's stop ids, even if those filled the pool (HF's max-length criterion).
+   `tests/infer/test_beam_hf.py` holds all this equal to transformers' `generate`.
 
 With num_beams=1 that is greedy decoding: ties go to the lowest token id, as `argmax`.
 

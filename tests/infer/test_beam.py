@@ -1,6 +1,6 @@
 """Beam search against greedy decoding, against uncached recomputation and on constructed
 models whose best sequence is known; constrained beam search and its `ConstraintState`; bad
-settings. Run: `.venv/bin/python -m pytest -q tests/infer/test_beam.py lmstack/infer/beam.py --doctest-modules`."""
+settings (against transformers: test_beam_hf.py). Run: `.venv/bin/python -m pytest -q tests/infer/test_beam.py lmstack/infer/beam.py --doctest-modules`."""
 
 from __future__ import annotations
 
@@ -187,22 +187,6 @@ def test_ties_go_to_the_lowest_token_id_as_argmax():
     model = TableLM({0: {2: 1 / 3, 4: 1 / 3, 6: 1 / 3}, 4: {7: 1.0}, 6: {7: 1.0}}).eval()
     (h,) = beam_search(model, [0], num_beams=1, max_new_tokens=3)
     assert h.tokens == greedy_uncached(model, [0], 3) == [2, 0, 2]
-
-
-def test_hf_conventions_for_finishing_and_early_stopping():
-    # A stop id ranked outside the first num_beams candidates does not finish a hypothesis (HF):
-    # at step 2, 1 7 ranks first and finishes, 2 7 ranks third and must not fill the pool.
-    model = TableLM({0: {1: 0.5, 2: 0.5}, 1: {7: 0.6, 3: 0.25, 5: 0.15}, 2: {4: 0.55, 7: 0.3, 6: 0.15},
-                     3: {7: 1.0}, 4: {7: 1.0}}).eval()
-    hyps = beam_search(model, [0], num_beams=2, max_new_tokens=5, stop_ids=[7], num_return_sequences=2)
-    assert [h.tokens for h in hyps] == [[2, 4], [1]]
-    # early_stopping=True ends once num_beams hypotheses are finished, though the running 2 3 4
-    # would beat the second of them; early_stopping=False searches on and finds it.
-    model = TableLM({0: {1: 0.55, 2: 0.45}, 1: {7: 1.0}, 2: {3: 0.9, 5: 0.1}, 3: {4: 1.0},
-                     4: {7: 1.0}, 5: {7: 1.0}}).eval()
-    kw = dict(num_beams=2, max_new_tokens=6, stop_ids=[7], length_penalty=0.0, num_return_sequences=2)
-    assert [h.tokens for h in beam_search(model, [0], early_stopping=True, **kw)] == [[1], [2, 5]]
-    assert [h.tokens for h in beam_search(model, [0], early_stopping=False, **kw)] == [[1], [2, 3, 4]]
 
 
 def test_early_stopping_false_searches_on_and_never_does_worse():
