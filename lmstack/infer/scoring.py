@@ -28,11 +28,6 @@ class Score:
     token_logprobs: list[float]
     top_logprobs: list[list[tuple[int, float]]] = field(default_factory=list)
 
-    @property
-    def mean_logprob(self) -> float:
-        """Average per token (comparable across lengths)."""
-        return self.logprob / max(len(self.tokens), 1)
-
 
 @torch.no_grad()
 def score_continuation(model, prompt: list[int], continuation: list[int], top_logprobs: int = 0) -> Score:
