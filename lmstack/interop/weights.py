@@ -34,6 +34,8 @@ LLAMA = [  # (HF pattern, ours); {i} is the layer
     ("model.layers.{i}.post_attention_layernorm.weight", "layers.{i}.ln_2.weight"),
     *[(f"model.layers.{{i}}.self_attn.{p}.{w}", f"layers.{{i}}.attn.{p}.{w}")
       for p in ("q_proj", "k_proj", "v_proj", "o_proj") for w in ("weight", "bias")],
+    *[(f"model.layers.{{i}}.self_attn.{p}.weight", f"layers.{{i}}.attn.{p}.weight")
+      for p in ("q_norm", "k_norm")],  # Qwen3's per-head QK-norm
     *[(f"model.layers.{{i}}.mlp.{p}.weight", f"layers.{{i}}.mlp.{p}.weight")
       for p in ("gate_proj", "up_proj", "down_proj")],
 ]

@@ -1,8 +1,7 @@
 """Our GPT against Hugging Face `transformers`: random-weight GPT-2, Llama (GQA, RoPE with a
 non-default theta, RMSNorm, SwiGLU, untied, no bias) and Qwen 3 (QK-norm), each built from a
-config inside the test (nothing is downloaded), weights copied over, logits compared.
-
-The weight-copy helpers live here until the interop layer takes them over."""
+config inside the test (nothing is downloaded), weights copied over with the interop layer's
+name maps (`lmstack.interop.weights.to_lmstack`), logits compared."""
 
 from __future__ import annotations
 
@@ -11,6 +10,7 @@ import torch
 
 transformers = pytest.importorskip("transformers")  # a dev dependency
 
+from lmstack.interop.weights import to_lmstack  # noqa: E402
 from lmstack.models import GPT, GPTConfig, num_params  # noqa: E402
 
 from .helpers import cached_logits, randomize  # noqa: E402
@@ -18,39 +18,11 @@ from .helpers import cached_logits, randomize  # noqa: E402
 V, D, L, H = 61, 32, 2, 4
 
 
-def gpt2_to_lmstack(hf_state: dict[str, torch.Tensor], n_layer: int, n_embd: int) -> dict[str, torch.Tensor]:
-    """Rename GPT-2 weights; its Conv1D layers store (in, out), the transpose of nn.Linear."""
-    sd = {k.removeprefix("transformer."): v for k, v in hf_state.items()}
-    out = {"wte.weight": sd["wte.weight"], "position.wpe.weight": sd["wpe.weight"],
-           "lm_head.weight": sd["wte.weight"], "ln_f.weight": sd["ln_f.weight"], "ln_f.bias": sd["ln_f.bias"]}
-    for i in range(n_layer):
-        hf, us = f"h.{i}.", f"layers.{i}."
-        for ln in ("ln_1", "ln_2"):
-            out[us + ln + ".weight"], out[us + ln + ".bias"] = sd[hf + ln + ".weight"], sd[hf + ln + ".bias"]
-        qkv_w = sd[hf + "attn.c_attn.weight"].split(n_embd, dim=1)  # fused q|k|v columns
-        qkv_b = sd[hf + "attn.c_attn.bias"].split(n_embd)
-        for name, w, b in zip(("q_proj", "k_proj", "v_proj"), qkv_w, qkv_b):
-            out[us + f"attn.{name}.weight"], out[us + f"attn.{name}.bias"] = w.t(), b
-        for hf_name, us_name in (("attn.c_proj", "attn.o_proj"), ("mlp.c_fc", "mlp.up_proj"),
-                                 ("mlp.c_proj", "mlp.down_proj")):
-            out[us + us_name + ".weight"] = sd[hf + hf_name + ".weight"].t()
-            out[us + us_name + ".bias"] = sd[hf + hf_name + ".bias"]
-    return out
-
-
-LLAMA_NAMES = {  # Hugging Face Llama/Qwen name piece -> ours
-    "model.embed_tokens.": "wte.", "model.norm.": "ln_f.", "model.layers.": "layers.",
-    "self_attn.": "attn.", "input_layernorm.": "ln_1.", "post_attention_layernorm.": "ln_2.",
-}
-
-
-def llama_to_lmstack(hf_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Rename Llama-family weights; layouts already match (nn.Linear, rotate-half RoPE)."""
-    out = {}
-    for key, value in hf_state.items():
-        for theirs, ours in LLAMA_NAMES.items():
-            key = key.replace(theirs, ours)
-        out[key] = value
+def hf_to_lmstack(hf_model, family: str, cfg: GPTConfig) -> dict[str, torch.Tensor]:
+    """Our state dict for an HF model's, tensor by tensor through the interop name maps."""
+    out = dict(pair for name, t in hf_model.state_dict().items() for pair in to_lmstack(name, t, family, cfg))
+    if cfg.tie_embeddings:
+        out.setdefault("lm_head.weight", out["wte.weight"])  # HF may leave the tied copy out
     return out
 
 
@@ -72,7 +44,7 @@ def test_gpt2():
         bos_token_id=0, eos_token_id=0)
     hf_model = randomize(transformers.GPT2LMHeadModel(hf_config), seed=3, std=0.6).eval()
     ours = GPT(GPTConfig(vocab_size=V, block_size=32, n_layer=L, n_head=H, n_embd=D)).eval()
-    ours.load_state_dict(gpt2_to_lmstack(hf_model.state_dict(), L, D))
+    ours.load_state_dict(hf_to_lmstack(hf_model, "gpt2", ours.config))
     assert num_params(ours) == sum(p.numel() for p in hf_model.parameters())
     compare(ours, hf_model)
 
@@ -87,7 +59,7 @@ def test_llama_with_grouped_query_attention():
         vocab_size=V, block_size=64, n_layer=L, n_head=H, n_kv_head=2, n_embd=D, position="rope",
         rope_theta=500.0, norm="rmsnorm", norm_eps=1e-6, mlp="swiglu", intermediate_size=72, bias=False,
         tie_embeddings=False)).eval()
-    ours.load_state_dict(llama_to_lmstack(hf_model.state_dict()))
+    ours.load_state_dict(hf_to_lmstack(hf_model, "llama", ours.config))
     assert num_params(ours) == sum(p.numel() for p in hf_model.parameters())
     compare(ours, hf_model, seq_len=40)
 
@@ -103,7 +75,5 @@ def test_qwen3_with_qk_norm_and_multi_query_attention():
         vocab_size=V, block_size=64, n_layer=L, n_head=H, n_kv_head=1, n_embd=D, position="rope",
         rope_theta=1e6, norm="rmsnorm", norm_eps=1e-6, mlp="swiglu", intermediate_size=64, bias=False,
         tie_embeddings=True, qk_norm=True)).eval()
-    state = llama_to_lmstack(hf_model.state_dict())
-    state.setdefault("lm_head.weight", state["wte.weight"])
-    ours.load_state_dict(state)
+    ours.load_state_dict(hf_to_lmstack(hf_model, "llama", ours.config))
     compare(ours, hf_model)
