@@ -57,7 +57,11 @@ def test_a_run_from_the_trainer_plots(data_dir, tmp_path):
 
     out = tmp_path / "run"
     train(load_config(None, run_overrides(data_dir, out, "steps=6", "eval_every=3")))
-    png_size(plot_runs([out], tmp_path / "run.png"))
+    # The trainer logs both default metrics under the names the plot reads: two panels, each
+    # as wide as the one panel of "loss" alone.
+    both = png_size(plot_runs([out], tmp_path / "run.png"))
+    one = png_size(plot_runs([out], tmp_path / "loss.png", metrics=("loss",)))
+    assert both == (2 * one[0], one[1])
 
 
 def test_no_log_is_a_clear_error(tmp_path):
