@@ -6,8 +6,8 @@
 """
 
 from lmstack.infer.config import GenerationConfig
-from lmstack.infer.engine import Engine
+from lmstack.infer.engine import Engine, sample_text
 from lmstack.infer.step import Completion
 from lmstack.infer.scoring import Score
 
-__all__ = ["Completion", "Engine", "GenerationConfig", "Score"]
+__all__ = ["Completion", "Engine", "GenerationConfig", "Score", "sample_text"]

@@ -244,3 +244,20 @@ class Engine:
         if cfg.temperature == 0:
             return F.one_hot(processed.argmax(-1), processed.size(-1)).float()[0]
         return F.softmax(processed, dim=-1)[0]
+
+
+def sample_text(model: torch.nn.Module, tokenizer: Tokenizer, prompt: str = "", max_new_tokens: int = 120,
+                temperature: float = 0.8, seed: int = 0) -> str:
+    """A sample's text for a progress report: `prompt` (empty: start after <|endoftext|>)
+    continued through the engine's one decode step. The model's train/eval mode is kept, so a
+    training loop can call it between steps (`lmstack.train.train(cfg, sample=sample_text)`)."""
+    was_training = model.training
+    try:
+        engine = Engine(model, tokenizer)
+        ids = tokenizer.encode(prompt) if prompt else [tokenizer.eot_id]
+        ctx = context_length(model)
+        ids = ids[-(ctx - 1):] if ctx else ids  # keep the end of a prompt that fills the context
+        return engine.generate(ids, temperature=temperature, max_new_tokens=max_new_tokens, seed=seed).text
+    finally:
+        model.train(was_training)
+

@@ -27,25 +27,27 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from lmstack.data.loader import TokenLoader
 from lmstack.errors import ConfigError, DataError
 from lmstack.models import NGramLM, build_model, config_from_dict, flops_per_token, num_params
 from lmstack.models.metrics import bits_per_byte, measure_peak_flops
+from lmstack.models.protocol import next_token_loss
 from lmstack.tokenizer import Tokenizer
 from lmstack.train import checkpoint as ckpt
 from lmstack.train import distributed
 from lmstack.train.config import TrainConfig
 from lmstack.train.optim import build_optimizer
-from lmstack.train.samples import sample_text
 from lmstack.train.schedule import lr_at
+
+Sampler = Callable[[torch.nn.Module, Tokenizer], str]  # model, tokenizer -> a sample's text
 
 
 @dataclass
@@ -95,11 +97,6 @@ def autocast(cfg: TrainConfig, device: torch.device):
     return torch.autocast(device.type, dtype=dtype)
 
 
-def next_token_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy of logits (B, T, V) against targets (B, T)."""
-    return F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1))
-
-
 def scheduled_inputs(model, x: torch.Tensor, p: float) -> torch.Tensor:
     """Replace each input token after the first by the model's own sample with probability p."""
     if p <= 0:
@@ -123,15 +120,14 @@ def evaluate(model, loader: TokenLoader, tok: Tokenizer, batches: int, device, c
     world_size times larger: it does not depend on how many processes ran."""
     model.eval()
     total_nats, total_tokens, total_bytes = 0.0, 0, 0
-    lengths = np.array([len(tok.vocab.get(i, b"")) for i in range(tok.vocab_size)])
+    lengths = np.array(tok.byte_lengths())
     for i, (x, y) in enumerate(loader.epoch_batches()):
         if i == batches:
             break
         xt, yt = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
         with autocast(cfg, device):
             logits = model(xt)
-        total_nats += float(F.cross_entropy(logits.float().reshape(-1, logits.size(-1)),
-                                            yt.reshape(-1), reduction="sum"))
+        total_nats += float(next_token_loss(logits, yt, reduction="sum"))
         total_tokens += y.size
         total_bytes += int(lengths[y].sum())  # special tokens count 0 bytes
     model.train()
@@ -175,13 +171,17 @@ def save(out: Path, raw_model, optimizer, tok: Tokenizer, step: int, data_state:
                              step=step, data_state=data_state, config=cfg.to_dict(), rng=rngs)
 
 
-def train(cfg: TrainConfig) -> TrainResult:
-    """Run (or resume) the training described by cfg; returns the final metrics."""
+def train(cfg: TrainConfig, sample: Sampler | None = None) -> TrainResult:
+    """Run (or resume) the training described by cfg; returns the final metrics.
+
+    `sample(model, tokenizer) -> str` writes the progress samples of `cfg.sample_every`: the
+    inference layer's `lmstack.infer.sample_text` (what `lmstack train` passes), which this
+    layer may not import. Without it no samples are printed."""
     cfg.check()
     check_data(cfg)
     d = distributed.setup(cfg.device)
     try:
-        return _train(cfg, d)
+        return _train(cfg, d, sample)
     finally:
         distributed.teardown(d)
 
@@ -204,6 +204,7 @@ class Run:
     step: int = 0
     metrics: dict = field(default_factory=dict)  # the last validation's
     metrics_step: int = -1
+    sample: Sampler | None = None  # writes the progress samples (see `train`)
 
 
 @dataclass
@@ -243,7 +244,7 @@ class Clock:
                 if train_seconds > 0 else 0.0)
 
 
-def _train(cfg: TrainConfig, d: distributed.Dist) -> TrainResult:
+def _train(cfg: TrainConfig, d: distributed.Dist, sample: Sampler | None = None) -> TrainResult:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     autocast(cfg, d.device)  # fail now, not after building everything, on fp16 without CUDA
@@ -261,7 +262,9 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> TrainResult:
                              rank=d.rank, world_size=d.world_size, tokenizer=tok)
     if isinstance(model, NGramLM):
         return _fit_ngram(model, cfg, tok, train_loader, val_loader, out, d)
-    return _loop(_prepare(cfg, d, out, tok, model, train_loader, val_loader))
+    run = _prepare(cfg, d, out, tok, model, train_loader, val_loader)
+    run.sample = sample
+    return _loop(run)
 
 
 def _prepare(cfg: TrainConfig, d: distributed.Dist, out: Path, tok: Tokenizer, model,
@@ -414,9 +417,9 @@ def _sample(run: Run) -> None:
     """Print a sample. From rank 0 alone, except under FSDP, where every forward pass is a
     collective every rank must join."""
     raw_model, tok, d = run.raw_model, run.tok, run.d
-    if not (d.is_main or distributed.is_sharded(raw_model)):
+    if run.sample is None or not (d.is_main or distributed.is_sharded(raw_model)):
         return
-    text = sample_text(raw_model, tok, "", 120, 0.8, d.device)
+    text = run.sample(raw_model, tok)
     distributed.reshard(raw_model)
     if d.is_main:
         tqdm.write(f"--- sample at step {run.step} ---\n{text}\n---")

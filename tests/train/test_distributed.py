@@ -17,6 +17,7 @@ import subprocess
 import pytest
 import torch
 
+from lmstack.infer import sample_text
 from lmstack.models.directory import load_model
 from lmstack.train import load_config, train
 from lmstack.train.checkpoint import load_train_state, read_log
@@ -24,8 +25,9 @@ from tests.train.conftest import PYTHON, REPO, free_port, run_overrides
 
 SCRIPT = """
 import sys
+from lmstack.infer import sample_text
 from lmstack.train import load_config, train
-train(load_config(None, sys.argv[1:]))
+train(load_config(None, sys.argv[1:]), sample=sample_text)
 """
 COMMON = ["steps=8", "schedule.total_steps=8", "grad_accum=2", "eval_every=4", "save_every=4",
           "eval_batches=3", "sample_every=8"]
@@ -48,7 +50,7 @@ def torchrun(tmp_path, overrides: list[str]) -> None:
 def single(data_dir, tmp_path_factory):
     """The one-process reference: batch_size 4 (= 2 ranks x 2)."""
     out = tmp_path_factory.mktemp("single")
-    train(load_config(None, run_overrides(data_dir, out, *COMMON, "batch_size=4")))
+    train(load_config(None, run_overrides(data_dir, out, *COMMON, "batch_size=4")), sample=sample_text)
     return out
 
 
