@@ -234,3 +234,17 @@ def test_processors_are_skipped_only_when_every_one_is_off():
     assert not is_passthrough(ProcessorSettings(temperature=0.7))
     assert not is_passthrough(ProcessorSettings(temperature=0, repetition_penalty=1.2))
     assert not is_passthrough(ProcessorSettings(temperature=0, banned_token_ids=[3]))
+
+
+def test_prompts_as_tensors_and_arrays(engine, tok):
+    import numpy as np
+
+    ids = tok.encode("import os")
+    want = engine.generate(ids, temperature=0, max_new_tokens=5).tokens
+    assert engine.generate(torch.tensor(ids), temperature=0, max_new_tokens=5).tokens == want
+    assert engine.generate(np.array(ids), temperature=0, max_new_tokens=5).tokens == want
+    batch = engine.generate(torch.tensor([ids, ids]), temperature=0, max_new_tokens=5)
+    assert [c.tokens for c in batch] == [want, want]
+    assert [c.tokens for c in engine.generate([np.array(ids)], temperature=0, max_new_tokens=5)] == [want]
+    with pytest.raises(ConfigError, match="1-D .* or 2-D"):
+        engine.generate(torch.zeros(1, 1, 2, dtype=torch.long))
