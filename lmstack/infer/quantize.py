@@ -327,6 +327,9 @@ def quantize_model(model: nn.Module, bits: int, group_size: int = 64, skip: Iter
     Int4Linear, except those named in `skip` (full names or their last part, e.g. "lm_head").
 
     Every layer is checked before any is replaced, so bad settings leave the model untouched.
+    `reference=True`: every layer runs the readable path (dequantize, then F.linear in fp32): the
+    same numbers on every CPU, whatever its int4/int8 kernels do. Otherwise the kernels run on
+    activations cast to `act_dtype` (each layer's `reference` / `act_dtype` can be set later).
     `empty=True` builds the modules without quantizing (their buffers are about to be loaded).
     Records `model.quantization` = {"bits", "group_size", "method", "skip"} (for config.json)."""
     check_quantization(bits, group_size)
@@ -361,22 +364,6 @@ def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
                           "not a single nn.Linear: use Int8Linear.from_linear / Int4Linear.from_linear")
     parent, _, attr = name.rpartition(".")
     setattr(model.get_submodule(parent) if parent else model, attr, new)
-
-
-def set_reference(model: nn.Module, reference: bool = True) -> nn.Module:
-    """Switch every quantized layer between the reference path and the kernels."""
-    for m in model.modules():
-        if isinstance(m, QuantLinear):
-            m.reference = reference
-    return model
-
-
-def set_act_dtype(model: nn.Module, dtype: torch.dtype) -> nn.Module:
-    """The activation dtype every quantized layer's kernel runs in."""
-    for m in model.modules():
-        if isinstance(m, QuantLinear):
-            m.act_dtype = dtype
-    return model
 
 
 def prepare_quantized(model: nn.Module, quantization: dict) -> nn.Module:

@@ -85,3 +85,13 @@ def apply_qat(model: nn.Module, bits: int, group_size: int = 64) -> nn.Module:
         m.__class__ = FakeQuantLinear  # same object, same Parameters (a tied head stays tied)
         m.bits, m.group_size = bits, group_size
     return model
+
+
+def strip_qat(model: nn.Module) -> nn.Module:
+    """Undo `apply_qat` in place: every FakeQuantLinear is a plain nn.Linear again (same
+    Parameters), the fp32 model that `quantize_model` then rounds as training did."""
+    for m in model.modules():
+        if isinstance(m, FakeQuantLinear):
+            m.__class__ = nn.Linear
+            del m.bits, m.group_size
+    return model

@@ -5,6 +5,7 @@ round trips, greedy agreement on a trained model, and clear errors."""
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 import torch
@@ -25,7 +26,9 @@ from lmstack.infer.quantize import (
 )
 from lmstack.models import GPT, GPTConfig
 from lmstack.models.directory import load_model, save_model
-from lmstack.train.qat import FakeQuantLinear, apply_qat, fake_quantize
+from lmstack.train.qat import FakeQuantLinear, apply_qat, fake_quantize, strip_qat
+
+torch.set_num_threads(1)  # tiny tensors: one thread is fastest on a shared 2-core machine
 
 
 def tiny_gpt(**kw) -> GPT:
@@ -134,15 +137,11 @@ def test_bf16_engine(tmp_path):
 PATTERN = [int(t) for t in torch.randint(0, 32, (29,), generator=torch.Generator().manual_seed(5))]
 
 
-def train_tiny(model: GPT | None = None, qat_bits: int | None = None, steps: int = 100) -> GPT:
-    """Train (or go on training) a tiny GPT to continue a fixed 29-token cycle (~2 s)."""
+def train_tiny(steps: int = 100) -> GPT:
+    """Train a tiny GPT to continue a fixed 29-token cycle (~2 s)."""
     torch.manual_seed(0)
-    if model is None:
-        model = GPT(GPTConfig(vocab_size=32, block_size=32, n_layer=1, n_head=2, n_embd=64,
-                              intermediate_size=128))
-    model = copy.deepcopy(model).train()
-    if qat_bits:
-        apply_qat(model, qat_bits, 32)
+    model = GPT(GPTConfig(vocab_size=32, block_size=32, n_layer=1, n_head=2, n_embd=64,
+                          intermediate_size=128)).train()
     seq = torch.tensor(PATTERN * 4)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     g = torch.Generator().manual_seed(0)
@@ -153,9 +152,6 @@ def train_tiny(model: GPT | None = None, qat_bits: int | None = None, steps: int
         opt.zero_grad()
         loss.backward()
         opt.step()
-    for m in model.modules():  # back to plain nn.Linear (what a checkpoint loads into)
-        if isinstance(m, FakeQuantLinear):
-            m.__class__ = nn.Linear
     return model.eval()
 
 
@@ -211,20 +207,68 @@ def test_qat_in_train_config():
     assert TrainConfig(qat_bits=4, qat_group_size=32).check().qat_bits == 4
 
 
-def test_qat_int4_loses_less_than_post_training_int4(trained, capsys):
-    """Fine-tune the trained model 60 more steps with int4-g32 QAT, or 60 more plain steps,
-    then quantize both: the QAT one's loss on the pattern must not be (much) worse. A tiny
-    model's figures are noisy; the benchmark measures the real comparison."""
-    qat = train_tiny(trained, qat_bits=4, steps=60)
-    plain = train_tiny(trained, steps=60)
-    seq = torch.tensor(PATTERN * 2)[None, :32]
+# QAT's win, measured where post-training int4 measurably loses: a 1-layer GPT, 64 wide, memorizes
+# a random 512-token sequence (300 AdamW steps, cosine lr 3e-3 -> 0). At step 200 the run forks:
+# one copy goes on plainly, the other trains its last 100 steps through int4-g64 rounding. Same
+# data, same optimizer state, same schedule; only the fake quantization differs.
+MEM_VOCAB, MEM_CTX, MEM_STEPS, MEM_QAT_STEPS, MEM_GROUP = 64, 32, 300, 100, 64
 
-    def loss(m):
+
+def memorize(model: GPT, opt: torch.optim.Optimizer, batches: torch.Tensor, steps: range) -> None:
+    """AdamW steps `steps` of a cosine schedule over MEM_STEPS on the given (steps, B, ctx+1) batches."""
+    model.train()
+    for i in steps:
+        for group in opt.param_groups:
+            group["lr"] = 3e-3 * 0.5 * (1 + math.cos(math.pi * i / MEM_STEPS))
+        b = batches[i]  # (16, ctx + 1)
+        loss = F.cross_entropy(model(b[:, :-1]).reshape(-1, MEM_VOCAB), b[:, 1:].reshape(-1))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+
+def qat_versus_post_training(seed: int) -> tuple[float, float, float]:
+    """(fp32 loss, loss after post-training int4, loss after QAT then int4) on the memorized
+    sequence, every quantized model run through the reference path (exact fp32 arithmetic on the
+    dequantized weights: the figures do not depend on the CPU's int4 kernel). ~3 s."""
+    seq = torch.randint(0, MEM_VOCAB, (512,), generator=torch.Generator().manual_seed(100 + seed))
+    starts = torch.randint(0, len(seq) - MEM_CTX - 1, (MEM_STEPS, 16), generator=torch.Generator().manual_seed(seed))
+    batches = torch.stack([torch.stack([seq[s:s + MEM_CTX + 1] for s in row]) for row in starts])
+    torch.manual_seed(seed)
+    model = GPT(GPTConfig(vocab_size=MEM_VOCAB, block_size=MEM_CTX, n_layer=1, n_head=2, n_embd=64,
+                          intermediate_size=128))
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, betas=(0.9, 0.95), weight_decay=0.0)
+    fork = MEM_STEPS - MEM_QAT_STEPS
+    memorize(model, opt, batches, range(fork))
+    qat, qat_opt = copy.deepcopy((model, opt))  # one deepcopy: the copied optimizer holds the copied parameters
+    apply_qat(qat, 4, MEM_GROUP)
+    memorize(model, opt, batches, range(fork, MEM_STEPS))
+    memorize(qat, qat_opt, batches, range(fork, MEM_STEPS))
+    strip_qat(qat)  # plain nn.Linear again: what a QAT run's checkpoint loads into
+    windows = seq.unfold(0, MEM_CTX + 1, 8)  # (61, ctx + 1)
+
+    def loss(m: nn.Module) -> float:
+        # The first 8 tokens of a window have too little context to place it in a random sequence:
+        # their loss is ambiguity no weight can remove, so they are left out.
         with torch.no_grad():
-            return float(F.cross_entropy(m(seq[:, :-1]).reshape(-1, 32), seq[0, 1:]))
+            logits = m.eval()(windows[:, :-1])[:, 8:]  # (61, ctx - 8, vocab)
+        return float(F.cross_entropy(logits.reshape(-1, MEM_VOCAB), windows[:, 9:].reshape(-1)))
 
-    plain_q = loss(quantize_model(copy.deepcopy(plain), 4, 32, act_dtype=torch.float32))
-    qat_q = loss(quantize_model(copy.deepcopy(qat), 4, 32, act_dtype=torch.float32))
+    def int4(m: nn.Module) -> nn.Module:
+        return quantize_model(copy.deepcopy(m), 4, MEM_GROUP, reference=True)
+
+    return loss(model), loss(int4(model)), loss(int4(qat))
+
+
+def test_qat_int4_loses_less_than_post_training_int4(capsys):
+    """On each of 3 seeds post-training int4 costs the model >= 5% more loss (8 seeds x 3 CPU
+    kernel sets on AMD EPYC: +9..+14%), and QAT gives back at least 40% of that: its int4 loss
+    rises by at most 0.6x what post-training quantization adds (measured: 0.20..0.39x)."""
+    rows = [qat_versus_post_training(seed) for seed in range(3)]
     with capsys.disabled():
-        print(f"\nint4-g32 loss: fp32 {loss(plain):.4f}, PTQ {plain_q:.4f}, after QAT {qat_q:.4f}")
-    assert qat_q <= plain_q * 1.1 + 0.01
+        for seed, (fp32, ptq, qat) in enumerate(rows):
+            print(f"\nseed {seed}: loss fp32 {fp32:.4f}, int4-g64 post-training {ptq:.4f} "
+                  f"({100 * (ptq / fp32 - 1):+.1f}%), after QAT {qat:.4f} ({100 * (qat / fp32 - 1):+.1f}%)")
+    for fp32, ptq, qat in rows:
+        assert ptq > 1.05 * fp32  # the setting is one where quantization hurts: there is a gap to close
+        assert qat - fp32 < 0.6 * (ptq - fp32)
