@@ -9,6 +9,8 @@ concatenated and projected back (`o_proj`) — Vaswani et al. 2017, "Attention I
   n_kv_head == 1 is multi-query attention (Shazeer 2019). Fewer K/V heads, smaller KV cache.
 - QK-norm (Henry et al. 2020; used by OLMo 2 and Qwen 3): normalize each head's queries and keys
   before the dot product, which keeps attention logits from growing and training stable.
+- Sliding window (Mistral; Jiang et al. 2023): each query sees only the last `sliding_window`
+  keys, itself included; it is part of the mask (`causal_bias`), so both kernels apply it.
 - Positions: RoPE rotates q and k here (cos/sin tables come in); ALiBi arrives as part of the
   additive `bias` (see positions.py).
 

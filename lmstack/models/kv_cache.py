@@ -24,6 +24,12 @@ rows are never read. `select(rows)` keeps or reorders rows (beam search, finishe
 a batch); `extend(other)` appends the rows of another cache (requests joining a running batch,
 lmstack/serve/scheduler.py).
 
+A sliding window (`GPTConfig.sliding_window`, Mistral) lives in the attention mask, not here:
+the cache keeps every position up to max_len, so slot = position still holds. A rolling buffer
+of `window` slots would use less memory, but could not `crop` back over slots it had already
+overwritten (speculative decoding rejects drafts that way) and would need per-row wrap-around
+for ragged rows.
+
     >>> import torch
     >>> cache = KVCache(n_layer=1, batch_size=1, n_kv_head=1, max_len=4, head_dim=2)
     >>> k, v = cache.update(0, torch.ones(1, 1, 3, 2), torch.ones(1, 1, 3, 2)); cache.advance(3)
