@@ -36,11 +36,11 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from lmstack.infer import Engine
 from lmstack.infer.quantize import model_bytes, quantize_model
 from lmstack.models.directory import load_model, save_model
+from lmstack.models.protocol import next_token_loss
 
 _spec = importlib.util.spec_from_file_location("bench_decode", Path(__file__).with_name("decode.py"))
 decode = importlib.util.module_from_spec(_spec)
@@ -108,8 +108,7 @@ def heldout_ppl(model, batches: list[tuple[torch.Tensor, torch.Tensor]], hf: boo
     nll, n = 0.0, 0
     for x, y in batches:
         logits = model(x).logits if hf else model(x)
-        nll += float(F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1),
-                                     reduction="sum"))
+        nll += float(next_token_loss(logits, y, reduction="sum"))
         n += y.numel()
     return math.exp(nll / n)
 

@@ -33,11 +33,11 @@ import os
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from lmstack.errors import ConfigError, DataError
 from lmstack.models.directory import load_model
 from lmstack.models.metrics import bits_per_byte
+from lmstack.models.protocol import next_token_loss
 from lmstack.tokenizer import Tokenizer
 
 CHUNK = 512  # tokens per forward when streaming an unbounded model through its cache
@@ -62,18 +62,6 @@ def sliding_windows(n_tokens: int, block_size: int, stride: int) -> list[tuple[i
     return windows
 
 
-def token_nbytes(tok: Tokenizer) -> torch.Tensor:
-    """UTF-8 bytes of every id (special tokens 0: they are markup, not text)."""
-    return torch.tensor([len(tok.vocab.get(i, b"")) for i in range(tok.vocab_size)],
-                        dtype=torch.int64)
-
-
-def _nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Per-token negative log-likelihood (float32) of targets under logits (..., V)."""
-    return F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1),
-                           reduction="none").view(targets.shape)
-
-
 def _windowed_nll(model, inputs: torch.Tensor, targets: torch.Tensor, block_size: int,
                   stride: int, batch_size: int) -> torch.Tensor:
     """NLL of every target, scoring each once inside sliding windows of the inputs."""
@@ -89,7 +77,7 @@ def _windowed_nll(model, inputs: torch.Tensor, targets: torch.Tensor, block_size
             group.append(windows[i + len(group)])
         x = torch.stack([inputs[b:e] for b, e, _ in group])
         y = torch.stack([targets[b:e] for b, e, _ in group])
-        window_nll = _nll(model(x), y).cpu()
+        window_nll = next_token_loss(model(x), y, reduction="none").cpu()
         for row, (b, e, first) in enumerate(group):
             nll[first:e] = window_nll[row, first - b:]
         i += len(group)
@@ -99,7 +87,8 @@ def _windowed_nll(model, inputs: torch.Tensor, targets: torch.Tensor, block_size
 def _streamed_nll(model, inputs: torch.Tensor, targets: torch.Tensor, chunk: int) -> torch.Tensor:
     """NLL of every target, feeding the inputs in chunks through the model's cache."""
     cache = model.new_cache(1)
-    parts = [_nll(model(inputs[s:s + chunk][None], cache=cache), targets[s:s + chunk][None])[0]
+    parts = [next_token_loss(model(inputs[s:s + chunk][None], cache=cache), targets[s:s + chunk][None],
+                             reduction="none")[0]
              for s in range(0, len(inputs), chunk)]
     return torch.cat(parts).cpu()
 
@@ -141,7 +130,7 @@ def evaluate_text(model, tokenizer: Tokenizer, text: str, block_size: int | None
     finally:
         model.train(was_training)
     total_nats = float(nll.double().sum())
-    n_bytes = int(token_nbytes(tokenizer)[targets.cpu()].sum())
+    n_bytes = int(torch.tensor(tokenizer.byte_lengths())[targets.cpu()].sum())
     loss = total_nats / len(ids)
     return {"tokens": len(ids), "bytes": n_bytes, "loss": loss,
             "ppl": math.exp(min(loss, 700.0)), "bpb": bits_per_byte(total_nats, n_bytes)}

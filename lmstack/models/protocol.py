@@ -41,6 +41,7 @@ from __future__ import annotations
 from typing import Any, Protocol, runtime_checkable
 
 import torch
+import torch.nn.functional as F
 
 from lmstack.errors import ConfigError
 
@@ -97,3 +98,19 @@ def last_positions(x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tenso
         return x[:, -1:]
     last = torch.as_tensor(lengths, device=x.device) - 1
     return x[torch.arange(x.size(0), device=x.device), last, None]
+
+
+def next_token_loss(logits: torch.Tensor, targets: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Cross-entropy in nats of logits (..., V) against target ids (...), computed in float32:
+    the "mean" or "sum" over every token, or "none": one value per token, in the targets' shape.
+    The one definition the trainer, the evaluator and perplexity share.
+
+    >>> uniform = torch.zeros(1, 2, 4)  # (B, T, V): every token has p = 1/4, so the loss is ln 4
+    >>> round(float(next_token_loss(uniform, torch.tensor([[0, 3]]))), 4)
+    1.3863
+    >>> next_token_loss(uniform, torch.tensor([[0, 3]]), reduction="none").shape
+    torch.Size([1, 2])
+    """
+    flat = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1),  # (B·T, V) vs (B·T,)
+                           reduction=reduction)
+    return flat.view(targets.shape) if reduction == "none" else flat

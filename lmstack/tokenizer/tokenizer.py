@@ -187,6 +187,15 @@ class Tokenizer:
             f"token id {token_id} is not in this tokenizer (vocab_size {self.vocab_size})"
         )
 
+    def byte_lengths(self) -> list[int]:
+        """UTF-8 bytes of every id 0..vocab_size-1, special tokens 0 (markup, not text): what
+        bits per byte divides by.
+
+        >>> Tokenizer("gpt2", [(104, 105, 256)], {"<|endoftext|>": 257}).byte_lengths()[254:]
+        [1, 1, 2, 0]
+        """
+        return [len(self.vocab.get(i, b"")) for i in range(self.vocab_size)]
+
     def decode_bytes(self, ids: Iterable[int]) -> bytes:
         """Concatenate the bytes of ids."""
         return b"".join(self.token_bytes(i) for i in ids)

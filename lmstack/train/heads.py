@@ -34,6 +34,7 @@ import torch.nn.functional as F
 
 from lmstack.errors import ConfigError, DataError
 from lmstack.models.medusa_heads import HEADS_WEIGHTS, MedusaHeads, save_heads
+from lmstack.models.protocol import next_token_loss
 from lmstack.train.schedule import ScheduleConfig, lr_at
 
 
@@ -119,7 +120,7 @@ def head_losses(heads: MedusaHeads, hidden: torch.Tensor, base_logits: torch.Ten
             total = total + -(target * F.log_softmax(student, dim=-1)).sum(-1).mean()
         else:
             y = x[:, k + 1:T + 1]
-            total = total + F.cross_entropy(student.reshape(-1, student.size(-1)), y.reshape(-1))
+            total = total + next_token_loss(student, y)
         agree.append(float((student.argmax(-1) == teacher[:, k:].argmax(-1)).float().mean()))
     return total / heads.config.num_heads, agree
 
