@@ -53,6 +53,7 @@ from pathlib import Path
 import torch
 
 from lmstack.infer import Engine
+from lmstack.interop.weights import from_lmstack
 from lmstack.models import GPT, GPTConfig
 
 SHAPES = {  # name: (n_layer, n_head, n_embd, vocab_size); context 1024 for both
@@ -121,29 +122,6 @@ def build_ours(shape: str) -> GPT:
     return model.eval()
 
 
-def lmstack_to_gpt2(model: GPT) -> dict[str, torch.Tensor]:
-    """Our GPT-2-layout state dict in transformers' GPT2LMHeadModel names and layouts.
-
-    The inverse of `gpt2_to_lmstack` in tests/models/test_reference.py: Conv1D stores (in, out),
-    the transpose of nn.Linear, and q, k, v are one fused `c_attn` (columns q | k | v)."""
-    sd = model.state_dict()
-    out = {"transformer.wte.weight": sd["wte.weight"], "transformer.wpe.weight": sd["position.wpe.weight"],
-           "transformer.ln_f.weight": sd["ln_f.weight"], "transformer.ln_f.bias": sd["ln_f.bias"],
-           "lm_head.weight": sd["wte.weight"]}
-    for i in range(model.config.n_layer):
-        hf, us = f"transformer.h.{i}.", f"layers.{i}."
-        for ln in ("ln_1", "ln_2"):
-            out[hf + ln + ".weight"], out[hf + ln + ".bias"] = sd[us + ln + ".weight"], sd[us + ln + ".bias"]
-        qkv = [f"{us}attn.{name}" for name in ("q_proj", "k_proj", "v_proj")]
-        out[hf + "attn.c_attn.weight"] = torch.cat([sd[n + ".weight"].t() for n in qkv], dim=1)
-        out[hf + "attn.c_attn.bias"] = torch.cat([sd[n + ".bias"] for n in qkv])
-        for hf_name, us_name in (("attn.c_proj", "attn.o_proj"), ("mlp.c_fc", "mlp.up_proj"),
-                                 ("mlp.c_proj", "mlp.down_proj")):
-            out[hf + hf_name + ".weight"] = sd[us + us_name + ".weight"].t().contiguous()
-            out[hf + hf_name + ".bias"] = sd[us + us_name + ".bias"]
-    return out
-
-
 def build_hf(model: GPT):
     """transformers' GPT2LMHeadModel of the same shape, holding a copy of `model`'s weights."""
     import transformers
@@ -156,7 +134,10 @@ def build_hf(model: GPT):
         resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=eos, eos_token_id=eos,
         tie_word_embeddings=True)
     hf = transformers.GPT2LMHeadModel(config)
-    missing, unexpected = hf.load_state_dict(lmstack_to_gpt2(model), strict=False)
+    # interop's name and layout map; the tied lm_head is not written, it loads through wte.
+    state = from_lmstack(model.state_dict(), "gpt2", c)
+    missing, unexpected = hf.load_state_dict(state, strict=False)
+    missing = [k for k in missing if k != "lm_head.weight"]
     if missing or unexpected:
         sys.exit(f"weight copy incomplete: missing {missing}, unexpected {unexpected}")
     return hf.eval()
