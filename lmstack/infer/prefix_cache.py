@@ -38,10 +38,7 @@ Tests: `pytest tests/infer/test_prefix_cache.py`.
 
 from __future__ import annotations
 
-import functools
-import inspect
 import threading
-import typing
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -49,6 +46,7 @@ from dataclasses import dataclass
 import torch
 
 from lmstack.errors import ConfigError
+from lmstack.models.gpt import GPT
 from lmstack.models.kv_cache import KVCache
 
 
@@ -198,15 +196,6 @@ class PrefixCache:
 
     @staticmethod
     def supports(model) -> bool:
-        """Whether the model decodes from a `KVCache` and takes `last_only` (GPT does)."""
-        return _kv_cached(type(model))
-
-
-@functools.cache
-def _kv_cached(cls: type) -> bool:
-    """From the class's signatures, once per class: prefill runs on every request."""
-    new_cache, forward = getattr(cls, "new_cache", None), getattr(cls, "forward", None)
-    if new_cache is None or forward is None:
-        return False
-    return (typing.get_type_hints(new_cache).get("return") is KVCache
-            and "last_only" in inspect.signature(forward).parameters)
+        """Whether the model decodes from a `KVCache`, whose rows this cache copies: the GPT
+        family (imported and quantized ones included), not the RNNs or the n-gram."""
+        return isinstance(model, GPT)
