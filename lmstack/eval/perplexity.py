@@ -37,7 +37,7 @@ import torch
 from lmstack.errors import ConfigError, DataError
 from lmstack.models.directory import load_model
 from lmstack.models.metrics import bits_per_byte
-from lmstack.models.protocol import next_token_loss
+from lmstack.models.protocol import model_device, next_token_loss
 from lmstack.tokenizer import Tokenizer
 
 CHUNK = 512  # tokens per forward when streaming an unbounded model through its cache
@@ -93,11 +93,6 @@ def _streamed_nll(model, inputs: torch.Tensor, targets: torch.Tensor, chunk: int
     return torch.cat(parts).cpu()
 
 
-def _device_of(model) -> torch.device:
-    param = next(iter(model.parameters()), None)
-    return param.device if param is not None else torch.device("cpu")
-
-
 @torch.no_grad()
 def evaluate_text(model, tokenizer: Tokenizer, text: str, block_size: int | None = None,
                   stride: int | None = None, batch_size: int = 8) -> dict[str, float]:
@@ -116,7 +111,7 @@ def evaluate_text(model, tokenizer: Tokenizer, text: str, block_size: int | None
         raise ConfigError(f"block_size {block_size} exceeds the model's context {limit}; "
                           f"use block_size <= {limit}")
     block_size = block_size or limit
-    device = _device_of(model)
+    device = model_device(model)
     seq = torch.tensor([tokenizer.eot_id, *ids], dtype=torch.long, device=device)
     inputs, targets = seq[:-1], seq[1:]
     was_training = model.training

@@ -59,8 +59,8 @@ from typing import Any
 import torch
 
 from lmstack.errors import ConfigError
-from lmstack.infer.sampling import model_device
 from lmstack.infer.step import DecodePlan
+from lmstack.models.protocol import model_device
 
 
 @dataclass

@@ -32,9 +32,10 @@ import torch.nn.functional as F
 from lmstack.errors import ConfigError
 from lmstack.infer.beam import beam_search
 from lmstack.infer.config import GenerationConfig
-from lmstack.infer.sampling import as_prompts, check_prompts, context_length, decode, model_device
-from lmstack.infer.step import Completion, DecodePlan, new_rows
+from lmstack.infer.sampling import as_prompts, check_prompts, context_length, decode
 from lmstack.infer.scoring import Score, score_continuation
+from lmstack.infer.step import Completion, DecodePlan, new_rows
+from lmstack.models.protocol import model_device
 from lmstack.tokenizer import ENDOFTEXT, Tokenizer
 
 Prompt = Union[str, Sequence[int]]

@@ -18,7 +18,6 @@ Run the tests: `pytest tests/infer/test_generate.py`.
 
 from __future__ import annotations
 
-import itertools
 import numbers
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -26,18 +25,13 @@ from typing import Any
 import torch
 
 from lmstack.errors import ConfigError
+from lmstack.models.protocol import model_device
 from lmstack.infer.step import Row, step
 
 
 def context_length(model) -> int | None:
     """The most positions the model can attend over (None for RNNs and n-grams: unbounded)."""
     return getattr(model.config, "block_size", None)
-
-
-def model_device(model) -> torch.device:
-    """Where the model's weights live (the CPU for a model without tensors)."""
-    tensors = itertools.chain(getattr(model, "parameters", tuple)(), getattr(model, "buffers", tuple)())
-    return next((t.device for t in tensors), torch.device("cpu"))
 
 
 def as_prompts(prompt: Any) -> tuple[bool, list]:

@@ -38,6 +38,7 @@ Run: `pytest tests/models/test_protocol.py`.
 
 from __future__ import annotations
 
+import itertools
 from typing import Any, Protocol, runtime_checkable
 
 import torch
@@ -71,6 +72,13 @@ class LanguageModel(Protocol):
                  last_only: bool = False) -> torch.Tensor: ...
 
     def new_cache(self, batch_size: int, max_len: int | None = None) -> Any: ...
+
+
+def model_device(model: Any) -> torch.device:
+    """Where the model's weights live (the CPU for a model without tensors, like an empty
+    n-gram): the one place every caller asks."""
+    tensors = itertools.chain(getattr(model, "parameters", tuple)(), getattr(model, "buffers", tuple)())
+    return next((t.device for t in tensors), torch.device("cpu"))
 
 
 def check_idx(idx: torch.Tensor) -> tuple[int, int]:
