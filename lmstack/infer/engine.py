@@ -9,8 +9,9 @@
 
 Prompts are strings (encoded with the model's tokenizer; special tokens written in them, like
 <|endoftext|>, are allowed) or lists of token ids. Every setting of `GenerationConfig` is a
-keyword argument. What each strategy does and how stopping works: sampling.py (greedy and
-sampling), beam.py (beam and constrained beam search), stopping.py (stop strings).
+keyword argument. What each strategy does and how stopping works: step.py (the one decode
+step every strategy shares), sampling.py (the greedy and sampling loop), beam.py (beam and
+constrained beam search), stopping.py (stop strings).
 
 The engine works with every model that follows the language model protocol (GPT, LSTM/GRU,
 n-gram), because it only calls `model(ids, cache=..., lengths=...)` and `cache.select(rows)`.

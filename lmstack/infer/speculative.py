@@ -32,13 +32,13 @@ With a deterministic drafter (q one-hot at d) the rule reads: accept d with prob
 else sample from p with d removed. tests/infer/test_speculative.py checks this with a
 chi-square test on a toy model (and shows that the draft's own distribution fails it).
 
-Processors. Both sides see the same `GenerationConfig`: the target's p_j is
-`process(logits_j, history + d1..d_{j-1})` -- every processor (temperature, top-k, top-p, min-p,
+Processors. Both sides follow the request's one `DecodePlan` (step.py): the target's p_j is
+`plan.process(logits_j, history + d1..d_{j-1})` -- every processor (temperature, top-k, top-p, min-p,
 typical, penalties, banned words, min_new_tokens) applies to each position exactly as it would
 in plain decoding, so the guarantee holds for the processed distribution. The draft model's q_j
 gets the same processors on its own logits (not needed for exactness -- any q works -- but
 matching them raises acceptance). Stop ids, stop strings, max_new_tokens, the context limit,
-UTF-8-safe streaming and finish reasons are `Row.take`'s bookkeeping (sampling.py), fed one
+UTF-8-safe streaming and finish reasons are `Row.take`'s bookkeeping (step.py), fed one
 accepted token at a time, so they behave as in `Engine.generate`. A seed makes a call
 reproducible, but speculative sampling draws more random numbers than plain sampling (drafts,
 acceptance tests), so the same seed gives a different (equally distributed) sample.
