@@ -1,18 +1,19 @@
 """Quantization benchmark: perplexity, size, decode speed and greedy agreement of fp32 / bf16 /
-int8 / int4 (g32, g64, g128, and g64 after quantization-aware training) on a model we trained,
-side by side with Hugging Face `transformers` fp32 `generate` on the same weights; then the
-GPT-2-small shape (random weights) decode speed, fp32 vs bf16 vs int8 vs int4 vs HF fp32.
+int8 / int4 (g32, g64, g128) on a model we trained, side by side with Hugging Face
+`transformers` fp32 `generate` on the same weights; quantization-aware training against
+post-training int4 on quickstart-size models, several seeds; then the GPT-2-small shape (random
+weights) decode speed, fp32 vs bf16 vs int8 vs int4 vs HF fp32.
 
-    flock /tmp/lmstack-cpu.lock .venv/bin/python benchmarks/quantize.py          # ~15 min
-        [--out runs/quant-bench] [--data DIR] [--model DIR] [--steps 400] [--no-qat]
-        [--repeats 3] [--threads 2] [--new-tokens 64] [--prompts 16] [--skip-small]
+    flock /tmp/lmstack-cpu.lock .venv/bin/python benchmarks/quantize.py          # ~20 min
+        [--out runs/quant-bench] [--data DIR] [--model DIR] [--steps 400] [--repeats 3]
+        [--threads 2] [--new-tokens 64] [--prompts 16] [--skip-small]
+        [--qat-seeds 3] [--qat-steps 100] [--qat-group 128] [--qat-only]
 
 1. Data: the default corpus (the Python standard library) -> a 4096-token BPE tokenizer and
    train/val shards in OUT/data (or --data DIR, shards from `lmstack data prepare`).
 2. Models: a GPT-2-layout GPT (learned positions, LayerNorm, GELU, biases, tied head; 4 layers
    x 128 wide, context 128, so HF's GPT2LMHeadModel can hold the same weights) trained
-   --steps steps on the train split -> OUT/fp32 (or --model DIR); the same run with int4-g64
-   quantization-aware training (train/qat.py) -> OUT/qat4-g64. Runs already there are reused.
+   --steps steps on the train split -> OUT/fp32 (or --model DIR). Runs already there are reused.
 3. Variants: each quantized model is written with `save_model` and read back with
    `load_model` (OUT/int8, ...), so the save/load path is what is measured.
 4. Measured per variant: perplexity on the first --eval-batches batches of the val split
@@ -21,8 +22,14 @@ GPT-2-small shape (random weights) decode speed, fp32 vs bf16 vs int8 vs int4 vs
    `Engine.generate`), all variants and HF taking turns within each of --repeats, medians;
    greedy agreement: --prompts prompts from the val split, 32 greedy tokens each, the share
    of positions where the variant's token equals fp32's.
+5. QAT (train/qat.py): per seed, a quickstart-size GPT (configs/quickstart.toml's model and
+   optimizer) trains --steps steps of one cosine schedule; at step --steps - --qat-steps the run
+   forks (resumed copies of one checkpoint: same batches, optimizer state and schedule), one
+   copy going on in fp32, the other through int4 rounding (`qat_bits=4`). Both are rounded to
+   int4 at --qat-group and scored on the held-out batches through the reference path (exact
+   fp32 arithmetic: the same figures on every CPU, whatever its int4 kernel).
 
-Results go to docs/quantization.md by hand.
+Results go to docs/quantization.md and docs/benchmarks.md by hand.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ import argparse
 import importlib.util
 import json
 import math
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -80,26 +88,56 @@ def find_tokenizer(data: Path) -> Path:
     raise SystemExit(f"no tokenizer.json in {data} or its parent")
 
 
-def train_model(out: Path, data: Path, args: argparse.Namespace, qat_bits: int | None = None) -> Path:
-    """Train (or reuse) one GPT-2-layout model on data's train split."""
+def quickstart_layout(args: argparse.Namespace) -> dict:
+    """configs/quickstart.toml's model (RoPE, RMSNorm, SwiGLU, no biases, tied head) at the
+    --n-layer/--n-head/--n-embd/--block size (the defaults are the quickstart's own)."""
+    from lmstack.train import load_config
+
+    return {**load_config("quickstart").model, "n_layer": args.n_layer, "n_head": args.n_head,
+            "n_embd": args.n_embd, "block_size": args.block}
+
+
+def train_model(out: Path, data: Path, args: argparse.Namespace, layout: dict | None = None,
+                steps: int | None = None, seed: int = 1337, qat_bits: int | None = None,
+                qat_group: int = 64, resume: bool = False) -> Path:
+    """Train (or reuse) a model (default: the GPT-2 layout) on data's train split to `steps`
+    (default --steps) of a cosine schedule that always spans --steps, so a run stopped early is
+    a fork that `resume=True` continues on the same schedule; `qat_bits` trains through rounding."""
     from lmstack.train import TrainConfig, train
     from lmstack.train import checkpoint as ckpt
 
-    if (out / ckpt.STATE).exists() and ckpt.load_train_state(out)["step"] >= args.steps:
+    steps = steps or args.steps
+    if (out / ckpt.STATE).exists() and ckpt.load_train_state(out)["step"] >= steps:
         print(f"reusing {out}", flush=True)
         return out
-    cfg = TrainConfig(data=str(data), tokenizer=str(find_tokenizer(data)), out_dir=str(out), steps=args.steps, batch_size=16,
-                      block_size=args.block, eval_every=0, save_every=args.steps, log_every=50,
-                      threads=args.threads, progress=False, qat_bits=qat_bits, qat_group_size=64,
-                      model=gpt2_layout(args.n_layer, args.n_head, args.n_embd, args.block))
+    cfg = TrainConfig(data=str(data), tokenizer=str(find_tokenizer(data)), out_dir=str(out), steps=steps, batch_size=16,
+                      block_size=args.block, eval_every=0, save_every=steps, log_every=50, seed=seed,
+                      threads=args.threads, progress=False, qat_bits=qat_bits, qat_group_size=qat_group,
+                      resume=resume, model=layout or gpt2_layout(args.n_layer, args.n_head, args.n_embd, args.block))
     cfg.optim.weight_decay, cfg.optim.beta2, cfg.optim.grad_clip = 0.1, 0.95, 1.0
     cfg.schedule.lr, cfg.schedule.min_lr = 3e-3, 3e-4
-    cfg.schedule.warmup_steps = max(1, args.steps // 12)
+    cfg.schedule.warmup_steps, cfg.schedule.total_steps = max(1, args.steps // 12), args.steps
     t0 = time.perf_counter()
     train(cfg.check())
-    print(f"trained {out} ({args.steps} steps{', QAT int4-g64' if qat_bits else ''}) in "
+    print(f"trained {out} (to step {steps}{f', QAT int4-g{qat_group}' if qat_bits else ''}) in "
           f"{time.perf_counter() - t0:.0f} s", flush=True)
     return out
+
+
+def fork_pair(root: Path, data: Path, args: argparse.Namespace, seed: int) -> tuple[Path, Path]:
+    """One seed's two runs, equal but for their last --qat-steps: trained in fp32 to the fork
+    (root/fork), then continued from copies of its checkpoint in fp32 (root/fp32) or through
+    int4 rounding at --qat-group (root/qat)."""
+    from lmstack.train import checkpoint as ckpt
+
+    layout = quickstart_layout(args)
+    fork = train_model(root / "fork", data, args, layout, steps=args.steps - args.qat_steps, seed=seed)
+    for name, bits in (("fp32", None), ("qat", 4)):
+        if not (root / name / ckpt.STATE).exists():
+            shutil.copytree(fork, root / name)
+        train_model(root / name, data, args, layout, seed=seed, qat_bits=bits, qat_group=args.qat_group,
+                    resume=True)
+    return root / "fp32", root / "qat"
 
 
 @torch.inference_mode()
@@ -145,16 +183,14 @@ def decode_timers(models: dict, hf, prompt: list[int], n: int) -> dict:
     return fns
 
 
-def variants_of(fp32_dir: Path, qat_dir: Path | None, out: Path, with_head_variant: bool = True) -> dict:
-    """name -> model: fp32, bf16, int8, int4 g32/g64/g128 (+ QAT, + head kept fp32), the
-    quantized ones saved to out/NAME and loaded back."""
+def variants_of(fp32_dir: Path, out: Path, with_head_variant: bool = True) -> dict:
+    """name -> model: fp32, bf16, int8, int4 g32/g64/g128 (+ head kept fp32), the quantized
+    ones saved to out/NAME and loaded back."""
     models = {"fp32": load_model(fp32_dir), "bf16": load_model(fp32_dir).to(torch.bfloat16)}
     plan = [("int8", fp32_dir, 8, 64, ()), ("int4-g32", fp32_dir, 4, 32, ()),
             ("int4-g64", fp32_dir, 4, 64, ()), ("int4-g128", fp32_dir, 4, 128, ())]
     if with_head_variant:
         plan.append(("int4-g64, head fp32", fp32_dir, 4, 64, ("lm_head",)))
-    if qat_dir is not None:
-        plan.append(("int4-g64 + QAT", qat_dir, 4, 64, ()))
     for name, src, bits, g, skip in plan:
         d = out / name.replace(" ", "").replace(",", "-").replace("+", "-")
         save_model(d, quantize_model(load_model(src), bits, g, skip=skip))
@@ -162,38 +198,39 @@ def variants_of(fp32_dir: Path, qat_dir: Path | None, out: Path, with_head_varia
     return models
 
 
-def trained_table(args: argparse.Namespace) -> str:
+def data_dir(args: argparse.Namespace) -> Path:
+    """--data, or the stdlib corpus prepared (once) in OUT/data."""
+    if args.data:
+        return Path(args.data)
+    if args.model:
+        raise SystemExit("--model needs --data (the shards with the held-out val split)")
+    return prepare_data(Path(args.out) / "data", ["stdlib"], args.vocab)
+
+
+def heldout_batches(data: Path, block: int, n: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The first n (8, block) batches of the val split, in order."""
     from lmstack.data.loader import TokenLoader
     from lmstack.tokenizer import Tokenizer
 
-    out = Path(args.out)
-    if args.model:
-        fp32_dir = Path(args.model)
-        data = Path(args.data) if args.data else None
-    else:
-        data = Path(args.data) if args.data else prepare_data(out / "data", ["stdlib"], args.vocab)
-        fp32_dir = train_model(out / "fp32", data, args)
-    qat_dir = None
-    if args.qat_model:
-        qat_dir = Path(args.qat_model)
-    elif not args.no_qat and not args.model:
-        qat_dir = train_model(out / "qat4-g64", data, args, qat_bits=4)
-    if data is None:
-        raise SystemExit("--model needs --data (the shards with the held-out val split)")
-
-    tok = Tokenizer.load(fp32_dir / "tokenizer.json") if (fp32_dir / "tokenizer.json").exists() else None
-    block = load_model(fp32_dir).config.block_size
-    loader = TokenLoader(data, "val", 8, block, shuffle=False, tokenizer=tok)
+    loader = TokenLoader(data, "val", 8, block, shuffle=False, tokenizer=Tokenizer.load(find_tokenizer(data)))
     batches = []
     for i, (x, y) in enumerate(loader.epoch_batches()):
-        if i == args.eval_batches:
+        if i == n:
             break
         batches.append((torch.from_numpy(x).long(), torch.from_numpy(y).long()))
+    return batches
+
+
+def trained_table(args: argparse.Namespace, data: Path) -> str:
+    out = Path(args.out)
+    fp32_dir = Path(args.model) if args.model else train_model(out / "fp32", data, args)
+    block = load_model(fp32_dir).config.block_size
+    batches = heldout_batches(data, block, args.eval_batches)
     flat = torch.cat([x.reshape(-1) for x, _ in batches])
     step = max(1, (len(flat) - PROMPT_LEN) // args.prompts)
     prompts = [flat[i * step:i * step + PROMPT_LEN].tolist() for i in range(args.prompts)]
 
-    models = variants_of(fp32_dir, qat_dir, out)
+    models = variants_of(fp32_dir, out)
     hf = decode.build_hf(models["fp32"])
     diff = decode.check_logits(models["fp32"], hf, seq_len=min(64, block))
     print(f"HF copy of fp32 weights: max |logit diff| {diff:.1e}", flush=True)
@@ -222,6 +259,35 @@ def trained_table(args: argparse.Namespace) -> str:
                      f"{tok_s[name] / tok_s['HF fp32']:.2f}x", f"{100 * agree[name]:.1f}%"))
     results = {"ppl": ppl, "size": size, "tok_s": tok_s, "agree": agree, "other_load": load.share}
     (out / "results.json").write_text(json.dumps(results, indent=2))
+    return markdown(rows)
+
+
+def qat_table(args: argparse.Namespace, data: Path) -> str:
+    """Per seed: held-out perplexity of the fp32 run, of it rounded to int4 (post-training), and
+    of its QAT twin rounded the same way; "gap closed" = the share of post-training int4's
+    extra loss (nats) that QAT removes."""
+    g = args.qat_group
+    batches = heldout_batches(data, args.block, args.eval_batches)
+    rows = [("seed", "fp32", f"int4-g{g} post-training", "QAT run in fp32", f"int4-g{g} after QAT", "gap closed")]
+    results = []
+    for seed in range(args.qat_seeds):
+        fp32_dir, qat_dir = fork_pair(Path(args.out) / f"qat-seed{seed}", data, args, seed)
+        ppl = {"fp32": heldout_ppl(load_model(fp32_dir), batches),
+               "ptq": heldout_ppl(quantize_model(load_model(fp32_dir), 4, g, reference=True), batches),
+               "qat_fp32": heldout_ppl(load_model(qat_dir), batches),
+               "qat": heldout_ppl(quantize_model(load_model(qat_dir), 4, g, reference=True), batches)}
+        closed = 1 - math.log(ppl["qat"] / ppl["fp32"]) / math.log(ppl["ptq"] / ppl["fp32"])
+        results.append({"seed": seed, **ppl, "gap_closed": closed})
+        delta = {k: f"{ppl[k]:.3f} ({100 * (ppl[k] / ppl['fp32'] - 1):+.2f}%)" for k in ppl}
+        rows.append((str(seed), f"{ppl['fp32']:.3f}", delta["ptq"], delta["qat_fp32"], delta["qat"],
+                     f"{100 * closed:.0f}%"))
+        print(f"seed {seed}: {rows[-1]}", flush=True)
+    (Path(args.out) / "qat_results.json").write_text(json.dumps(results, indent=2))
+    c = load_model(fp32_dir).config
+    print(f"\nQAT vs post-training int4-g{g}: quickstart-size GPT ({c.n_layer} layers x {c.n_embd}, "
+          f"{c.position}/{c.norm}/{c.mlp}, tied), {args.steps} steps, the last {args.qat_steps} with or "
+          f"without QAT; perplexity on {sum(y.numel() for _, y in batches):,} held-out tokens, "
+          "quantized layers on the reference path", flush=True)
     return markdown(rows)
 
 
@@ -266,8 +332,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", default="runs/quant-bench")
     ap.add_argument("--data", help="shard directory (default: prepare the stdlib corpus in OUT/data)")
     ap.add_argument("--model", help="an fp32 GPT-2-layout model directory to use instead of training")
-    ap.add_argument("--qat-model", help="its QAT (int4-g64) counterpart, if any")
-    ap.add_argument("--no-qat", action="store_true", help="skip the quantization-aware training run")
+    ap.add_argument("--qat-seeds", type=int, default=3, help="seeds of the QAT comparison (0: skip it)")
+    ap.add_argument("--qat-steps", type=int, default=100, help="the last steps, trained with or without QAT")
+    ap.add_argument("--qat-group", type=int, default=128, help="int4 group size of the QAT comparison")
+    ap.add_argument("--qat-only", action="store_true", help="only the QAT comparison")
     ap.add_argument("--steps", type=int, default=400)
     ap.add_argument("--vocab", type=int, default=4096)
     ap.add_argument("--n-layer", type=int, default=4)
@@ -289,8 +357,14 @@ def main(argv: list[str] | None = None) -> None:
     Path(args.out).mkdir(parents=True, exist_ok=True)
     print(decode.machine_info(args.threads), f"cpu capability {torch.backends.cpu.get_cpu_capability()}",
           flush=True)
-    print(trained_table(args), flush=True)
-    if not args.skip_small:
+    if args.qat_seeds and not 0 < args.qat_steps < args.steps:
+        raise SystemExit(f"--qat-steps {args.qat_steps} must be between 0 and --steps {args.steps}")
+    data = data_dir(args)
+    if not args.qat_only:
+        print(trained_table(args, data), flush=True)
+    if args.qat_seeds:
+        print(qat_table(args, data), flush=True)
+    if not args.skip_small and not args.qat_only:
         print(small_table(args), flush=True)
 
 
