@@ -9,6 +9,8 @@ scrubbed before dedup so two documents differing only in an email address count 
 from exactly the text the model will see); ``prepare(cfg)`` also encodes them into shards and
 writes ``report.json`` next to them: what was seen, what each rule removed, what PII was
 replaced, the token counts and the bytes per token. ``format_report`` renders it as a table.
+The tokenizer is saved there too (``tokenizer.json``; the manifest holds its fingerprint), so a
+shard directory is all that `lmstack train --set data=DIR` needs.
 
 Run it: ``lmstack data prepare --tokenizer tok.json --out data/stdlib``.
 """
@@ -36,6 +38,7 @@ from lmstack.errors import ConfigError
 from lmstack.tokenizer import Tokenizer
 
 REPORT = "report.json"
+TOKENIZER = "tokenizer.json"  # The shards' own tokenizer; the manifest holds its fingerprint.
 
 
 @dataclass
@@ -171,6 +174,7 @@ def prepare(cfg: PrepareConfig) -> PrepareReport:
     report.bytes_per_token = report.bytes_tokenized / content_tokens if content_tokens else 0.0
     report.tokenizer_fingerprint = tok.fingerprint
     report.seconds = round(time.perf_counter() - start, 3)
+    tok.save(Path(cfg.out_dir) / TOKENIZER)  # The trainer finds it here when no tokenizer= is given.
     atomic_write_json(Path(cfg.out_dir) / REPORT, report.to_dict())
     return report
 

@@ -11,6 +11,7 @@ from lmstack.data.filters import FilterConfig
 from lmstack.data.prepare import REPORT, PrepareConfig, PrepareReport, clean_documents, format_report, prepare
 from lmstack.data.shards import open_shards, read_tokens
 from lmstack.errors import ConfigError, DataError
+from lmstack.tokenizer import Tokenizer
 
 MODULE = "def area(r):\n    # Area of a circle.\n    return 3.14159 * r * r\n\n\nprint(area(2))\n"
 LONG = " ".join(f"word{i} alpha beta gamma" for i in range(200))
@@ -60,6 +61,8 @@ def test_prepare_end_to_end(make_corpus, tok_path, small_tok, tmp_path):
 
     on_disk = json.loads((out / REPORT).read_text())
     assert on_disk["documents_kept"] == 4 and on_disk["removed"]["near_duplicate"]["documents"] == 1
+    # The shards carry their tokenizer: `lmstack train --set data=OUT` needs nothing else.
+    assert Tokenizer.load(out / "tokenizer.json").fingerprint == manifest.tokenizer_fingerprint
 
 
 def test_switches_turn_stages_off(make_corpus, tmp_path):
