@@ -123,7 +123,8 @@ def step(logits: torch.Tensor, rows: Sequence[Row]) -> list[str]:
     (`DecodePlan.chooses_like`); each row's own plan still decides when it stops. Raises
     `ConfigError` before recording anything when a row has no allowed token left."""
     plan = rows[0].plan
-    processed = plan.process(logits, [r.prompt + r.tokens for r in rows], [r.tokens for r in rows])
+    processed = logits if plan.passthrough else \
+        plan.process(logits, [r.prompt + r.tokens for r in rows], [r.tokens for r in rows])
     chosen = plan.choose(processed, [r.generator for r in rows])
     reports = plan.report(logits, chosen)
     return [row.take(t, lp, top) for row, t, (lp, top) in zip(rows, chosen, reports)]
