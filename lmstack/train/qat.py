@@ -1,6 +1,16 @@
 """Quantization-aware training (QAT): train through the rounding that int8/int4 will apply.
 
-    lmstack train --config quickstart --set qat_bits=4 qat_group_size=64
+As the last phase of a run (here the last 100 of the quickstart's 600 steps): train in fp32 to
+the fork, then resume a copy of its checkpoint with QAT on, on the same schedule.
+
+    lmstack train --config quickstart --set steps=500 out_dir=runs/qs   # schedule: 600 steps
+    cp -r runs/qs runs/qs-qat
+    lmstack train --config quickstart --set out_dir=runs/qs-qat resume=true qat_bits=4 qat_group_size=128
+    lmstack quantize --model runs/qs-qat --out runs/qs-q4 --bits 4 --group-size 128
+
+QAT late, not from the start: ParetoQ (Liu et al. 2025) finds fine-tuning with QAT for ~10% of
+the budget after full-precision training beats QAT from scratch, and so do we
+(docs/quantization.md): from step 0 the rounding noise slows learning by more than it saves.
 
 Post-training quantization (lmstack/infer/quantize.py) rounds weights the model never saw
 rounded. QAT lets the model adapt: every Linear's forward uses fake-quantized weights —
