@@ -7,10 +7,14 @@
     lmstack quickstart
 
 Every subcommand is two functions in the package that does its work: `add_<name>_args(parser)`
-declares its flags, `cmd_<name>(args)` runs it. Most live in the package's `commands.py`; a
-command that is a module's whole purpose lives in that module (serve/terminal.py, train/heads.py,
-infer/quantize.py, quickstart.py). COMMANDS below lists them all, with their help; a module's own
-`python -m` entry point builds its parser from the same pair.
+declares its flags, `cmd_<name>(args)` runs it. COMMANDS below names them as "module:function"
+strings, imported only when needed: the flags live in modules that import nothing heavy (the
+package's `commands.py`, serve/terminal.py, quickstart.py), so `lmstack --help` and
+`lmstack X --help` never load torch; the run lives where the work is (train/heads.py and
+infer/quantize.py keep theirs) and is imported when the command runs.
+
+Commands that run a model take `--threads` (one flag, added and applied here: see
+`default_threads` for the measured default). Every --help shows each flag's default.
 
 Errors raised on purpose (`lmstack.errors.LMStackError`) are printed as one line, without a
 traceback, and the command exits with status 2.
@@ -19,34 +23,26 @@ traceback, and the command exits with status 2.
 from __future__ import annotations
 
 import argparse
+import copy
+import importlib
+import os
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
 
-from lmstack import quickstart
-from lmstack.data import commands as data
-from lmstack.errors import LMStackError
-from lmstack.eval import commands as evaluation
-from lmstack.infer import commands as infer
-from lmstack.infer import sample_text
-from lmstack.infer import quantize
-from lmstack.interop import commands as interop
-from lmstack.serve import commands as serve
-from lmstack.serve import terminal
-from lmstack.tokenizer import commands as tokenizer
-from lmstack.train import commands as training
-from lmstack.train import heads
+from lmstack.errors import ConfigError, LMStackError
 
 
 @dataclass(frozen=True)
 class Command:
-    """A subcommand: its flags, what runs it, and its help."""
+    """A subcommand: where its flags and its run are ("module:function"), and its help."""
 
-    add_args: Callable[[argparse.ArgumentParser], None]
-    run: Callable[[argparse.Namespace], object]
+    add_args: str
+    run: str | Callable[[argparse.Namespace], object]
     help: str
     description: str
+    threads: str | None = None  # it runs a model: "decode" or "compute" (see default_threads)
 
 
 @dataclass(frozen=True)
@@ -58,30 +54,43 @@ class Group:
     description: str
 
 
+def cmd_train_with_samples(args: argparse.Namespace) -> None:
+    """`lmstack train`, its progress samples drawn by the inference layer (which train may not
+    import, so it is handed down from here)."""
+    from lmstack.infer import sample_text
+    from lmstack.train.commands import cmd_train
+
+    cmd_train(args, sample=sample_text)
+
+
 TOKENIZER = {
-    "train": Command(data.add_tokenizer_train_args, data.cmd_tokenizer_train,
+    "train": Command("data.commands:add_tokenizer_train_args", "data.commands:cmd_tokenizer_train",
                      "train a tokenizer on a corpus",
                      "Train byte-level BPE on documents (files, directories, globs, JSONL, or the "
                      "built-in 'stdlib' corpus)."),
-    "encode": Command(tokenizer.add_encode_args, tokenizer.cmd_encode, "text -> token ids",
+    "encode": Command("tokenizer.commands:add_encode_args", "tokenizer.commands:cmd_encode",
+                      "text -> token ids",
                       "Encode text to ids. Text that spells a special token is an error unless "
                       "--allow-special."),
-    "decode": Command(tokenizer.add_decode_args, tokenizer.cmd_decode, "token ids -> text",
+    "decode": Command("tokenizer.commands:add_decode_args", "tokenizer.commands:cmd_decode",
+                      "token ids -> text",
                       "Decode ids (arguments or stdin, spaces or commas)."),
-    "inspect": Command(tokenizer.add_inspect_args, tokenizer.cmd_inspect,
+    "inspect": Command("tokenizer.commands:add_inspect_args", "tokenizer.commands:cmd_inspect",
                        "show how text splits into tokens",
                        "With text: its pieces and tokens. Without: a summary of the tokenizer."),
-    "export-hf": Command(tokenizer.add_export_hf_args, tokenizer.cmd_export_hf,
+    "export-hf": Command("tokenizer.commands:add_export_hf_args", "tokenizer.commands:cmd_export_hf",
                          "write a Hugging Face tokenizer.json",
                          "Export to a tokenizer.json that `tokenizers` loads and that encodes to "
                          "the same ids."),
 }
 
 DATA = {
-    "prepare": Command(data.add_prepare_args, data.cmd_prepare, "clean + dedup + tokenize into shards",
+    "prepare": Command("data.commands:add_prepare_args", "data.commands:cmd_prepare",
+                       "clean + dedup + tokenize into shards",
                        "Read sources, normalize, filter, scrub PII and secrets, deduplicate, and "
                        "write uint16/uint32 token shards with a report."),
-    "synth": Command(data.add_synth_args, data.cmd_synth, "write synthetic arithmetic expressions",
+    "synth": Command("data.commands:add_synth_args", "data.commands:cmd_synth",
+                     "write synthetic arithmetic expressions",
                      "Random expression trees with their values, e.g. (3+(4*2))=11, one per line."),
 }
 
@@ -91,61 +100,146 @@ COMMANDS: dict[str, Command | Group] = {
                        "Hugging Face."),
     "data": Group(DATA, "prepare training data",
                   "Clean, deduplicate and tokenize corpora into shards."),
-    # Progress samples come from the inference layer, which train may not import: given here.
-    "train": Command(training.add_train_args, partial(training.cmd_train, sample=sample_text),
+    "train": Command("train.commands:add_train_args", cmd_train_with_samples,
                      "pretrain a model on token shards",
                      "Teacher-forcing training of any model (GPT, LSTM, GRU, n-gram) on shards from "
                      "`lmstack data prepare`. Config from TOML (see configs/), overridden by --set "
-                     "key=value. Under torchrun it runs DDP (or FSDP with --set parallel=fsdp)."),
-    "eval": Command(evaluation.add_eval_args, evaluation.cmd_eval,
+                     "key=value. Under torchrun it runs DDP (or FSDP with --set parallel=fsdp).",
+                     threads="compute"),
+    "eval": Command("eval.commands:add_eval_args", "eval.commands:cmd_eval",
                     "perplexity and bits per byte of a model on a text file",
                     "Score held-out text with a model directory; texts longer than the context "
-                    "are scored with a sliding window."),
-    "generate": Command(infer.add_generate_args, infer.cmd_generate,
+                    "are scored with a sliding window.", threads="compute"),
+    "generate": Command("infer.commands:add_generate_args", "infer.commands:cmd_generate",
                         "generate text from a model, streaming",
                         "Continue --prompt with a model directory. Greedy when --temperature 0; "
                         "beam search with --num-beams N; best-of-N with --best-of N. Every "
-                        "generation setting is a flag."),
-    "sample-compare": Command(infer.add_sample_compare_args, infer.cmd_sample_compare,
+                        "generation setting is a flag.", threads="decode"),
+    "sample-compare": Command("infer.commands:add_sample_compare_args",
+                              "infer.commands:cmd_sample_compare",
                               "one prompt under greedy/temperature/top-k/top-p/beam",
                               "Continue the same prompt with several decoding strategies (same "
-                              "seed) and print them side by side."),
-    "serve": Command(serve.add_serve_args, serve.cmd_serve,
+                              "seed) and print them side by side.", threads="decode"),
+    "serve": Command("serve.commands:add_serve_args", "serve.commands:cmd_serve",
                      "OpenAI-compatible HTTP server with a web chat page",
                      "Serve a model directory over the OpenAI API (/v1/completions, "
                      "/v1/chat/completions, streaming), with continuous batching, /metrics and a "
-                     "web chat page at /."),
-    "chat": Command(terminal.add_chat_args, terminal.cmd_chat,
+                     "web chat page at /.", threads="decode"),
+    "chat": Command("serve.terminal:add_chat_args", "serve.terminal:cmd_chat",
                     "chat with a model in the terminal, streaming",
-                    "A terminal chat: /reset, /set NAME VALUE, /show, /help, /quit."),
-    "train-heads": Command(heads.add_train_heads_args, heads.cmd_train_heads,
+                    "A terminal chat: /reset, /set NAME VALUE, /show, /help, /quit.", threads="decode"),
+    "train-heads": Command("train.commands:add_train_heads_args", "train.heads:cmd_train_heads",
                            "train Medusa heads on a frozen model (speculative decoding)",
                            "Train K Medusa heads on a frozen GPT's last hidden state; saved next "
-                           "to the model as medusa_heads.safetensors + medusa_config.json."),
-    "quantize": Command(quantize.add_quantize_args, quantize.cmd_quantize,
+                           "to the model as medusa_heads.safetensors + medusa_config.json.",
+                           threads="compute"),
+    "quantize": Command("infer.commands:add_quantize_args", "infer.quantize:cmd_quantize",
                         "weight-only int8/int4 quantization of a model directory",
                         "Write a copy of --model with every Linear layer in int8 (per channel) or "
                         "int4 (groups of --group-size)."),
-    "convert": Command(interop.add_convert_args, interop.cmd_convert,
+    "convert": Command("interop.commands:add_convert_args", "interop.commands:cmd_convert",
                        "convert between lmstack and Hugging Face model directories",
                        "Import a local Hugging Face checkpoint (GPT-2, Llama, Mistral, Qwen2) into "
                        "an lmstack model directory, or export an lmstack GPT to a directory "
                        "transformers loads."),
-    "plot": Command(training.add_plot_args, training.cmd_plot,
+    "plot": Command("train.commands:add_plot_args", "train.commands:cmd_plot",
                     "draw loss curves of training runs to a PNG",
                     "Read each run's log.jsonl and plot train/val loss."),
-    "quickstart": Command(quickstart.add_quickstart_args, quickstart.cmd_quickstart,
+    "quickstart": Command("quickstart:add_quickstart_args", "quickstart:cmd_quickstart",
                           "the main job on the built-in corpus",
                           "Train a tokenizer on the Python standard library, prepare token shards, "
                           "pretrain a small GPT, evaluate it and print samples. Reuses or resumes "
-                          "what an earlier run left."),
+                          "what an earlier run left.", threads="compute"),
 }
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """argparse's formatter, with each flag's default appended to its help, as
+    ArgumentDefaultsHelpFormatter does, except where the help already speaks of its default or
+    there is nothing to show (None: "unset"; a bare on/off flag's False; an empty list)."""
+
+    def _format_action(self, action: argparse.Action) -> str:
+        if action.help is None and _shows_default(action):  # a flag with no help: its default
+            action = copy.copy(action)
+            action.help = "default: %(default)s"
+        return super()._format_action(action)
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text.lower() or not _shows_default(action):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def _shows_default(action: argparse.Action) -> bool:
+    d = action.default
+    return bool(action.option_strings) and not (d is None or d is False or d == []
+                                                or d is argparse.SUPPRESS)
+
+
+THREADS_HELP = {
+    "decode": "torch intra-op threads (default: 1, the fastest for decoding, alone or not)",
+    "compute": "torch intra-op threads (default: the cores idle when the command starts, "
+               "shared among torchrun's local processes)",
+}
+
+
+def add_threads_arg(p: argparse.ArgumentParser, kind: str) -> None:
+    """The --threads flag of every command that runs a model (applied by `apply_threads`)."""
+    p.add_argument("--threads", type=int, default=None, metavar="N", help=THREADS_HELP[kind])
+
+
+def default_threads(kind: str) -> int:
+    """Torch threads when --threads is not given, as measured (benchmarks/threads.py, AMD EPYC
+    2 vCPU, docs/benchmarks.md "Threads"):
+
+    - "decode" (generate, sample-compare, chat, serve): 1. A decode step is hundreds of tiny ops,
+      each a parallel region whose threads meet at a barrier: a second thread is slower even on
+      idle cores, and 3-6x slower once another process wants a core (the barrier waits for a
+      thread the kernel has descheduled).
+    - "compute" (train, eval, train-heads, quickstart): the cores idle right now, at least 1.
+      Big batched matmuls gain from a second core when it is free (a training step 1.7x faster)
+      and lose when it is not (up to 2.2x slower), so take only the free ones.
+    """
+    if kind == "decode":
+        return 1
+    local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))  # torchrun's processes
+    return max(1, int(idle_cores() + 0.2) // local)
+
+
+def idle_cores(interval: float = 0.2) -> float:
+    """How many cores sat idle over the next `interval` seconds (Linux /proc/stat); elsewhere,
+    every core."""
+    def times() -> tuple[int, int]:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]  # the "cpu" line: all cores
+        return sum(fields[3:5]), sum(fields[:8])  # (idle + iowait, total) in ticks
+
+    cores = os.cpu_count() or 1
+    try:
+        idle0, total0 = times()
+        time.sleep(interval)
+        idle1, total1 = times()
+    except (OSError, ValueError):
+        return float(cores)
+    return cores * (idle1 - idle0) / max(total1 - total0, 1)
+
+
+def apply_threads(threads: int | None, kind: str = "decode") -> int:
+    """Set torch's intra-op threads to `threads` (None: `default_threads(kind)`); return it."""
+    if threads is not None and threads < 1:
+        raise ConfigError(f"--threads must be a positive integer, got {threads}")
+    import torch
+
+    n = threads or default_threads(kind)
+    torch.set_num_threads(n)
+    return n
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser; every subcommand's --help stands on its own."""
     parser = argparse.ArgumentParser(
-        prog="lmstack",
+        prog="lmstack", formatter_class=HelpFormatter,
         description="The whole language-model stack on one CPU: tokenizer, data, training, "
                     "inference, serving.",
         epilog="Start with `lmstack quickstart`; every subcommand has --help.",
@@ -158,19 +252,32 @@ def _add_commands(parser: argparse.ArgumentParser, commands: dict[str, Command |
                   dest: str, metavar: str) -> None:
     sub = parser.add_subparsers(dest=dest, metavar=metavar, required=True)
     for name, command in commands.items():
-        p = sub.add_parser(name, help=command.help, description=command.description)
+        p = sub.add_parser(name, help=command.help, description=command.description,
+                           formatter_class=HelpFormatter)
         if isinstance(command, Group):
             _add_commands(p, command.commands, "action", "ACTION")
-        else:
-            command.add_args(p)
-            p.set_defaults(func=command.run)
+            continue
+        _load(command.add_args)(p)
+        if command.threads:
+            add_threads_arg(p, command.threads)
+        p.set_defaults(func=command.run, threads_kind=command.threads)
+
+
+def _load(ref: str | Callable) -> Callable:
+    """"train.commands:cmd_plot" -> the function lmstack.train.commands.cmd_plot."""
+    if callable(ref):
+        return ref
+    module, name = ref.split(":")
+    return getattr(importlib.import_module(f"lmstack.{module}"), name)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `lmstack` console script."""
     args = build_parser().parse_args(argv)
     try:
-        args.func(args)
+        if args.threads_kind:
+            apply_threads(args.threads, args.threads_kind)
+        _load(args.func)(args)
     except LMStackError as e:
         print(f"lmstack: error: {e}", file=sys.stderr)
         return 2

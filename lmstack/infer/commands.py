@@ -180,3 +180,16 @@ def cmd_sample_compare(args: argparse.Namespace) -> None:
     prompt = _prompt(args)
     print(f"prompt: {prompt!r}\n")
     print(format_compare(compare(engine, prompt, args.max_new_tokens, args.seed)))
+
+
+def add_quantize_args(p: argparse.ArgumentParser) -> None:
+    """Flags of `lmstack quantize` (run by infer/quantize.py's cmd_quantize, which checks them
+    against its BITS and GROUP_SIZES; a test holds the choices here equal to those)."""
+    p.add_argument("--model", required=True, help="model directory to quantize (fp32 weights)")
+    p.add_argument("--out", required=True, help="directory to write the quantized model to")
+    p.add_argument("--bits", type=int, required=True, choices=(4, 8),
+                   help="8: int8 per output channel; 4: int4 in groups with scales and zero points")
+    p.add_argument("--group-size", type=int, default=64,
+                   help="int4 group size along the input width: 32, 64, 128 or 256")
+    p.add_argument("--skip", nargs="*", default=[],
+                   help="layers kept in float (full names or last parts, e.g. lm_head)")

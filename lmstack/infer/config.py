@@ -23,11 +23,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lmstack.errors import ConfigError
-from lmstack.infer.processors import ProcessorSettings
 from lmstack.infer.stopping import check_stops
+
+if TYPE_CHECKING:  # processors.py imports torch; `lmstack generate --help` reads this file
+    from lmstack.infer.processors import ProcessorSettings
 
 
 @dataclass
@@ -76,6 +78,8 @@ class GenerationConfig:
 
     def processor_settings(self, banned_sequences: list[list[int]] | None = None) -> ProcessorSettings:
         """The logits-processor part of these settings."""
+        from lmstack.infer.processors import ProcessorSettings
+
         names = {f.name for f in fields(ProcessorSettings)}
         values = {n: getattr(self, n) for n in names if hasattr(self, n)}
         return ProcessorSettings(**values, banned_sequences=banned_sequences or [])

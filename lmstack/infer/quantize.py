@@ -393,20 +393,9 @@ def model_bytes(model: nn.Module) -> int:
 
 # ---- the command --------------------------------------------------------------------------
 
-def add_quantize_args(p: argparse.ArgumentParser) -> None:
-    """Flags of `lmstack quantize`."""
-    p.add_argument("--model", required=True, help="model directory to quantize (fp32 weights)")
-    p.add_argument("--out", required=True, help="directory to write the quantized model to")
-    p.add_argument("--bits", type=int, required=True, choices=BITS,
-                   help="8: int8 per output channel; 4: int4 in groups with scales and zero points")
-    p.add_argument("--group-size", type=int, default=64,
-                   help=f"int4 group size along the input width, one of {list(GROUP_SIZES)} (default 64)")
-    p.add_argument("--skip", nargs="*", default=[],
-                   help="layers kept in float (full names or last parts, e.g. lm_head)")
-
-
 def cmd_quantize(args: argparse.Namespace) -> int:
-    """`lmstack quantize`: load --model, quantize, write --out (config, weights, tokenizer)."""
+    """`lmstack quantize`: load --model, quantize, write --out (config, weights, tokenizer).
+    Its flags are infer/commands.py's add_quantize_args (read without torch by --help)."""
     from lmstack.models.directory import load_model, read_config, save_model
 
     check_quantization(args.bits, args.group_size)

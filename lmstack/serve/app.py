@@ -15,8 +15,9 @@ that disconnects cancels its request, which frees its batch rows at the next ste
 plain functions of the request and the app's `Server` state: a test can call one alone.
 
 Errors always use OpenAI's JSON shape and never carry a stack trace: 400 for an invalid field
-(naming it), 401 for a missing or wrong key, 404 for an unknown model, 413 for a body that is
-too large, 429 when the queue is full, 500 (logged server-side) for a bug.
+(naming it), 401 for a missing or wrong key, 404 for an unknown model, 408 for a body that
+stalls, 413 for a body that is too large, 429 when the queue is full, 500 (logged server-side)
+for a bug. The access log never holds query strings (security.py).
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ class ServerConfig:
     max_batch: int = 8               # rows decoded together
     max_queue: int = 64              # waiting requests before 429
     max_body_bytes: int = 1_000_000
+    body_timeout_s: float = 30.0     # the whole body must arrive this soon after the headers
     api_keys: list[str] = field(default_factory=list)
     default_max_tokens: int = 16     # completions, as OpenAI
     host: str = "127.0.0.1"
@@ -142,7 +144,8 @@ def create_app(engine, config: ServerConfig | None = None, template: ChatTemplat
     app.add_exception_handler(RequestValidationError, invalid_request)
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(Exception, bug)
-    app.add_middleware(BodyLimit, max_bytes=server.config.max_body_bytes)
+    app.add_middleware(BodyLimit, max_bytes=server.config.max_body_bytes,
+                       timeout_s=server.config.body_timeout_s)
     app.add_middleware(Guard, keys=server.config.api_keys, metrics=server.metrics)
     app.get("/", include_in_schema=False)(index)
     if STATIC.is_dir():

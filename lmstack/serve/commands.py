@@ -21,8 +21,9 @@ from lmstack.errors import ConfigError
 def add_serve_args(p: argparse.ArgumentParser) -> None:
     """The flags of `lmstack serve`."""
     p.add_argument("--model", required=True, help="model directory (lmstack or Hugging Face)")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to bind (127.0.0.1: this machine only; 0.0.0.0: every interface)")
+    p.add_argument("--port", type=int, default=8000, help="TCP port to listen on")
     p.add_argument("--served-model-name", default=None,
                    help="the model id clients use (default: the directory's name)")
     p.add_argument("--api-key-file", default=None,
@@ -30,32 +31,33 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-batch", type=int, default=8, help="rows decoded together")
     p.add_argument("--max-queue", type=int, default=64, help="waiting requests before 429")
     p.add_argument("--max-body-bytes", type=int, default=1_000_000, help="largest request body")
+    p.add_argument("--body-timeout", type=float, default=30.0,
+                   help="seconds a request body may take to arrive after its headers (then 408)")
     p.add_argument("--prefix-cache-mb", type=int, default=256,
                    help="memory for reusing prompt prefixes across requests (0 = off)")
     p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default=None,
                    help="run the model in this precision (default: as stored)")
-    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
-    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
+                   help="uvicorn's log level; info logs each request (never its query string)")
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
     """Run the server until interrupted."""
-    import torch
     import uvicorn
 
     from lmstack.infer import Engine
     from lmstack.infer.prefix_cache import PrefixCache
     from lmstack.serve.app import ServerConfig, create_app
     from lmstack.serve.chat_template import ChatTemplate
-    from lmstack.serve.security import load_api_keys
+    from lmstack.serve.security import access_log_config, load_api_keys
 
     if not 0 < args.port < 65536:
         raise ConfigError(f"--port must be in 1..65535, got {args.port}")
     if args.max_batch < 1 or args.max_queue < 0 or args.max_body_bytes < 1024 or args.prefix_cache_mb < 0:
         raise ConfigError("--max-batch must be >= 1, --max-queue >= 0, --max-body-bytes >= 1024 "
                           "and --prefix-cache-mb >= 0")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    if not args.body_timeout > 0:
+        raise ConfigError(f"--body-timeout must be a positive number of seconds, got {args.body_timeout}")
     keys = load_api_keys(args.api_key_file)
     if not keys and not _is_loopback(args.host):
         print(f"warning: serving on {args.host} without an API key; anyone who can reach this port "
@@ -64,10 +66,12 @@ def cmd_serve(args: argparse.Namespace) -> None:
     engine = Engine.load(args.model, prefix_cache=prefix_cache, dtype=args.dtype)
     name = args.served_model_name or Path(args.model).resolve().name
     config = ServerConfig(model_name=name, max_batch=args.max_batch, max_queue=args.max_queue,
-                          max_body_bytes=args.max_body_bytes, api_keys=keys, host=args.host, port=args.port)
+                          max_body_bytes=args.max_body_bytes, body_timeout_s=args.body_timeout,
+                          api_keys=keys, host=args.host, port=args.port)
     app = create_app(engine, config, ChatTemplate.from_dir(args.model))
     print(f"serving {name} on http://{args.host}:{args.port}  (web chat at /, API at /v1)", file=sys.stderr)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
+                log_config=access_log_config())
 
 
 def _is_loopback(host: str) -> bool:

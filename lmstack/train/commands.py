@@ -42,3 +42,25 @@ def cmd_plot(args: argparse.Namespace) -> None:
     from lmstack.train.plot import plot_runs  # matplotlib: only when plotting
 
     print(f"wrote {plot_runs(args.runs, args.out, args.metrics)}")
+
+
+def add_train_heads_args(p: argparse.ArgumentParser) -> None:
+    """Flags of `lmstack train-heads` (run by train/heads.py's cmd_train_heads)."""
+    from lmstack.train.heads_config import HeadsTrainConfig
+
+    d = HeadsTrainConfig()
+    p.add_argument("--model", required=True, help="the frozen base model directory (a GPT)")
+    p.add_argument("--data", nargs="+", required=True,
+                   help="a token-shard directory (lmstack data prepare) or text files")
+    p.add_argument("--out", default=None, help="where to write the heads (default: --model)")
+    p.add_argument("--heads", type=int, default=d.heads, help="number of heads K")
+    p.add_argument("--layers", type=int, default=d.layers, help="residual blocks per head")
+    p.add_argument("--steps", type=int, default=d.steps)
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--block-size", type=int, default=d.block_size)
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--loss", choices=["distill", "data"], default=d.loss,
+                   help="distill: match the base model's predictions (default); data: the text's tokens")
+    p.add_argument("--max-minutes", type=float, default=None, help="stop after this much time")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--quiet", action="store_true", help="no progress lines")

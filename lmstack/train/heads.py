@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import math
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -35,41 +34,8 @@ import torch.nn.functional as F
 from lmstack.errors import ConfigError, DataError
 from lmstack.models.medusa_heads import HEADS_WEIGHTS, MedusaHeads, save_heads
 from lmstack.models.protocol import next_token_loss
+from lmstack.train.heads_config import HeadsTrainConfig
 from lmstack.train.schedule import ScheduleConfig, lr_at
-
-
-@dataclass
-class HeadsTrainConfig:
-    """Everything `train_heads` needs."""
-
-    model: str = "runs/quickstart"
-    data: list[str] = field(default_factory=list)   # a shard dir, or text files
-    out: str | None = None         # default: the model directory
-    heads: int = 4                 # K
-    layers: int = 1                # residual blocks per head
-    steps: int = 300
-    batch_size: int = 8
-    block_size: int = 128
-    lr: float = 1e-3
-    loss: str = "distill"          # "distill" (match the base model) or "data"
-    max_minutes: float | None = None
-    seed: int = 0
-    threads: int | None = None
-    log_every: int = 20
-    progress: bool = True
-
-    def check(self) -> HeadsTrainConfig:
-        if not self.data:
-            raise ConfigError("train-heads needs --data: a token-shard directory or text files")
-        for name in ("heads", "layers", "steps", "batch_size", "block_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"train-heads: {name} must be an integer >= 1, got {value!r}")
-        if self.loss not in ("distill", "data"):
-            raise ConfigError(f"train-heads: --loss must be 'distill' or 'data', got {self.loss!r}")
-        if not self.lr > 0:
-            raise ConfigError(f"train-heads: --lr must be positive, got {self.lr}")
-        return self
 
 
 def _batches(cfg: HeadsTrainConfig, tok, block_size: int):
@@ -189,34 +155,12 @@ def train_heads(cfg: HeadsTrainConfig) -> dict:
     return result
 
 
-# ---- the command line (wired into lmstack/cli.py) ------------------------------------------
-
-
-def add_train_heads_args(p: argparse.ArgumentParser) -> None:
-    """Flags of `lmstack train-heads`."""
-    d = HeadsTrainConfig()
-    p.add_argument("--model", required=True, help="the frozen base model directory (a GPT)")
-    p.add_argument("--data", nargs="+", required=True,
-                   help="a token-shard directory (lmstack data prepare) or text files")
-    p.add_argument("--out", default=None, help="where to write the heads (default: --model)")
-    p.add_argument("--heads", type=int, default=d.heads, help="number of heads K")
-    p.add_argument("--layers", type=int, default=d.layers, help="residual blocks per head")
-    p.add_argument("--steps", type=int, default=d.steps)
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--block-size", type=int, default=d.block_size)
-    p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument("--loss", choices=["distill", "data"], default=d.loss,
-                   help="distill: match the base model's predictions (default); data: the text's tokens")
-    p.add_argument("--max-minutes", type=float, default=None, help="stop after this much time")
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--threads", type=int, default=None, help="torch threads")
-    p.add_argument("--quiet", action="store_true", help="no progress lines")
+# ---- the command line: its flags are in train/commands.py (read without torch by --help) -----
 
 
 def cmd_train_heads(args: argparse.Namespace) -> None:
-    """`lmstack train-heads`: train Medusa heads on a frozen model."""
+    """`lmstack train-heads`: train Medusa heads on a frozen model (cli.py applies --threads)."""
     train_heads(HeadsTrainConfig(
         model=args.model, data=list(args.data), out=args.out, heads=args.heads, layers=args.layers,
         steps=args.steps, batch_size=args.batch_size, block_size=args.block_size, lr=args.lr,
-        loss=args.loss, max_minutes=args.max_minutes, seed=args.seed, threads=args.threads,
-        progress=not args.quiet))
+        loss=args.loss, max_minutes=args.max_minutes, seed=args.seed, progress=not args.quiet))

@@ -283,7 +283,7 @@ def _prepare(cfg: TrainConfig, d: distributed.Dist, out: Path, tok: Tokenizer, m
     # After wrapping: FSDP replaces the parameters by sharded ones, which the optimizer must hold.
     optimizer = build_optimizer(model, cfg.optim, lr_at(0, cfg.schedule))
     params = [p for group in optimizer.param_groups for p in group["params"]]
-    measure_peak_flops(d.device)  # now: its random matrices must not shift the seeded stream
+    _peak_flops(cfg, d)  # measured now, before training starts; the clock reuses it (cached)
     torch.manual_seed(cfg.seed + d.rank)
     run = Run(cfg, d, out, tok, model, raw_model, optimizer, params,
               torch.amp.GradScaler("cuda") if cfg.precision == "fp16" else None,
@@ -360,7 +360,7 @@ def _start_clock(run: Run) -> Clock:
     cfg, d = run.cfg, run.d
     tokens_per_step = cfg.batch_size * cfg.block_size * cfg.grad_accum * d.world_size
     flops_per_step = flops_per_token(run.raw_model.config, cfg.block_size) * tokens_per_step
-    peak = measure_peak_flops(d.device) * d.world_size
+    peak = _peak_flops(cfg, d) * d.world_size
     if d.is_main:
         print(f"model: {type(run.raw_model).__name__} {num_params(run.raw_model) / 1e6:.2f}M "
               f"parameters; {tokens_per_step:,} tokens per step; device {d.device} x{d.world_size}")
@@ -378,6 +378,12 @@ def _after_step(run: Run, clock: Clock, bar, record: dict) -> bool:
     # Ranks must agree on stopping: under DDP/FSDP a rank that leaves early hangs the rest.
     out_of_time = clock.deadline_s is not None and distributed.any_rank(now >= clock.deadline_s, d)
     reached = False  # target_val_loss met
+def _peak_flops(cfg: TrainConfig, d) -> float:
+    """The MFU denominator: this device's measured matmul peak in the precision trained in."""
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.precision]
+    return measure_peak_flops(d.device, dtype)
+
+
     if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps):
         run.metrics, run.metrics_step = _validate(run), step
         record.update(run.metrics)

@@ -1,19 +1,19 @@
-"""Loss curves of training runs, one panel per metric, one line per run, saved as a PNG.
+"""Curves of training runs, one panel per unit, one color per run, saved as a PNG.
 
     lmstack plot runs/a runs/b --out curves.png [--metrics loss val_loss val_bpb]
 
 Reads each run's `log.jsonl` (checkpoint.read_log) and draws every record that has the metric
-against its step. Training loss is noisy from batch to batch, so its raw curve is drawn faint
-with an exponential moving average on top; validation metrics are sparse and drawn as points
-joined by lines. Uses matplotlib's object API with the Agg canvas (no display, no pyplot global
-state), and writes the file atomically.
-
-    >>> ema([1.0, 3.0, 3.0], weight=0.5)
-    [1.0, 2.0, 2.5]
+against its step. Metrics in the same unit share a panel: train and validation loss are both
+nats per token, so they are drawn on one axis, where they can be compared (the gap between them
+is overfitting). Training loss is noisy from batch to batch, so its raw curve is drawn faint
+with a centered moving average on top (no lag: see `smooth`); validation metrics are sparse and drawn as points
+joined by dashed lines. Uses matplotlib's object API with the Agg canvas (no display, no pyplot
+global state), and writes the file atomically.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,16 +25,31 @@ from lmstack.atomic import atomic_open
 from lmstack.errors import DataError
 from lmstack.train.checkpoint import LOG, read_log
 
-LABELS = {"loss": "train loss (nats/token)", "val_loss": "validation loss (nats/token)",
-          "val_ppl": "validation perplexity", "val_bpb": "validation bits per byte",
-          "lr": "learning rate", "tokens_per_s": "tokens / s", "mfu": "MFU"}
+# metric -> (the panel it is drawn in: its unit, the line's name within that panel)
+LABELS = {"loss": ("loss (nats/token)", "train"), "val_loss": ("loss (nats/token)", "validation"),
+          "val_ppl": ("validation perplexity", ""), "val_bpb": ("validation bits per byte", ""),
+          "lr": ("learning rate", ""), "tokens_per_s": ("tokens / s", ""), "mfu": ("MFU", "")}
 
 
-def ema(values: Sequence[float], weight: float = 0.9) -> list[float]:
-    """Exponential moving average that starts at the first value (no bias toward 0)."""
-    out: list[float] = []
-    for v in values:
-        out.append(v if not out else weight * out[-1] + (1 - weight) * v)
+def smooth(values: Sequence[float], half_width: int) -> list[float]:
+    """Centered moving average whose window shrinks near the ends to stay centered: point i is
+    the mean of values[i-h : i+h+1], h = min(half_width, i, n-1-i).
+
+    Centered, it has no lag: a straight line comes out unchanged, so the smoothed curve of a
+    falling loss stays on the raw one, where a trailing average (an EMA, bias-corrected or not)
+    trails above it while the loss falls fast. The first and last points are their own mean.
+
+    >>> [round(v, 3) for v in smooth([9.0, 7.0, 5.0, 4.0, 4.0], half_width=2)]
+    [9.0, 7.0, 5.8, 4.333, 4.0]
+    >>> smooth([3.0, 2.0, 1.0, 0.0], half_width=5)  # a straight line is left as it is
+    [3.0, 2.0, 1.0, 0.0]
+    """
+    sums = [0.0, *itertools.accumulate(values)]  # sums[j] = values[0] + ... + values[j-1]
+    n = len(values)
+    out = []
+    for i in range(n):
+        h = min(half_width, i, n - 1 - i)
+        out.append((sums[i + h + 1] - sums[i - h]) / (2 * h + 1))
     return out
 
 
@@ -61,24 +76,22 @@ def plot_runs(run_dirs: Sequence[str | os.PathLike], out_png: str | os.PathLike,
         raise DataError(f"none of the metrics {list(metrics)} occur in the logs of "
                         f"{', '.join(map(str, logs))}; check the names (e.g. loss, val_loss)")
 
-    fig = Figure(figsize=(5.5 * len(shown), 4.0), dpi=100, layout="constrained")
+    panels: dict[str, list[str]] = {}  # unit -> its metrics, in the order asked
+    for metric in shown:
+        panels.setdefault(_label(metric)[0], []).append(metric)
+    fig = Figure(figsize=(5.5 * len(panels), 4.0), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)
-    for i, metric in enumerate(shown):
-        ax = fig.add_subplot(1, len(shown), i + 1)
+    for i, (unit, panel) in enumerate(panels.items()):
+        ax = fig.add_subplot(1, len(panels), i + 1)
         for k, (run, records) in enumerate(logs.items()):
-            steps, values = _series(records, metric)
-            if not steps:
-                continue
-            color = f"C{k % 10}"
-            if metric == "loss" and len(values) > 1:
-                ax.plot(steps, values, color=color, alpha=0.25, linewidth=0.8)
-                ax.plot(steps, ema(values, 0.8), color=color, linewidth=1.6, label=names[k])
-            else:
-                ax.plot(steps, values, color=color, marker="o", markersize=3, linewidth=1.4,
-                        label=names[k])
+            for metric in panel:
+                label = " ".join(x for x in (names[k] if len(logs) > 1 else "",
+                                             _label(metric)[1]) if x) or names[k]
+                color = f"C{(k if len(logs) > 1 else panel.index(metric)) % 10}"
+                _draw(ax, metric, *_series(records, metric), color, label)
         ax.set_xlabel("step")
-        ax.set_ylabel(LABELS.get(metric, metric))
-        ax.set_title(LABELS.get(metric, metric))
+        ax.set_ylabel(unit)
+        ax.set_title(unit)
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize="small")
     out = Path(out_png)
@@ -91,3 +104,22 @@ def _labels(runs: list[Path]) -> list[str]:
     """Short legend names: the directory names, or longer paths where two names clash."""
     names = [r.name or str(r) for r in runs]
     return [str(r) if names.count(n) > 1 else n for r, n in zip(runs, names)]
+def _label(metric: str) -> tuple[str, str]:
+    return LABELS.get(metric, (metric, ""))
+
+
+def _draw(ax, metric: str, steps: list[int], values: list[float], color: str, label: str) -> None:
+    """One metric of one run: training loss raw (faint) and smoothed, the others as points
+    (validation ones joined by dashes, so they stand apart from the training line)."""
+    if not steps:
+        return
+    if metric == "loss" and len(values) > 1:
+        ax.plot(steps, values, color=color, alpha=0.25, linewidth=0.8)
+        # About 1/20 of the run on each side: the batch noise goes, the shape of the curve stays.
+        smoothed = smooth(values, half_width=max(1, len(values) // 20))
+        ax.plot(steps, smoothed, color=color, linewidth=1.6, label=f"{label} (smoothed)")
+    else:
+        ax.plot(steps, values, color=color, marker="o", markersize=3, linewidth=1.4,
+                linestyle="--" if metric.startswith("val_") else "-", label=label)
+
+

@@ -13,7 +13,8 @@ from lmstack.infer import Engine
 from lmstack.models import GPT, GPTConfig
 from lmstack.models.directory import save_model
 from lmstack.models.medusa_heads import HEADS_CONFIG, HEADS_WEIGHTS, MedusaHeads, load_heads, save_heads
-from lmstack.train.heads import HeadsTrainConfig, add_train_heads_args, cmd_train_heads, train_heads
+from lmstack.train.commands import add_train_heads_args
+from lmstack.train.heads import HeadsTrainConfig, cmd_train_heads, train_heads
 
 torch.set_num_threads(1)  # tiny tensors: one thread is fastest on a shared 2-core machine
 
