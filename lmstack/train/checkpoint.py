@@ -117,6 +117,39 @@ def load_train_state(out_dir: str | Path) -> dict[str, Any]:
                           "delete it to start over") from None
 
 
+def load_model_state(model: torch.nn.Module, state: dict[str, Any], model_config: dict,
+                     path: str | Path) -> None:
+    """Load a checkpoint's weights into `model`, or say plainly that another architecture
+    (`state`'s config) made them than the one `model_config` (this run's `[model]`) builds."""
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError:  # missing/unexpected names or other shapes: a screen of them, not a cause
+        saved = (state.get("config") or {}).get("model") or {}
+        raise ConfigError(
+            f"cannot resume: {path} was made by another architecture than this config builds "
+            f"({_model_difference(saved, model_config)}); give the new model its own out_dir "
+            "(--set out_dir=runs/NEW), or resume with the checkpoint's own model settings "
+            f"({Path(path).with_name(TRAIN_CONFIG)})") from None
+
+
+def _model_difference(saved: dict, now: dict) -> str:
+    """How two `[model]` tables differ, naming both sides.
+
+    >>> _model_difference({"model_type": "gpt", "n_layer": 4}, {"model_type": "lstm"})
+    'checkpoint: gpt model, config: lstm model'
+    >>> _model_difference({"model_type": "lstm", "hidden_size": 128}, {"model_type": "lstm", "hidden_size": 256})
+    'checkpoint: lstm model with hidden_size=128, config: hidden_size=256'
+    """
+    kind, new_kind = saved.get("model_type", "gpt"), now.get("model_type", "gpt")
+    if kind != new_kind or not saved:
+        return f"checkpoint: {kind} model, config: {new_kind} model"
+    keys = [k for k in sorted(saved.keys() | now.keys()) if saved.get(k) != now.get(k)]
+    if not keys:  # same table, other weights: e.g. the vocabulary of another tokenizer
+        return f"checkpoint and config: {kind} model, with weights of other shapes (another tokenizer?)"
+    show = lambda d: ", ".join(f"{k}={d.get(k, '(default)')}" for k in keys)  # noqa: E731
+    return f"checkpoint: {kind} model with {show(saved)}, config: {show(now)}"
+
+
 def append_log(out_dir: str | Path, record: dict) -> None:
     """Append one JSON line to log.jsonl (a torn last line is skipped by `read_log`)."""
     with open(Path(out_dir) / LOG, "a", encoding="utf-8") as f:

@@ -277,7 +277,7 @@ def _prepare(cfg: TrainConfig, d: distributed.Dist, out: Path, tok: Tokenizer, m
     model.to(d.device)
     state = ckpt.load_train_state(out) if cfg.resume and (out / ckpt.STATE).exists() else None
     if state is not None:
-        model.load_state_dict(state["model"])  # full weights, before any sharding
+        ckpt.load_model_state(model, state, cfg.model, out / ckpt.STATE)  # full weights, before any sharding
     raw_model = model
     model = distributed.wrap(model, d, cfg.parallel)
     # After wrapping: FSDP replaces the parameters by sharded ones, which the optimizer must hold.
