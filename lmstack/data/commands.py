@@ -11,6 +11,10 @@ registers them. The work is imported when a command runs, so building the parser
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
+
+from lmstack.errors import ConfigError
 
 
 def add_tokenizer_train_args(p: argparse.ArgumentParser) -> None:
@@ -33,7 +37,10 @@ def cmd_tokenizer_train(args: argparse.Namespace) -> None:
                                pattern=args.pattern, special_tokens=args.special,
                                out=args.out, hf_out=args.hf_out, clean=not args.raw,
                                progress=not args.quiet)
-    print(train_tokenizer(cfg).summary())
+    result = train_tokenizer(cfg)
+    for warning in result.warnings:  # e.g. a corpus too small for --vocab-size
+        print(f"lmstack: warning: {warning}", file=sys.stderr)
+    print(result.summary())
 
 
 def add_prepare_args(p: argparse.ArgumentParser) -> None:
@@ -76,4 +83,7 @@ def cmd_synth(args: argparse.Namespace) -> None:
     from lmstack.data.synthetic import ArithmeticConfig, write_examples
 
     cfg = ArithmeticConfig(n=args.n, max_depth=args.depth, seed=args.seed)
+    if Path(args.out).is_dir():
+        raise ConfigError(f"--out {args.out} is a directory; give a file name, e.g. "
+                          f"{Path(args.out) / 'arith.txt'}")
     print(f"wrote {args.n} expressions to {write_examples(args.out, cfg)}")

@@ -59,12 +59,18 @@ def iter_documents(
     if not specs:
         raise DataError("no sources given: pass at least one file, directory, glob or 'stdlib'")
     stats = stats if stats is not None else SourceStats()
-    seen = stats.documents
+    seen, with_text = stats.documents, 0
     for one in specs:
         for doc in _iter_one(one, stats, glob=glob, text_field=text_field):
             stats.documents += 1
             stats.bytes += len(doc.text.encode("utf-8"))
+            with_text += bool(doc.text) and not doc.text.isspace()
             yield doc
+    if stats.documents > seen and not with_text:  # said here, before a filter is blamed
+        raise DataError(
+            f"the corpus {specs!r} holds no text: its {stats.documents - seen:,} document(s) are "
+            "empty or only whitespace; point --source at files with text in them (or use 'stdlib')"
+        )
     if stats.documents == seen:
         skipped = f" ({len(stats.non_utf8_files)} files skipped as non-UTF-8)" if stats.non_utf8_files else ""
         raise DataError(

@@ -18,6 +18,7 @@ writes them to a file with ``write_examples``).
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import sys
@@ -26,9 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Union
 
-from lmstack.atomic import atomic_write_text
+from lmstack.atomic import atomic_open
 from lmstack.data.document import Document
-from lmstack.errors import ConfigError
+from lmstack.errors import ConfigError, DataError
 
 Tree = Union[int, tuple[str, "Tree", "Tree"]]
 
@@ -40,6 +41,12 @@ OPERATORS: dict[str, Callable[[int, int], int]] = {
     "%": lambda a, b: a % b,
 }
 _DIVIDING = {"//", "%"}
+
+# Bounds checked before any tree is drawn: the expected size of a tree is known from its depth
+# and leaf_prob (expected_nodes), so a request that would run for hours is refused up front.
+MAX_DEPTH = 100
+MAX_EXPECTED_NODES = 10_000        # per example: ~30 KB of text, far past what a model learns
+MAX_EXPECTED_TOTAL = 50_000_000    # over all n examples: ~150 MB of text
 
 
 @dataclass
@@ -67,7 +74,52 @@ class ArithmeticConfig:
             raise ConfigError(f"leaf_prob={self.leaf_prob} is not a probability; use a value in [0, 1]")
         if set(self.ops) <= _DIVIDING and self.low == self.high == 0:
             raise ConfigError("only // and % with every number 0 always divides by zero; widen low..high")
+        return self._check_size()
+
+    def _check_size(self) -> ArithmeticConfig:
+        """Refuse depths and counts whose expected output is too large to write."""
+        size = expected_nodes(self.max_depth, self.leaf_prob)
+        if size > MAX_EXPECTED_NODES:
+            raise ConfigError(
+                f"max_depth (--depth) {self.max_depth} gives trees of {size:.3g} nodes on average "
+                f"(a node branches in two with probability {1 - self.leaf_prob:g}), above the limit "
+                f"of {MAX_EXPECTED_NODES:,}; use a depth of at most {self.deepest()}")
+        if self.max_depth > MAX_DEPTH:  # small trees on average, but a rare one could be this deep
+            raise ConfigError(f"max_depth (--depth) {self.max_depth} is above the limit of {MAX_DEPTH}; "
+                              f"use a depth of at most {self.deepest()}")
+        if self.n * size > MAX_EXPECTED_TOTAL:
+            raise ConfigError(
+                f"{self.n:,} examples of {size:.3g} nodes on average is {self.n * size:.3g} nodes, "
+                f"above the limit of {MAX_EXPECTED_TOTAL:,}; lower n (--n) or max_depth (--depth)")
         return self
+
+    def deepest(self) -> int:
+        """The largest max_depth whose expected tree size is within the limits."""
+        d = 0
+        while d < MAX_DEPTH and expected_nodes(d + 1, self.leaf_prob) <= MAX_EXPECTED_NODES:
+            d += 1
+        return d
+
+
+def expected_nodes(max_depth: int, leaf_prob: float) -> float:
+    """Mean node count of a random tree: E(0) = 1, E(d) = 1 + 2 (1 - leaf_prob) E(d - 1).
+
+    A node above the last level is a leaf with probability leaf_prob, else it has two children,
+    so E(d) = sum over levels k of (2 (1 - leaf_prob))**k: it grows geometrically when a node
+    has more than one child on average (leaf_prob < 0.5). The zero-divisor fix only shrinks trees.
+
+    >>> expected_nodes(0, 0.3), expected_nodes(1, 0.3), round(expected_nodes(2, 0.3), 2)
+    (1.0, 2.4, 4.36)
+    >>> expected_nodes(3, 0.0), expected_nodes(10, 1.0), expected_nodes(9, 0.5)
+    (15.0, 1.0, 10.0)
+    """
+    r = 2.0 * (1.0 - leaf_prob)
+    if r == 1.0:
+        return float(max_depth + 1)
+    try:
+        return (r ** (max_depth + 1) - 1.0) / (r - 1.0)
+    except OverflowError:  # r > 1 and a depth in the thousands: more nodes than a float holds
+        return math.inf
 
 
 def evaluate(tree: Tree) -> int:
@@ -78,10 +130,18 @@ def evaluate(tree: Tree) -> int:
     >>> evaluate(("//", -7, 2)), evaluate(("%", -7, 2))
     (-4, 1)
     """
-    if isinstance(tree, int):
-        return tree
-    op, left, right = tree
-    return OPERATORS[op](evaluate(left), evaluate(right))
+    values: list[int] = []
+    todo: list[Tree | str] = [tree]  # an explicit stack: deep trees never hit the recursion limit
+    while todo:
+        t = todo.pop()
+        if isinstance(t, int):
+            values.append(t)
+        elif isinstance(t, str):  # both operands are done: apply the operator
+            b, a = values.pop(), values.pop()
+            values.append(OPERATORS[t](a, b))
+        else:
+            todo += [t[0], t[2], t[1]]  # left first, then right, then the operator
+    return values[0]
 
 
 def render(tree: Tree) -> str:
@@ -94,10 +154,17 @@ def render(tree: Tree) -> str:
     >>> render(7)
     '7'
     """
-    if isinstance(tree, int):
-        return f"({tree})" if tree < 0 else str(tree)
-    op, left, right = tree
-    return f"({render(left)}{op}{render(right)})"
+    parts: list[str] = []
+    todo: list[Tree | str] = [tree]  # strings on the stack are text to print as they are
+    while todo:
+        t = todo.pop()
+        if isinstance(t, str):
+            parts.append(t)
+        elif isinstance(t, int):
+            parts.append(f"({t})" if t < 0 else str(t))
+        else:
+            todo += [")", t[2], t[0], t[1], "("]  # pushed in reverse: "(", left, op, right, ")"
+    return "".join(parts)
 
 
 def depth(tree: Tree) -> int:
@@ -106,7 +173,14 @@ def depth(tree: Tree) -> int:
     >>> depth(5), depth(("+", 1, ("*", 2, 3)))
     (0, 2)
     """
-    return 0 if isinstance(tree, int) else 1 + max(depth(tree[1]), depth(tree[2]))
+    deepest, todo = 0, [(tree, 0)]
+    while todo:
+        t, d = todo.pop()
+        if isinstance(t, int):
+            deepest = max(deepest, d)
+        else:
+            todo += [(t[1], d + 1), (t[2], d + 1)]
+    return deepest
 
 
 def random_tree(rng: random.Random, cfg: ArithmeticConfig, levels: int | None = None) -> Tree:
@@ -120,13 +194,35 @@ def random_tree(rng: random.Random, cfg: ArithmeticConfig, levels: int | None = 
 
 
 def _draw(rng: random.Random, cfg: ArithmeticConfig, levels: int) -> tuple[Tree, int]:
-    """A random tree and its value, built bottom-up so no subtree is evaluated twice."""
-    if levels == 0 or rng.random() < cfg.leaf_prob:
-        leaf = rng.randint(cfg.low, cfg.high)
-        return leaf, leaf
-    op = rng.choice(cfg.ops)
-    left, a = _draw(rng, cfg, levels - 1)
-    right, b = _draw(rng, cfg, levels - 1)
+    """A random tree and its value, built bottom-up so no subtree is evaluated twice.
+
+    The draws come in the order of the recursive definition (a node, its whole left subtree,
+    its whole right subtree), so a seed always gives the same examples; the recursion is an
+    explicit stack of open operators, each with the (tree, value) children finished so far.
+    """
+    open_ops: list[tuple[str, list[tuple[Tree, int]]]] = []
+    while True:
+        if len(open_ops) == levels or rng.random() < cfg.leaf_prob:
+            leaf = rng.randint(cfg.low, cfg.high)
+            done: tuple[Tree, int] = (leaf, leaf)
+        else:
+            open_ops.append((rng.choice(cfg.ops), []))
+            continue
+        while open_ops:  # hand the finished subtree up until an operator still needs a right child
+            op, children = open_ops[-1]
+            children.append(done)
+            if len(children) == 1:
+                break
+            open_ops.pop()
+            done = _combine(rng, cfg, op, children[0], children[1])
+        else:
+            return done
+
+
+def _combine(rng: random.Random, cfg: ArithmeticConfig, op: str,
+             left_done: tuple[Tree, int], right_done: tuple[Tree, int]) -> tuple[Tree, int]:
+    """The node `op` over two finished subtrees, and its value."""
+    (left, a), (right, b) = left_done, right_done
     if op in _DIVIDING and b == 0:
         # A zero divisor becomes a random nonzero leaf: O(1), where redrawing the subtree could
         # recurse without bound when most subtrees are 0 (e.g. only "%" on small numbers).
@@ -145,7 +241,12 @@ def example(tree: Tree) -> str:
     >>> example(("+", 3, ("*", 4, 2)))
     '(3+(4*2))=11'
     """
-    return f"{render(tree)}={evaluate(tree)}"
+    value = evaluate(tree)
+    try:
+        return f"{render(tree)}={value}"
+    except ValueError:  # Python refuses to print an int of more than 4300 digits
+        raise DataError(f"an expression's value has about {value.bit_length() * 0.30103:.0f} digits, "
+                        "too long to print; lower max_depth (--depth)") from None
 
 
 def split_example(text: str) -> tuple[str, int]:
@@ -186,12 +287,12 @@ def write_examples(path: str | os.PathLike, cfg: ArithmeticConfig | None = None)
     >>> texts == [d.text for d in generate(ArithmeticConfig(n=3))]
     True
     """
-    docs = iter_examples(cfg)
-    if str(path).endswith(".jsonl"):
-        lines = (json.dumps({"text": d.text}) for d in docs)
-    else:
-        lines = (d.text for d in docs)
-    return atomic_write_text(path, "".join(f"{line}\n" for line in lines))
+    docs = iter_examples((cfg or ArithmeticConfig()).check())  # refuse a bad config before the file
+    jsonl = str(path).endswith(".jsonl")
+    with atomic_open(path, "w", encoding="utf-8") as f:  # line by line: never all text in memory
+        for d in docs:
+            f.write((json.dumps({"text": d.text}) if jsonl else d.text) + "\n")
+    return Path(path)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ and writes the result (and optionally a Hugging Face copy).
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,6 +45,7 @@ class TokenizerTrainResult:
     bytes: int
     seconds: float
     hf_path: Path | None = None
+    warnings: list[str] = field(default_factory=list)  # e.g. the corpus gave fewer ids than asked
 
     def summary(self) -> str:
         """A few lines for the terminal."""
@@ -74,9 +76,12 @@ def train_tokenizer(cfg: TokenizerTrainConfig) -> TokenizerTrainResult:
             yield doc.text
 
     specials = DEFAULT_SPECIAL_TOKENS if cfg.special_tokens is None else cfg.special_tokens
-    tok = train_bpe(texts(), cfg.vocab_size, pattern=cfg.pattern, special_tokens=specials,
-                    workers=cfg.workers, progress=cfg.progress)
+    with warnings.catch_warnings(record=True) as caught:  # kept for the caller to report
+        warnings.simplefilter("always")
+        tok = train_bpe(texts(), cfg.vocab_size, pattern=cfg.pattern, special_tokens=specials,
+                        workers=cfg.workers, progress=cfg.progress)
     path = tok.save(cfg.out)
     hf_path = save_hf(tok, cfg.hf_out) if cfg.hf_out else None
     return TokenizerTrainResult(tok, path, counted["documents"], counted["bytes"],
-                                time.perf_counter() - start, hf_path)
+                                time.perf_counter() - start, hf_path,
+                                [str(w.message) for w in caught])

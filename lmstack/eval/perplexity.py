@@ -135,7 +135,8 @@ def read_text(path: str | os.PathLike) -> str:
     """The UTF-8 text of an evaluation file, with errors that say what is wrong."""
     p = Path(path)
     if not p.is_file():
-        raise DataError(f"evaluation file {p} does not exist; pass a UTF-8 text file")
+        what = "is a directory, not a file" if p.is_dir() else "does not exist"
+        raise DataError(f"evaluation file {p} {what}; pass a UTF-8 text file")
     try:
         text = p.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
@@ -151,7 +152,8 @@ def evaluate_model_dir(model_dir: str | os.PathLike, data_file: str | os.PathLik
     """`evaluate_text` for the model and tokenizer.json of a model directory on a text file."""
     d = Path(model_dir)
     if not d.is_dir():
-        raise ConfigError(f"model directory {d} does not exist; train one with `lmstack train` "
+        what = "is a file, not a directory" if d.exists() else "does not exist"
+        raise ConfigError(f"model directory {d} {what}; train one with `lmstack train` "
                           "or point at a directory with config.json")
     text = read_text(data_file)
     if not (d / "tokenizer.json").is_file():

@@ -109,6 +109,23 @@ def _prompt(args: argparse.Namespace) -> str:
     raise ConfigError("give a prompt with --prompt TEXT (or pipe it on stdin)")
 
 
+def check_prompt(engine, prompt: str, model_dir: str) -> None:
+    """Refuse, in a CLI user's words, a prompt the engine would refuse as "prompt 0" (it speaks to
+    Python callers, who may pass a batch, or token ids where a model has no tokenizer)."""
+    from lmstack.infer.sampling import context_length
+
+    if engine.tokenizer is None:
+        raise ConfigError(f"{model_dir} has no tokenizer.json, so the prompt cannot be encoded; "
+                          "copy the tokenizer the model was trained with into that directory")
+    n, ctx = len(engine.encode(prompt)), context_length(engine.model)
+    if n == 0:
+        raise ConfigError("the prompt is empty; give --prompt some text (or '<|endoftext|>' to "
+                          "generate from nothing)")
+    if ctx is not None and n >= ctx:
+        raise ConfigError(f"the prompt has {n} tokens but the model's context is {ctx}: no room to "
+                          f"generate; shorten --prompt to at most {ctx - 1} tokens")
+
+
 def cmd_generate(args: argparse.Namespace) -> None:
     """Generate from --prompt, streaming to stdout (one completion) or printing each."""
     from lmstack.infer.engine import Engine
@@ -116,6 +133,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
     engine = Engine.load(args.model, dtype=args.dtype)
     settings = settings_from_args(args)
     prompt = _prompt(args)
+    check_prompt(engine, prompt, args.model)
     cfg = engine.config(None, **settings)
     if cfg.strategy in ("greedy", "sample") and cfg.num_return_sequences == 1:
         if args.echo:
@@ -178,6 +196,7 @@ def cmd_sample_compare(args: argparse.Namespace) -> None:
 
     engine = Engine.load(args.model, dtype=args.dtype)
     prompt = _prompt(args)
+    check_prompt(engine, prompt, args.model)
     print(f"prompt: {prompt!r}\n")
     print(format_compare(compare(engine, prompt, args.max_new_tokens, args.seed)))
 

@@ -31,6 +31,8 @@ from lmstack.infer.stopping import check_stops
 if TYPE_CHECKING:  # processors.py imports torch; `lmstack generate --help` reads this file
     from lmstack.infer.processors import ProcessorSettings
 
+SEED_MAX = 2**63 - 1  # as the server's API allows; seed + sample index stays in torch's range
+
 
 @dataclass
 class GenerationConfig:
@@ -108,8 +110,11 @@ class GenerationConfig:
             raise ConfigError(f"length_penalty must be a finite number, got {self.length_penalty}")
         if any(not isinstance(w, str) or not w for w in self.force_words):
             raise ConfigError(f"force_words must be non-empty strings, got {self.force_words!r}")
-        if self.seed is not None and not isinstance(self.seed, int):
-            raise ConfigError(f"seed must be an integer, got {self.seed!r}")
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)
+                                      or not 0 <= self.seed <= SEED_MAX):
+            # Row j draws from seed + j (step.make_generator); torch takes at most 2**64 - 1.
+            raise ConfigError(f"seed must be an integer from 0 to {SEED_MAX} (2**63 - 1), got "
+                              f"{self.seed!r}; pass a smaller seed")
         self.stop = check_stops(self.stop)
         for name in ("stop_token_ids", "banned_token_ids"):
             bad = [i for i in getattr(self, name)

@@ -311,6 +311,16 @@ def _skipped(name: str, skip: Iterable[str]) -> bool:
     return any(name == s or name.endswith("." + s) for s in skip)
 
 
+def check_skip(model: nn.Module, skip: tuple[str, ...]) -> None:
+    """Raise ConfigError for a skip name that matches no Linear layer (a typo skips nothing)."""
+    linears = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+    unknown = [s for s in skip if not any(_skipped(name, (s,)) for name in linears)]
+    if unknown and linears:
+        last_parts = sorted({name.rpartition(".")[2] for name in linears})
+        raise ConfigError(f"skip (--skip) {unknown} matches no Linear layer of the model; give full "
+                          f"names (e.g. {linears[-1]!r}) or last parts, which here are {last_parts}")
+
+
 def check_quantization(bits: int, group_size: int | None) -> None:
     """Raise ConfigError for bits outside {4, 8} or an int4 group size the kernel does not take."""
     if bits not in BITS:
@@ -334,6 +344,7 @@ def quantize_model(model: nn.Module, bits: int, group_size: int = 64, skip: Iter
     Records `model.quantization` = {"bits", "group_size", "method", "skip"} (for config.json)."""
     check_quantization(bits, group_size)
     skip = tuple(skip)
+    check_skip(model, skip)
     targets = [(name, m) for name, m in model.named_modules()
                if isinstance(m, nn.Linear) and not _skipped(name, skip)]
     if bits == 4:

@@ -11,7 +11,9 @@ key prints a warning.
 from __future__ import annotations
 
 import argparse
+import errno
 import ipaddress
+import socket
 import sys
 from pathlib import Path
 
@@ -53,6 +55,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
     if not 0 < args.port < 65536:
         raise ConfigError(f"--port must be in 1..65535, got {args.port}")
+    check_port_free(args.host, args.port)
     if args.max_batch < 1 or args.max_queue < 0 or args.max_body_bytes < 1024 or args.prefix_cache_mb < 0:
         raise ConfigError("--max-batch must be >= 1, --max-queue >= 0, --max-body-bytes >= 1024 "
                           "and --prefix-cache-mb >= 0")
@@ -72,6 +75,28 @@ def cmd_serve(args: argparse.Namespace) -> None:
     print(f"serving {name} on http://{args.host}:{args.port}  (web chat at /, API at /v1)", file=sys.stderr)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
                 log_config=access_log_config())
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Bind host:port once and let go, so that a busy port is a one-line error before the model
+    loads (uvicorn would print that it is serving, then fail with exit status 3)."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror as e:
+        raise ConfigError(f"--host {host!r} is not an address of this machine ({e.strerror}); "
+                          "use 127.0.0.1 (this machine only) or 0.0.0.0 (every interface)") from None
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            probe.bind(address)
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                why = "is already in use (another server listens there); pick a free one with --port"
+            elif e.errno == errno.EACCES:
+                why = "needs administrator rights; use --port 1024 or above"
+            else:
+                why = f"cannot be bound on {host} ({e.strerror}); check --host and --port"
+            raise ConfigError(f"port {port} {why}") from None
 
 
 def _is_loopback(host: str) -> bool:

@@ -16,7 +16,7 @@ import json
 import sys
 from pathlib import Path
 
-from lmstack.errors import ConfigError
+from lmstack.errors import ConfigError, SpecialTokenError
 from lmstack.tokenizer import Tokenizer, save_hf
 from lmstack.tokenizer.inspect import describe, inspect_text
 
@@ -60,7 +60,15 @@ def add_encode_args(p: argparse.ArgumentParser) -> None:
 def cmd_encode(args: argparse.Namespace) -> None:
     tok = Tokenizer.load(args.tokenizer)
     allowed = "all" if args.allow_special else ()
-    ids = tok.encode(read_text(args), allowed_special=allowed, engine=args.engine)
+    try:
+        ids = tok.encode(read_text(args), allowed_special=allowed, engine=args.engine)
+    except SpecialTokenError as e:  # its message names Python arguments; say it with our flag
+        if not hasattr(e, "token"):
+            raise
+        raise SpecialTokenError(
+            f"the text contains the special token {e.token!r} at offset {e.offset}; pass "
+            f"--allow-special to encode it as that token (id {tok.special_tokens[e.token]})"
+        ) from None
     print(json.dumps(ids) if args.json else " ".join(map(str, ids)))
 
 

@@ -40,10 +40,23 @@ def resolve_pattern(name_or_regex: str) -> str:
     True
     >>> resolve_pattern(r"\\w+|\\s+")
     '\\\\w+|\\\\s+'
+    >>> resolve_pattern("gpt5")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    lmstack.errors.TokenizerError: unknown split pattern name 'gpt5'; the known names are gpt2, gpt4...
     """
+    if name_or_regex not in PATTERNS and _NAME_LIKE.fullmatch(name_or_regex):
+        # Letters, digits, '_' and '-' alone match only that literal text: a mistyped name.
+        raise TokenizerError(
+            f"unknown split pattern name {name_or_regex!r}; the known names are "
+            f"{', '.join(sorted(PATTERNS))} (or pass a regex such as '\\S+|\\s+')"
+        )
     pattern = PATTERNS.get(name_or_regex, name_or_regex)
     compile_pattern(pattern)
     return pattern
+
+
+_NAME_LIKE = regex.compile(r"[A-Za-z][A-Za-z0-9_-]*")
 
 
 @lru_cache(maxsize=16)

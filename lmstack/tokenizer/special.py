@@ -81,10 +81,12 @@ def check_special(
     if disallowed:
         match = _specials_regex(tuple(sorted(disallowed))).search(text)
         if match:
-            raise SpecialTokenError(
+            err = SpecialTokenError(
                 f"text contains the special token {match.group()!r} at offset {match.start()}, "
                 f"which is not allowed here; pass allowed_special={{{match.group()!r}}} (or "
                 f"'all') to encode it as the special token, or disallowed_special=() / "
                 f"encode_ordinary to encode it as plain text"
             )
+            err.token, err.offset = match.group(), match.start()  # a CLI says it in its own flags
+            raise err
     return allowed

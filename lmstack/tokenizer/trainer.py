@@ -25,12 +25,14 @@ from __future__ import annotations
 import heapq
 import multiprocessing as mp
 import os
+import signal
+import warnings
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
 
 from tqdm.auto import tqdm
 
-from lmstack.errors import ConfigError, DataError
+from lmstack.errors import ConfigError, DataError, TokenizerError
 from lmstack.tokenizer.patterns import compile_pattern, resolve_pattern
 from lmstack.tokenizer.special import DEFAULT_SPECIAL_TOKENS, special_splitter
 from lmstack.tokenizer.tokenizer import Tokenizer, text_to_bytes
@@ -48,6 +50,11 @@ def _count_chunks(args: tuple[list[str], str, tuple[str, ...]]) -> Counter:
         for part in cut(doc) if specials else (doc,):
             counts.update(rx.findall(part))
     return counts
+
+
+def _ignore_sigint() -> None:
+    """Workers leave Ctrl-C to the parent, which stops them: else each prints a traceback."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _batches(documents: Iterable[str]) -> Iterator[list[str]]:
@@ -85,7 +92,7 @@ def count_chunks(
         results: Iterable[Counter] = map(_count_chunks, jobs)
         pool = None
     else:
-        pool = mp.get_context("fork").Pool(workers)
+        pool = mp.get_context("fork").Pool(workers, initializer=_ignore_sigint)
         results = pool.imap_unordered(_count_chunks, jobs)
     try:
         for counts in results:
@@ -221,6 +228,13 @@ def merge_loop(
     return merges
 
 
+def _counted(documents: Iterable[str], text: dict[str, int]) -> Iterator[str]:
+    """The documents, adding their length to text["chars"] as they pass."""
+    for doc in documents:
+        text["chars"] += len(doc) if isinstance(doc, str) else 0
+        yield doc
+
+
 def train_bpe(
     documents: Iterable[str],
     vocab_size: int,
@@ -243,8 +257,14 @@ def train_bpe(
             f"vocab_size {vocab_size} is too small: byte-level BPE needs 256 byte tokens plus "
             f"{len(specials)} special tokens; use vocab_size >= {256 + len(specials) + 1}"
         )
-    chunks = count_chunks(documents, pattern, specials, workers, progress)
+    text = {"chars": 0}
+    chunks = count_chunks(_counted(documents, text), pattern, specials, workers, progress)
+    chunks.pop("", None)  # a pattern that can match empty text finds "" everywhere: no bytes
     if not chunks:
+        if text["chars"]:
+            raise TokenizerError(
+                f"the split pattern {pattern!r} matches nothing in {text['chars']:,} characters of "
+                "text; use 'gpt4', 'gpt2' or a regex that matches the text (e.g. '\\S+|\\s+')")
         raise DataError("cannot train a tokenizer on an empty corpus: the documents hold no text")
     words = [list(text_to_bytes(c)) for c in chunks]
     freqs = list(chunks.values())
@@ -253,6 +273,12 @@ def train_bpe(
         words, freqs, vocab, vocab_size - 256 - len(specials), min_frequency, progress
     )
     first_special = 256 + len(merges)
+    if first_special + len(specials) < vocab_size:
+        warnings.warn(
+            f"the corpus is too small for vocab_size {vocab_size}: no pair of tokens is left that "
+            f"occurs {min_frequency} times or more after {len(merges):,} merges, so the tokenizer "
+            f"has {first_special + len(specials):,} ids; train on more text or ask for fewer ids",
+            stacklevel=2)
     return Tokenizer(
         pattern=pattern,
         merges=merges,

@@ -157,15 +157,17 @@ def append_log(out_dir: str | Path, record: dict) -> None:
 
 
 def read_log(out_dir: str | Path) -> list[dict]:
-    """All complete records of log.jsonl."""
+    """All complete records (JSON objects) of log.jsonl; none if it is missing or unreadable."""
     path = Path(out_dir) / LOG
     records = []
-    if path.exists():
-        for line in path.read_text(encoding="utf-8").splitlines():
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
             try:
-                records.append(json.loads(line))
+                record = json.loads(line)
             except json.JSONDecodeError:
                 continue  # a run killed mid-write leaves at most one torn line
+            if isinstance(record, dict):
+                records.append(record)
     return records
 
 

@@ -58,6 +58,21 @@ def _series(records: list[dict], metric: str) -> tuple[list[int], list[float]]:
     return [s for s, _ in pairs], [v for _, v in pairs]
 
 
+def _why_no_records(run: Path) -> str:
+    """What is wrong with a run that has no log record: which of four things a user can fix."""
+    log = run / LOG
+    if not run.is_dir():
+        what = "is a file, not a directory" if run.exists() else "does not exist"
+        return f"{run} {what}; pass the output directory of a training run (it holds {LOG})"
+    if not log.is_file():
+        return (f"{run} has no {LOG}; plot the output directory of a training run "
+                f"(`lmstack train` writes {LOG} there)")
+    if not log.read_bytes().strip():
+        return f"{log} is empty: the run has not logged a step yet; plot it after its first log"
+    return (f"{log} is corrupt: none of its lines is a JSON record; it is not a log that "
+            "`lmstack train` wrote, or it was damaged: train again or restore it")
+
+
 def plot_runs(run_dirs: Sequence[str | os.PathLike], out_png: str | os.PathLike,
               metrics: Sequence[str] = ("loss", "val_loss")) -> Path:
     """Draw `metrics` of every run's log.jsonl into `out_png`; returns its path."""
@@ -67,8 +82,7 @@ def plot_runs(run_dirs: Sequence[str | os.PathLike], out_png: str | os.PathLike,
     for run in run_dirs:
         records = read_log(run)
         if not records:
-            raise DataError(f"{Path(run) / LOG} is missing or empty; plot the output directory of "
-                            "a training run (`lmstack train` writes log.jsonl there)")
+            raise DataError(_why_no_records(Path(run)))
         logs[Path(run)] = records
     names = _labels(list(logs))
     shown = [m for m in metrics if any(_series(r, m)[0] for r in logs.values())]

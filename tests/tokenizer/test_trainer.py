@@ -83,8 +83,9 @@ def test_gpt2_pattern_option(corpus):
 
 
 def test_small_corpus_stops_early_when_no_pair_repeats():
-    tok = train_bpe(["abcdef"], vocab_size=1000, special_tokens=["<|endoftext|>"],
-                    progress=False, workers=1)
+    with pytest.warns(UserWarning, match=r"too small for vocab_size 1000.* has 257 ids"):
+        tok = train_bpe(["abcdef"], vocab_size=1000, special_tokens=["<|endoftext|>"],
+                        progress=False, workers=1)
     assert tok.merges == [] and tok.eot_id == 256 and tok.vocab_size == 257
 
 

@@ -74,7 +74,7 @@ def test_a_run_from_the_trainer_plots(data_dir, tmp_path):
 
 def test_no_log_is_a_clear_error(tmp_path):
     (tmp_path / "empty").mkdir()
-    with pytest.raises(DataError, match="log.jsonl is missing or empty"):
+    with pytest.raises(DataError, match="empty has no log.jsonl"):
         plot_runs([tmp_path / "empty"], tmp_path / "x.png")
     with pytest.raises(DataError, match="no runs"):
         plot_runs([], tmp_path / "x.png")
