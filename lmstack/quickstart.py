@@ -182,7 +182,7 @@ def run_figures(out: Path, data_dir: Path, tok, model, train_cfg, metrics: dict,
 def training_seconds(records: list[dict]) -> float:
     """Training time from a log's `elapsed_s` (each resumed segment restarts its clock at 0).
 
-    >>> training_seconds([{"elapsed_s": 5.0}, {"elapsed_s": 9.0}, {"elapsed_s": 2.0}, {"elapsed_s": 4.0}])
+    >>> training_seconds([{"elapsed_s": 5.0}, {"elapsed_s": 9.0}, {"elapsed_s": 4.0}])
     13.0
     """
     total, last = 0.0, 0.0
@@ -224,7 +224,7 @@ def reading(f: dict) -> str:
     ...      "repeats": {0.0: 0.62, 0.7: 0.2, 1.0: 0.05}, "out": "runs/quickstart"}
     >>> print(reading(f))  # doctest: +ELLIPSIS
     What these numbers say:
-    - perplexity 108.3: on average the model is as unsure of the next token as a fair pick among 108 ...
+    - perplexity 108.3: on average the model is as unsure of the next token as a fair pick ...
     """
     greedy, hot = f["repeats"][min(f["repeats"])], f["repeats"][max(f["repeats"])]
     return "\n".join([
@@ -234,11 +234,11 @@ def reading(f: dict) -> str:
         f"nothing and {f['unigram_ppl']:,.0f} knowing only how often each token occurs; that is "
         f"{f['params'] / 1e6:.1f}M parameters after {f['steps']:,} steps ({f['tokens'] / 1e6:.1f}M "
         f"tokens, {f['seconds'] / 60:.1f} min).",
-        f"- {f['bpb']:.3f} bits per byte: used as a compressor, the model would store held-out text "
-        f"in {f['bpb'] / 8:.0%} of its size; zlib -9 needs {f['zlib_bpb']:.2f} bits per byte "
-        f"({f['zlib_bpb'] / 8:.0%}) on the same text.",
-        f"- greedy decoding (temperature {min(f['repeats']):g}) always takes the most likely token, "
-        f"and text it wrote makes itself likely again: {greedy:.0%} of its 4-token runs repeat an "
+        f"- {f['bpb']:.3f} bits per byte: used as a compressor, the model would store held-out "
+        f"text in {f['bpb'] / 8:.0%} of its size; zlib -9 needs {f['zlib_bpb']:.2f} bits per "
+        f"byte ({f['zlib_bpb'] / 8:.0%}) on the same text.",
+        f"- greedy decoding (temperature {min(f['repeats']):g}) always takes the most likely "
+        f"token, and text it wrote makes itself likely again: {greedy:.0%} of its 4-token runs repeat an "
         f"earlier one, {hot:.0%} at temperature {max(f['repeats']):g}. Temperature divides the "
         "logits before the softmax: below 1 sharper (safer, loopier), above 1 flatter (more "
         "varied, more mistakes).",

@@ -82,10 +82,11 @@ class BodyLimit:
         # Read the whole body here (it is small by definition), then replay it to the app;
         # later receive() calls pass through so the app still sees a disconnect.
         chunks, size = [], 0
-        deadline = asyncio.get_running_loop().time() + self.timeout_s
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout_s  # for the whole body, not each chunk: slowloris
         while True:
             try:
-                message = await asyncio.wait_for(receive(), deadline - asyncio.get_running_loop().time())
+                message = await asyncio.wait_for(receive(), deadline - loop.time())
             except TimeoutError:
                 return await self._timed_out(send)
             if message["type"] != "http.request":
@@ -104,14 +105,14 @@ class BodyLimit:
         await self.app(scope, replay, send)
 
     async def _reject(self, send) -> None:
-        await _error(send, 413, f"request body is larger than the server's limit of {self.max_bytes} "
-                     "bytes; send a shorter prompt (or start the server with a larger "
-                     "--max-body-bytes)", "request_too_large")
+        await _error(send, 413, f"request body is larger than the server's limit of "
+                     f"{self.max_bytes} bytes; send a shorter prompt (or start the server with a "
+                     "larger --max-body-bytes)", "request_too_large")
 
     async def _timed_out(self, send) -> None:
-        await _error(send, 408, f"the request body did not arrive within {self.timeout_s:g} s of its "
-                     "headers; send the whole body at once (or start the server with a larger "
-                     "--body-timeout)", "request_timeout")
+        await _error(send, 408, f"the request body did not arrive within {self.timeout_s:g} s of "
+                     "its headers; send the whole body at once (or start the server with a "
+                     "larger --body-timeout)", "request_timeout")
 
 
 async def _error(send, status: int, message: str, code: str) -> None:

@@ -6,9 +6,9 @@ Reads each run's `log.jsonl` (checkpoint.read_log) and draws every record that h
 against its step. Metrics in the same unit share a panel: train and validation loss are both
 nats per token, so they are drawn on one axis, where they can be compared (the gap between them
 is overfitting). Training loss is noisy from batch to batch, so its raw curve is drawn faint
-with a centered moving average on top (no lag: see `smooth`); validation metrics are sparse and drawn as points
-joined by dashed lines. Uses matplotlib's object API with the Agg canvas (no display, no pyplot
-global state), and writes the file atomically.
+with a centered moving average on top (no lag: see `smooth`); validation metrics are sparse
+and drawn as points joined by dashed lines. Uses matplotlib's object API with the Agg canvas
+(no display, no pyplot global state), and writes the file atomically.
 """
 
 from __future__ import annotations
