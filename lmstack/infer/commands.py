@@ -3,10 +3,13 @@ to the terminal, and one prompt under several decoding strategies side by side.
 
     lmstack generate --model runs/quickstart --prompt "import os" --temperature 0.8 --top-p 0.95
     lmstack sample-compare --model runs/quickstart --prompt "def main(" --max-new-tokens 40
+    lmstack generate --model runs/quickstart --medusa --prompt "import os"   # speculative
 
 The flags are made from the fields of `GenerationConfig`, so a new setting is a new flag with no
 other change: `top_p` is `--top-p`, a list is given as repeated values (`--stop "\\n\\n" "###"`),
-`logit_bias` as ID=BIAS pairs, a boolean as a bare flag.
+`logit_bias` as ID=BIAS pairs, a boolean as a bare flag. `--medusa [DIR]`, `--draft DIR` and
+`--prompt-lookup N` decode through `Engine.speculative` (speculative.py): the same text as without
+them (greedy) or the same distribution (sampling), in fewer forward passes of the model.
 """
 
 from __future__ import annotations
@@ -58,6 +61,7 @@ def add_generate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prompt", help="the prompt (\\n for newlines; default: stdin)")
     p.add_argument("--echo", action="store_true", help="print the prompt before the completion")
     add_generation_flags(p)
+    add_speculation_flags(p)
 
 
 def add_sample_compare_args(p: argparse.ArgumentParser) -> None:
@@ -89,6 +93,52 @@ def add_generation_flags(p: argparse.ArgumentParser) -> None:
             p.add_argument(flag, type=int, metavar="N", help=help_text)
         else:
             p.add_argument(flag, type=float, metavar="X", help=help_text)
+
+
+def add_speculation_flags(p: argparse.ArgumentParser) -> None:
+    """The drafter flags of speculative decoding (at most one drafter), and --gamma."""
+    g = p.add_argument_group("speculative decoding (greedy and sampling; output as without it)")
+    g.add_argument("--medusa", nargs="?", const="", metavar="DIR",
+                   help="draft with the Medusa heads `lmstack train-heads` wrote to DIR "
+                        "(default: the --model directory)")
+    g.add_argument("--draft", metavar="DIR", help="draft with this small model (same tokenizer)")
+    g.add_argument("--prompt-lookup", type=int, metavar="N",
+                   help="draft by copying what followed the last N tokens earlier in the text (3)")
+    g.add_argument("--gamma", type=int, metavar="N",
+                   help="most tokens drafted per round (default 4, or the number of Medusa heads)")
+
+
+def speculative_from_args(engine, args: argparse.Namespace):
+    """The `SpeculativeDecoder` the flags ask for, or None when they name no drafter."""
+    asked = {flag: value for flag, value in (("--medusa", args.medusa), ("--draft", args.draft),
+                                             ("--prompt-lookup", args.prompt_lookup))
+             if value is not None}
+    if len(asked) > 1:
+        raise ConfigError(f"{' and '.join(asked)} name {len(asked)} drafters; speculative "
+                          "decoding takes one: keep one of them")
+    if not asked:
+        if args.gamma is not None:
+            raise ConfigError("--gamma is the number of tokens a drafter proposes; name the drafter "
+                              "too: --medusa [DIR], --draft DIR or --prompt-lookup N")
+        return None
+    from lmstack.infer.engine import Engine
+
+    options = {"gamma": args.gamma}
+    if args.draft is not None:
+        options["draft"] = Engine.load(args.draft, dtype=args.dtype)
+    elif args.prompt_lookup is not None:
+        options["prompt_lookup"] = args.prompt_lookup
+    else:  # a bare --medusa: the heads train-heads saved next to the model
+        options["medusa"] = args.medusa or args.model
+    return engine.speculative(**options)
+
+
+def check_speculable(cfg: GenerationConfig, spec) -> None:
+    """Refuse, in the CLI's words, settings speculative decoding cannot do."""
+    if spec is not None and (cfg.strategy not in ("greedy", "sample") or cfg.num_return_sequences > 1):
+        raise ConfigError(f"speculative decoding (--medusa/--draft/--prompt-lookup) does greedy and "
+                          f"sampling only, not {cfg.strategy}; drop --num-beams/--best-of/"
+                          "--num-return-sequences or the drafter flag")
 
 
 def settings_from_args(args: argparse.Namespace) -> dict:
@@ -135,14 +185,18 @@ def cmd_generate(args: argparse.Namespace) -> None:
     prompt = _prompt(args)
     check_prompt(engine, prompt, args.model)
     cfg = engine.config(None, **settings)
+    spec = speculative_from_args(engine, args)
+    check_speculable(cfg, spec)
     if cfg.strategy in ("greedy", "sample") and cfg.num_return_sequences == 1:
+        decoder = spec or engine  # both stream the same text; spec in fewer forward passes
         if args.echo:
             print(prompt, end="", flush=True)
-        for delta in engine.stream(prompt, cfg):
+        for delta in decoder.stream(prompt, cfg):
             print(delta, end="", flush=True)
         print()
-        done = engine.last
-        print(f"[{len(done.tokens)} tokens, finish_reason={done.finish_reason}]", file=sys.stderr)
+        done = decoder.last
+        print(f"[{len(done.tokens)} tokens, finish_reason={done.finish_reason}"
+              f"{'' if spec is None else format_spec_stats(spec.stats)}]", file=sys.stderr)
         if cfg.logprobs:
             print(format_logprobs(engine, done), file=sys.stderr)
         return
@@ -153,6 +207,17 @@ def cmd_generate(args: argparse.Namespace) -> None:
         print((prompt if args.echo else "") + c.text)
         if cfg.logprobs and c.logprobs:
             print(format_logprobs(engine, c))
+
+
+def format_spec_stats(stats) -> str:
+    """A speculative call's counts, for the status line.
+
+    >>> from lmstack.infer.speculative import SpecStats
+    >>> format_spec_stats(SpecStats(proposed=8, accepted=6, target_passes=4, new_tokens=10))
+    ', speculative: 6/8 drafts accepted (75%), 2.50 tokens per forward pass'
+    """
+    return (f", speculative: {stats.accepted}/{stats.proposed} drafts accepted "
+            f"({stats.acceptance_rate:.0%}), {stats.tokens_per_pass:.2f} tokens per forward pass")
 
 
 def format_logprobs(engine, completion) -> str:

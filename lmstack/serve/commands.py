@@ -5,7 +5,8 @@
     lmstack serve --model DIR --api-key-file keys.txt --host 0.0.0.0   # reachable from outside
 
 It binds to 127.0.0.1 unless --host says otherwise; serving on another address without an API
-key prints a warning.
+key prints a warning. It does not speculate: `--medusa`, `--draft`, `--prompt-lookup` and
+`--gamma` are refused with the reason (`SPECULATION`); `lmstack generate` and `chat` take them.
 """
 
 from __future__ import annotations
@@ -18,6 +19,11 @@ import sys
 from pathlib import Path
 
 from lmstack.errors import ConfigError
+
+
+# Speculation accepts a different number of tokens per sequence each round; the scheduler steps
+# every request's row together (continuous batching), so serve names why it refuses these flags.
+SPECULATION = ("medusa", "draft", "prompt_lookup", "gamma")
 
 
 def add_serve_args(p: argparse.ArgumentParser) -> None:
@@ -39,12 +45,15 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
                    help="memory for reusing prompt prefixes across requests (0 = off)")
     p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default=None,
                    help="run the model in this precision (default: as stored)")
+    for name in SPECULATION:  # accepted only to be refused with the reason (see SPECULATION)
+        p.add_argument("--" + name.replace("_", "-"), nargs="?", const="", help=argparse.SUPPRESS)
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
                    help="uvicorn's log level; info logs each request (never its query string)")
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
     """Run the server until interrupted."""
+    check_no_speculation(args)
     import uvicorn
 
     from lmstack.infer import Engine
@@ -75,6 +84,39 @@ def cmd_serve(args: argparse.Namespace) -> None:
     print(f"serving {name} on http://{args.host}:{args.port}  (web chat at /, API at /v1)", file=sys.stderr)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
                 log_config=access_log_config())
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Bind host:port once and let go, so that a busy port is a one-line error before the model
+    loads (uvicorn would print that it is serving, then fail with exit status 3)."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror as e:
+        raise ConfigError(f"--host {host!r} is not an address of this machine ({e.strerror}); "
+                          "use 127.0.0.1 (this machine only) or 0.0.0.0 (every interface)") from None
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            probe.bind(address)
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                why = "is already in use (another server listens there); pick a free one with --port"
+            elif e.errno == errno.EACCES:
+                why = "needs administrator rights; use --port 1024 or above"
+            else:
+                why = f"cannot be bound on {host} ({e.strerror}); check --host and --port"
+            raise ConfigError(f"port {port} {why}") from None
+
+
+def check_no_speculation(args: argparse.Namespace) -> None:
+    """Refuse speculative-decoding flags, saying why serve cannot and what can."""
+    asked = ["--" + n.replace("_", "-") for n in SPECULATION if getattr(args, n, None) is not None]
+    if asked:
+        raise ConfigError(
+            f"serve does not speculate ({' '.join(asked)}): its continuous batching decodes every "
+            "request's row in one step, and speculation accepts a different number of tokens per "
+            f"row each round; use `lmstack generate` or `lmstack chat` with {asked[0]} (one "
+            "conversation at a time), or serve without it")
 
 
 def check_port_free(host: str, port: int) -> None:

@@ -9,6 +9,8 @@ with "/" are commands: /set NAME VALUE changes any generation setting (the field
 stops a reply (the chat goes on); Ctrl-D or /quit leaves. When the conversation no longer fits
 the model's context the oldest exchanges are dropped (the system message is kept) and you are
 told so. Input may be piped: `printf 'Hi\\n/quit\\n' | lmstack chat --model runs/sft`.
+`--medusa [DIR]`, `--draft DIR` or `--prompt-lookup N` write each reply through the speculative
+decoder (lmstack/infer/speculative.py): the same replies, in fewer forward passes.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from dataclasses import fields
 from typing import Any
 
 from lmstack.errors import ConfigError
+from lmstack.infer.commands import add_speculation_flags, speculative_from_args
 from lmstack.infer.config import GenerationConfig
 from lmstack.serve.chat_template import ChatTemplate
 
@@ -87,10 +90,12 @@ class ChatSession:
     """A conversation with a model: its history, settings and the prompt they render to."""
 
     def __init__(self, engine: Any, template: ChatTemplate | None = None, system: str | None = None,
-                 notify: Callable[[str], None] | None = None, **settings: Any) -> None:
+                 notify: Callable[[str], None] | None = None, decoder: Any = None,
+                 **settings: Any) -> None:
         if engine.tokenizer is None:
             raise ConfigError("lmstack chat needs the model's tokenizer.json")
         self.engine, self.system = engine, system
+        self.decoder = decoder or engine  # what writes replies: the engine or a speculative one
         self.template = template or ChatTemplate()
         self.notify = notify or (lambda text: print(text, file=sys.stderr, flush=True))
         self.config = engine.config(None, **settings)  # validated now: a bad flag fails early
@@ -161,7 +166,7 @@ class ChatSession:
             self.config, stop_token_ids=sorted(set(self.config.stop_token_ids) | set(self.turn_end)))
         parts: list[str] = []
         try:
-            for delta in self.engine.stream(prompt, cfg):
+            for delta in self.decoder.stream(prompt, cfg):
                 parts.append(delta)
                 yield delta
         finally:
@@ -229,7 +234,7 @@ def run_chat(session: ChatSession, read: Callable[[str], str] = input) -> None:
                 stopped = True
             out.write("\n")
             out.flush()
-            last = getattr(session.engine, "last", None)
+            last = getattr(session.decoder, "last", None)
             if not stopped and last is not None and last.finish_reason == "length":
                 session.notify("[reply cut at max_new_tokens or the context; "
                                "/set max_new_tokens N for longer replies]")
@@ -247,6 +252,7 @@ def add_chat_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, help="seed for sampling, for reproducible replies")
     p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default=None,
                    help="run the model in this precision (default: as stored)")
+    add_speculation_flags(p)
 
 
 def cmd_chat(args: argparse.Namespace) -> None:
@@ -258,7 +264,8 @@ def cmd_chat(args: argparse.Namespace) -> None:
     settings = {k: v for k, v in (("temperature", args.temperature), ("top_p", args.top_p),
                                   ("max_new_tokens", args.max_new_tokens), ("seed", args.seed))
                 if v is not None}
-    session = ChatSession(engine, template, system=args.system, **settings)
+    spec = speculative_from_args(engine, args)
+    session = ChatSession(engine, template, system=args.system, decoder=spec, **settings)
     if not session.turn_end:
         session.notify("[warning: the tokenizer has none of the template's end-of-turn tokens; "
                        "replies end only at max_new_tokens or a stop string]")
