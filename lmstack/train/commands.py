@@ -15,8 +15,9 @@ import argparse
 def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="TOML file (top-level TrainConfig keys, [model], [optim], "
                                     "[schedule])")
-    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                   help="overrides, e.g. steps=500 schedule.lr=3e-4 model.n_layer=6")
+    p.add_argument("--set", nargs="*", action="extend", default=[], metavar="KEY=VALUE",
+                   help="overrides, e.g. steps=500 schedule.lr=3e-4 model.n_layer=6 (repeatable: "
+                        "a later --set adds to, and overrides, an earlier one)")
     p.add_argument("--resume", action="store_true", help="continue from out_dir's checkpoint")
 
 
