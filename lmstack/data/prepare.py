@@ -31,8 +31,9 @@ from lmstack.data.dedup import DedupConfig, ExactDeduper, NearDeduper
 from lmstack.data.filters import RULES as FILTER_RULES
 from lmstack.data.filters import FilterConfig, failed_rule
 from lmstack.data.normalize import check_form, normalize_text
+from lmstack.data.outputs import check_out_dir
 from lmstack.data.pii import scrub
-from lmstack.data.shards import ShardConfig, write_shards
+from lmstack.data.shards import MANIFEST, ShardConfig, write_shards
 from lmstack.data.sources import STDLIB, Document, SourceStats, iter_documents
 from lmstack.errors import ConfigError
 from lmstack.tokenizer import Tokenizer
@@ -69,6 +70,12 @@ class PrepareConfig:
         self.dedup.rows()
         ShardConfig(val_fraction=self.val_fraction, workers=self.workers).check()
         return self
+
+    def check_output(self) -> None:
+        """ConfigError, before any work, if out_dir is a file or a non-empty directory that
+        holds no shards of an earlier prepare (the tokenizer and sources may sit inside it)."""
+        inputs = [s for s in (self.tokenizer, *self.sources) if s and s != STDLIB]
+        check_out_dir(self.out_dir, "--out", "a shard directory", [MANIFEST, REPORT], inputs)
 
 
 @dataclass
@@ -156,6 +163,7 @@ def clean_documents(
 def prepare(cfg: PrepareConfig) -> PrepareReport:
     """Clean cfg.sources, encode them into shards in cfg.out_dir and write report.json there."""
     cfg.check()
+    cfg.check_output()
     if not cfg.tokenizer:
         raise ConfigError(
             "no tokenizer given: pass --tokenizer PATH to a tokenizer JSON file "

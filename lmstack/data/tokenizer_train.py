@@ -15,8 +15,10 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lmstack.data.outputs import check_out_file
 from lmstack.data.prepare import PrepareConfig, clean_documents
 from lmstack.data.sources import STDLIB, SourceStats, iter_documents
+from lmstack.errors import LMStackError
 from lmstack.tokenizer import DEFAULT_SPECIAL_TOKENS, Tokenizer, save_hf, train_bpe
 
 
@@ -60,8 +62,25 @@ class TokenizerTrainResult:
         return "\n".join(lines)
 
 
+def _is_tokenizer(path: Path) -> bool:
+    try:
+        Tokenizer.load(path)
+    except (LMStackError, ValueError, OSError):
+        return False
+    return True
+
+
+def check_outputs(cfg: TokenizerTrainConfig) -> None:
+    """ConfigError if --out or --hf-out could not take the result: a directory, a file that is
+    not a tokenizer (an earlier tokenizer is replaced), a path under a file."""
+    check_out_file(cfg.out, "--out", "a tokenizer file", _is_tokenizer)
+    if cfg.hf_out:
+        check_out_file(cfg.hf_out, "--hf-out", "a tokenizer file", _is_tokenizer)
+
+
 def train_tokenizer(cfg: TokenizerTrainConfig) -> TokenizerTrainResult:
     """Read (and clean) the sources, train byte-level BPE, save it; see the module docstring."""
+    check_outputs(cfg)  # before the work, not after minutes of training
     start = time.perf_counter()
     counted = {"documents": 0, "bytes": 0}
     if cfg.clean:

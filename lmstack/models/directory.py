@@ -181,7 +181,19 @@ def find_format(path: str | os.PathLike) -> ModelFormat:
 def load_model(directory: str | os.PathLike, device: str | torch.device = "cpu") -> torch.nn.Module:
     """Open a model in any registered format (ours, n-gram, quantized, Hugging Face; eval mode)."""
     p = Path(directory)
-    return find_format(p).load(p, device)
+    model = find_format(p).load(p, device)
+    check_finite(model, p)
+    return model
+
+
+def check_finite(model: torch.nn.Module, where: str | os.PathLike) -> None:
+    """ConfigError if a floating-point weight is NaN or infinite: what a diverged run leaves,
+    which would only generate garbage ids (every command that opens a model gets this check)."""
+    for name, t in model.state_dict().items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise ConfigError(f"{where} holds non-finite weights ({name} has NaN or inf): the "
+                              "training run that wrote them diverged. Train again with a lower "
+                              "schedule.lr or gradient clipping (optim.grad_clip=1.0)")
 
 
 def model_eos_ids(directory: str | os.PathLike) -> list[int] | None:

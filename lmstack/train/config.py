@@ -26,18 +26,53 @@ from __future__ import annotations
 
 import dataclasses
 import tomllib
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from lmstack.errors import ConfigError
+from lmstack.models import config_from_dict
+from lmstack.train.fields import Check, Matches, OneOf, Range, check, check_tree, parse, parse_value
 from lmstack.train.optim import OptimConfig
 from lmstack.train.qat import check_qat
-from lmstack.train.schedule import ScheduleConfig
+from lmstack.train.schedule import DECAYS, ScheduleConfig
+
+__all__ = ["RULES", "TrainConfig", "apply_overrides", "load_config", "parse_value"]
 
 
 def _default_model() -> dict[str, Any]:
     return {"model_type": "gpt", "n_layer": 4, "n_head": 4, "n_embd": 128, "block_size": 128}
+
+
+# What each field allows beyond its type (fields.py checks the type of every field). Checks
+# across fields (min_lr <= lr, QAT's group size) stay in the configs' check() methods; the
+# model table is checked by its own config class (lmstack.models).
+_STEP = Range(0, 1, hi_open=True)
+RULES: dict[str, Check] = {
+    "data": Matches(r"(?s).+", "a path"), "tokenizer": Matches(r"(?s).+", "a path or none"),
+    "out_dir": Matches(r"(?s).+", "a path"),
+    "batch_size": Range(1), "block_size": Range(1), "grad_accum": Range(1), "steps": Range(1),
+    "max_minutes": Range(0, lo_open=True, hint="minutes of wall time; none for no limit"),
+    "precision": OneOf(("fp32", "bf16", "fp16")),
+    "device": Matches(r"auto|cpu|mps|cuda(:\d+)?", "auto, cpu, mps, cuda or cuda:N"),
+    "parallel": OneOf(("ddp", "fsdp")),
+    "threads": Range(1, hint="none: torch's default"),
+    "seed": Range(0, 2**32, hi_open=True, hint="numpy's seed range"),
+    "eval_every": Range(0, hint="0 disables validation"), "eval_batches": Range(1),
+    "target_val_loss": Range(0),
+    "sample_every": Range(0, hint="0 disables samples"), "save_every": Range(1),
+    "log_every": Range(1),
+    "scheduled_sampling": Range(0, 1, hint="a probability"),
+    "optim.name": OneOf(("adamw", "muon")),
+    "optim.weight_decay": Range(0), "optim.beta1": _STEP, "optim.beta2": _STEP,
+    "optim.eps": Range(0, lo_open=True), "optim.grad_clip": Range(0, hint="0 disables clipping"),
+    "optim.momentum": _STEP,
+    "schedule.lr": Range(0, lo_open=True), "schedule.min_lr": Range(0),
+    "schedule.warmup_steps": Range(0), "schedule.total_steps": Range(1),
+    "schedule.kind": OneOf(tuple(DECAYS)),
+    "schedule.decay_fraction": Range(0, 1, lo_open=True),
+}
 
 
 @dataclass
@@ -79,21 +114,15 @@ class TrainConfig:
             # The schedule spans the run unless told otherwise: `steps=50` alone must not leave
             # a 2000-step cosine that never leaves its warmup.
             self.schedule.total_steps = self.steps
+        check_tree(self, RULES)  # every field: its type and RULES' range
         self.optim.check()
         self.schedule.check()
-        for name in ("batch_size", "block_size", "grad_accum", "steps", "eval_batches"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.precision not in ("fp32", "bf16", "fp16"):
-            raise ConfigError(f"precision {self.precision!r} is not fp32, bf16 or fp16")
-        if self.parallel not in ("ddp", "fsdp"):
-            raise ConfigError(f"parallel {self.parallel!r} is not 'ddp' or 'fsdp'")
+        # The model's own config class checks its table (the tokenizer sets vocab_size later).
+        config_from_dict({"vocab_size": 256, **self.model})
         if self.target_val_loss is not None and not self.eval_every:
             raise ConfigError("target_val_loss needs validation to stop on: set eval_every "
                               "to a number of steps, e.g. eval_every=100")
         check_qat(self.qat_bits, self.qat_group_size)
-        if not 0 <= self.scheduled_sampling <= 1:
-            raise ConfigError("scheduled_sampling is a probability: use a value in [0, 1]")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -101,57 +130,51 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
-def _set(obj: Any, dotted: str, value: Any, full: str) -> None:
+def _set(obj: Any, dotted: str, value: Any, full: str, raw: str | None = None) -> None:
+    """Set field `dotted` of obj to `value`, held to its type and RULES; from `--set`, `raw`
+    is the text as given, parsed as that field's type (`out_dir=2024` stays text)."""
     head, _, rest = dotted.partition(".")
-    if isinstance(obj, dict):
+    if isinstance(obj, dict):  # the model table: its config class checks it (TrainConfig.check)
         if rest:
             _set(obj.setdefault(head, {}), rest, value, full)
         else:
             obj[head] = value
         return
+    if not dataclasses.is_dataclass(obj):  # `steps.x=1`, `model.n_layer.x=1`
+        raise ConfigError(f"unknown setting {full!r}: {full[:-len(dotted) - 1]} is a single "
+                          "value, not a table of settings")
     names = [f.name for f in dataclasses.fields(obj)]
     if head not in names:
         raise ConfigError(
             f"unknown setting {full!r}: {type(obj).__name__} has no field {head!r} "
             f"(fields: {', '.join(names)})"
         )
-    if rest:
-        _set(getattr(obj, head), rest, value, full)
-        return
     current = getattr(obj, head)
-    if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
+    if rest:
+        _set(current, rest, value, full, raw)
+        return
+    kind = typing.get_type_hints(type(obj))[head]
+    if raw is not None:  # a table (`optim={beta1=0.8}`) is a TOML literal; a value has its type
+        value = parse_value(raw) if dataclasses.is_dataclass(current) else parse(raw, kind, full)
     if dataclasses.is_dataclass(current) and isinstance(value, dict):
         for k, v in value.items():
             _set(current, k, v, f"{full}.{k}")
         return
-    setattr(obj, head, value)
-
-
-def parse_value(text: str) -> Any:
-    """A TOML literal, or the bare text as a string.
-
-    >>> parse_value("3e-4"), parse_value("true"), parse_value("gelu"), parse_value("[1, 2]")
-    (0.0003, True, 'gelu', [1, 2])
-    """
-    try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        return text
+    setattr(obj, head, check(value, kind, full, RULES.get(full)))
 
 
 def apply_overrides(cfg: TrainConfig, overrides: list[str]) -> TrainConfig:
     """Apply `key=value` overrides (dotted keys for nested fields) in order."""
     for item in overrides:
-        key, eq, value = item.partition("=")
-        if not eq or not key:
+        key, eq, raw = item.partition("=")
+        if not eq or not key.strip():
             raise ConfigError(f"override {item!r} is not key=value, e.g. schedule.lr=3e-4")
-        key, value = key.strip(), parse_value(value.strip())
-        if key == "model.model_type" and cfg.model.get("model_type") != value:
+        key, raw = key.strip(), raw.strip()
+        if key == "model.model_type" and cfg.model.get("model_type") != parse_value(raw):
             # Another architecture: the old one's fields (a GPT's n_head for an LSTM) do not
             # apply, so start its table afresh. Give model.model_type before other model.* keys.
             cfg.model = {}
-        _set(cfg, key, value, key)
+        _set(cfg, key, parse_value(raw), key, raw)
     return cfg
 
 
@@ -163,21 +186,38 @@ def builtin_configs() -> list[str]:
     return sorted(p.stem for p in CONFIGS_DIR.glob("*.toml"))
 
 
+def read_toml(path: str | Path) -> dict[str, Any]:
+    """The tables of a TOML config file, with errors that say what the path is instead."""
+    p = Path(path)
+    names = f"one of the built-in configs {builtin_configs()}"
+    if p.is_dir():
+        raise ConfigError(f"config {p} is a directory, not a TOML file; give a .toml file or {names}")
+    try:
+        return tomllib.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"config file {p} does not exist; give a TOML path or {names}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {p} is not a text file (not UTF-8); give a TOML file "
+                          f"or {names}") from None
+    except OSError as e:
+        raise ConfigError(f"config file {p} cannot be read ({e.strerror}); give a readable TOML "
+                          "file") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config file {p} is not valid TOML: {e}") from None
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> TrainConfig:
     """TrainConfig from an optional TOML file (or a built-in config name) plus overrides."""
     cfg = TrainConfig()
     if path is not None and not Path(path).exists() and str(path) in builtin_configs():
         path = CONFIGS_DIR / f"{path}.toml"
     if path is not None:
-        try:
-            data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ConfigError(f"config file {path} does not exist; give a TOML path or one of "
-                              f"the built-in configs {builtin_configs()}") from None
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
+        data = read_toml(path)
         if "model" in data:  # a file's [model] table replaces the default model, not merges
             cfg.model = {}
-        for key, value in data.items():
-            _set(cfg, key, value, key)
+        try:
+            for key, value in data.items():
+                _set(cfg, key, value, key)
+        except ConfigError as e:
+            raise ConfigError(f"config file {path}: {e}") from None
     return apply_overrides(cfg, list(overrides)).check()

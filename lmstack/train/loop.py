@@ -36,6 +36,7 @@ import torch
 from tqdm.auto import tqdm
 
 from lmstack.data.loader import TokenLoader
+from lmstack.data.outputs import check_out_dir as check_out_path
 from lmstack.errors import ConfigError, DataError
 from lmstack.models import NGramLM, build_model, config_from_dict, flops_per_token, num_params
 from lmstack.models.metrics import bits_per_byte, measure_peak_flops
@@ -179,6 +180,7 @@ def train(cfg: TrainConfig, sample: Sampler | None = None) -> TrainResult:
     layer may not import. Without it no samples are printed."""
     cfg.check()
     check_data(cfg)
+    check_out_dir(cfg)
     d = distributed.setup(cfg.device)
     try:
         return _train(cfg, d, sample)
@@ -205,6 +207,8 @@ class Run:
     metrics: dict = field(default_factory=dict)  # the last validation's
     metrics_step: int = -1
     sample: Sampler | None = None  # writes the progress samples (see `train`)
+    saved_step: int | None = None  # the step of the last checkpoint on disk
+    last_batch: tuple[torch.Tensor, torch.Tensor] | None = None  # (x, y) of the last step
 
 
 @dataclass
@@ -253,13 +257,13 @@ def _train(cfg: TrainConfig, d: distributed.Dist, sample: Sampler | None = None)
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     out = Path(cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     tok = resolve_tokenizer(cfg)
     model = build(cfg, tok)
     train_loader = TokenLoader(cfg.data, "train", cfg.batch_size, cfg.block_size, seed=cfg.seed,
                                rank=d.rank, world_size=d.world_size, tokenizer=tok)
     val_loader = TokenLoader(cfg.data, "val", cfg.batch_size, cfg.block_size, shuffle=False,
                              rank=d.rank, world_size=d.world_size, tokenizer=tok)
+    out.mkdir(parents=True, exist_ok=True)  # only now: a run refused above leaves nothing
     if isinstance(model, NGramLM):
         return _fit_ngram(model, cfg, tok, train_loader, val_loader, out, d)
     run = _prepare(cfg, d, out, tok, model, train_loader, val_loader)
@@ -275,7 +279,7 @@ def _prepare(cfg: TrainConfig, d: distributed.Dist, out: Path, tok: Tokenizer, m
 
         apply_qat(model, cfg.qat_bits, cfg.qat_group_size)
     model.to(d.device)
-    state = ckpt.load_train_state(out) if cfg.resume and (out / ckpt.STATE).exists() else None
+    state = _resume_state(cfg, out, d)
     if state is not None:
         ckpt.load_model_state(model, state, cfg.model, out / ckpt.STATE)  # full weights, before any sharding
     raw_model = model
@@ -304,6 +308,20 @@ def _prepare(cfg: TrainConfig, d: distributed.Dist, out: Path, tok: Tokenizer, m
     return run
 
 
+def _resume_state(cfg: TrainConfig, out: Path, d: distributed.Dist) -> dict | None:
+    """With `resume`, the checkpoint to continue from; says which: resuming, or starting fresh."""
+    if not cfg.resume:
+        return None
+    if not (out / ckpt.STATE).exists():
+        if d.is_main:
+            print(f"resume: no checkpoint in {out} (no {ckpt.STATE}); starting fresh at step 0")
+        return None
+    state = ckpt.load_train_state(out)
+    if d.is_main:
+        print(f"resuming from step {state['step']} ({out / ckpt.STATE})")
+    return state
+
+
 def _loop(run: Run) -> TrainResult:
     """Step until cfg.steps (or a deadline, or the target loss); then the final metrics."""
     cfg = run.cfg
@@ -312,10 +330,14 @@ def _loop(run: Run) -> TrainResult:
                disable=not (cfg.progress and run.d.is_main))
     loss = float("nan")
     run.model.train()
+    run.saved_step = run.step or None  # a resumed run's checkpoint is on disk
     while run.step < cfg.steps:
         lr = lr_at(run.step, cfg.schedule)
         p_own = cfg.scheduled_sampling * run.step / max(1, cfg.steps)
         loss = train_step(run, lr, p_own)
+        if not math.isfinite(loss):  # every rank holds the same mean loss: all stop together
+            bar.close()
+            raise diverged(run, f"the loss is {loss} at step {run.step + 1}", lr)
         run.step += 1
         if _after_step(run, clock, bar, {"step": run.step, "loss": loss, "lr": lr}):
             break
@@ -342,6 +364,7 @@ def train_step(run: Run, lr: float, p_own: float) -> float:
                 loss = next_token_loss(model(x), y) / cfg.grad_accum
             (scaler.scale(loss) if scaler else loss).backward()
         loss_sum += loss.detach().item()
+    run.last_batch = (x, y)  # what a checkpoint's weights are tried on (_checkpoint)
     if scaler:
         scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
     if cfg.optim.grad_clip > 0:
@@ -353,6 +376,12 @@ def train_step(run: Run, lr: float, p_own: float) -> float:
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return distributed.all_mean(loss_sum, d)
+
+
+def _peak_flops(cfg: TrainConfig, d) -> float:
+    """The MFU denominator: this device's measured matmul peak in the precision trained in."""
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.precision]
+    return measure_peak_flops(d.device, dtype)
 
 
 def _start_clock(run: Run) -> Clock:
@@ -378,12 +407,6 @@ def _after_step(run: Run, clock: Clock, bar, record: dict) -> bool:
     # Ranks must agree on stopping: under DDP/FSDP a rank that leaves early hangs the rest.
     out_of_time = clock.deadline_s is not None and distributed.any_rank(now >= clock.deadline_s, d)
     reached = False  # target_val_loss met
-def _peak_flops(cfg: TrainConfig, d) -> float:
-    """The MFU denominator: this device's measured matmul peak in the precision trained in."""
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.precision]
-    return measure_peak_flops(d.device, dtype)
-
-
     if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps):
         run.metrics, run.metrics_step = _validate(run), step
         record.update(run.metrics)
@@ -398,10 +421,58 @@ def _peak_flops(cfg: TrainConfig, d) -> float:
         _log(run, bar, record)
     stop = out_of_time or reached
     if step % cfg.save_every == 0 or step == cfg.steps or stop:
-        save(run.out, run.raw_model, run.optimizer, run.tok, step, run.train_loader.state_dict(),
-             cfg, d)
+        _checkpoint(run, record["lr"])
     clock.pause(now)  # validation, samples and saving are not training
     return stop
+
+
+def _checkpoint(run: Run, lr: float) -> None:
+    """Save, unless the weights went bad: then stop with `diverged`, keeping the last good
+    checkpoint on disk. The step's loss was that of the weights before its update, so the
+    updated ones are checked here: finite, and a finite loss on the step's last batch."""
+    if distributed.any_rank(not _finite(run.raw_model), run.d):
+        raise diverged(run, f"the weights hold NaN or inf after step {run.step}", lr)
+    if distributed.any_rank(not math.isfinite(_loss_now(run)), run.d):
+        raise diverged(run, f"the weights after step {run.step} give a non-finite loss", lr)
+    save(run.out, run.raw_model, run.optimizer, run.tok, run.step,
+         run.train_loader.state_dict(), run.cfg, run.d)
+    run.saved_step = run.step
+
+
+@torch.no_grad()
+def _loss_now(run: Run) -> float:
+    """The loss of the current weights on the last batch (eval mode: no dropout, no RNG draw,
+    so a resumed run's random stream is that of an uninterrupted one)."""
+    if run.last_batch is None:
+        return 0.0
+    x, y = run.last_batch
+    run.raw_model.eval()
+    with autocast(run.cfg, run.d.device):
+        loss = float(next_token_loss(run.raw_model(x), y))
+    run.raw_model.train()
+    distributed.reshard(run.raw_model)
+    return loss
+
+
+def _finite(model: torch.nn.Module) -> bool:
+    """Whether every parameter is finite (under FSDP: this rank's shards)."""
+    for p in model.parameters():
+        local = p.to_local() if hasattr(p, "to_local") else p  # an FSDP DTensor: its shard
+        if not bool(torch.isfinite(local).all()):
+            return False
+    return True
+
+
+def diverged(run: Run, what: str, lr: float) -> ConfigError:
+    """The error that stops a run whose loss or weights left the finite numbers."""
+    cfg = run.cfg
+    kept = (f"the last checkpoint, step {run.saved_step}, is kept in {run.out}"
+            if run.saved_step else f"nothing was saved (save_every={cfg.save_every})")
+    clip = (f"lower optim.grad_clip (now {cfg.optim.grad_clip})" if cfg.optim.grad_clip > 0
+            else "enable gradient clipping (optim.grad_clip=1.0)")
+    return ConfigError(f"training diverged: {what} (learning rate {lr:.3g}); {kept}. Lower the "
+                       f"learning rate (e.g. schedule.lr={cfg.schedule.lr / 10:.3g}) or {clip}, "
+                       "then train again")
 
 
 def _validate(run: Run) -> dict:
@@ -449,3 +520,11 @@ def check_data(cfg: TrainConfig) -> None:
     if not Path(cfg.data).is_dir():
         raise DataError(f"data directory {cfg.data} does not exist; make it with "
                         "`lmstack data prepare --out DIR`")
+
+
+def check_out_dir(cfg: TrainConfig) -> None:
+    """Fail early when out_dir is a file or holds something other than a training run (its own
+    tokenizer and data, as `lmstack quickstart` lays them out, may sit inside it)."""
+    inputs = [cfg.data] + ([cfg.tokenizer] if cfg.tokenizer else [])
+    markers = [ckpt.STATE, ckpt.TRAIN_CONFIG, ckpt.LOG]
+    check_out_path(cfg.out_dir, "out_dir", "a training run", markers, inputs)
