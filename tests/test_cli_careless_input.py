@@ -169,13 +169,19 @@ def test_ctrl_c_during_tokenizer_train_is_quiet(tmp_path):
                              "stdlib", "--vocab-size", "4096", "--out", str(out)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             cwd=tmp_path, start_new_session=True)
-    deadline = time.time() + 120
-    while len(_children(proc.pid)) < 2 and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)  # wait for the pool of counting workers
-    assert proc.poll() is None, proc.communicate()
-    time.sleep(0.5)  # let the workers settle into waiting for (or counting) a batch
-    os.killpg(proc.pid, signal.SIGINT)
-    stdout, stderr = proc.communicate(timeout=60)
+    try:
+        deadline = time.time() + 120
+        while len(_children(proc.pid)) < 2 and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.05)  # wait for the pool of counting workers
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.5)  # let the workers settle into waiting for (or counting) a batch
+        os.killpg(proc.pid, signal.SIGINT)
+        # Without the fix the workers die printing tracebacks and the pool hangs: a timeout here.
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
     assert proc.returncode == 130, stderr
     assert "interrupted" in stderr
     assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr
