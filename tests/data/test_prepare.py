@@ -111,9 +111,15 @@ def test_bad_inputs(make_corpus, tmp_path, tok_path):
 
 
 def test_everything_filtered_out_is_an_error(make_corpus, tmp_path, tok_path):
-    root = make_corpus({"a.txt": "", "b.txt": ""})
+    root = make_corpus({"a.txt": "!!! ??? ...", "b.txt": "### $$$ %%%"})  # no words: filtered
     with pytest.raises(DataError, match="every document was filtered out"):
         prepare(_cfg(root, tmp_path / "o", tok_path))
+
+
+def test_empty_files_are_an_empty_corpus_not_a_filtered_one(make_corpus, tmp_path, tok_path):
+    root = make_corpus({"a.txt": "", "b.txt": " \n"})
+    with pytest.raises(DataError, match=r"holds no text: its 2 document\(s\) are empty"):
+        prepare(_cfg(root, tmp_path / "o2", tok_path))
 
 
 def test_source_string_is_accepted_as_one_source(make_corpus):
