@@ -60,7 +60,8 @@ def check_out_dir(path: str | os.PathLike, flag: str, what: str, markers: Iterab
     own = {Path(i).resolve() for i in inputs}
     foreign = sorted(e.name for e in p.iterdir() if e.resolve() not in own)
     if foreign:
-        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        more = len(foreign) - 3
+        shown = ", ".join(foreign[:3]) + (f" and {more} more" if more > 0 else "")
         raise ConfigError(f"{flag} {p} is not empty and is not {what} (it holds {shown}, and no "
                           f"{' or '.join(markers)}); give a new or empty directory, or delete it")
     if not os.access(p, os.W_OK | os.X_OK):
@@ -74,7 +75,8 @@ def check_out_file(path: str | os.PathLike, flag: str, what: str,
     `is_ours` recognizes (it is replaced); else a ConfigError. Creates nothing."""
     p = Path(path)
     if p.is_dir():
-        raise ConfigError(f"{flag} {p} is a directory; give a file path, e.g. {p / 'tokenizer.json'}")
+        raise ConfigError(f"{flag} {p} is a directory; give a file path, "
+                          f"e.g. {p / 'tokenizer.json'}")
     if p.exists():
         if not is_ours(p):
             raise ConfigError(f"{flag} {p} exists and is not {what}; give another path, or "

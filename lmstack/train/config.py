@@ -5,9 +5,12 @@
 A TOML file has top-level keys for `TrainConfig` and tables `[model]` (a model `config.json`
 dict: `model_type` plus that model's fields), `[optim]` and `[schedule]`. Overrides are
 `dotted.key=value` with the value parsed as a TOML literal (so `3e-4`, `true`, `"gelu"` and
-`[1, 2]` work; a bare word is a string). Overriding `model.model_type` with another type starts
-an empty model table (the defaults of the new model apply). The resolved config is written
-next to the checkpoint (`train_config.json`), so a run can always be reproduced.
+`[1, 2]` work; a bare word is a string; `none` unsets an optional field). Every value is held to
+its field's type and to its range in `RULES` as it is parsed (fields.py), so `steps=abc` or
+`max_minutes=-1` is a one-line error naming the field, the value and what is allowed.
+Overriding `model.model_type` with another type starts an empty model table (the defaults of
+the new model apply). The resolved config is written next to the checkpoint
+(`train_config.json`), so a run can always be reproduced.
 
     >>> cfg = apply_overrides(TrainConfig(), ["schedule.lr=3e-4", "model.n_layer=2", "steps=50"])
     >>> cfg.schedule.lr, cfg.model["n_layer"], cfg.steps
@@ -191,7 +194,8 @@ def read_toml(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     names = f"one of the built-in configs {builtin_configs()}"
     if p.is_dir():
-        raise ConfigError(f"config {p} is a directory, not a TOML file; give a .toml file or {names}")
+        raise ConfigError(f"config {p} is a directory, not a TOML file; give a .toml file or "
+                          f"{names}")
     try:
         return tomllib.loads(p.read_text(encoding="utf-8"))
     except FileNotFoundError:

@@ -171,7 +171,8 @@ class Range:
             return f"{'>' if self.lo_open else '>='} {self.lo}"
         if self.lo is None:
             return f"{'<' if self.hi_open else '<='} {self.hi}"
-        return f"in {'(' if self.lo_open else '['}{self.lo}, {self.hi}{')' if self.hi_open else ']'}"
+        left, right = "(" if self.lo_open else "[", ")" if self.hi_open else "]"
+        return f"in {left}{self.lo}, {self.hi}{right}"
 
 
 @dataclass(frozen=True)

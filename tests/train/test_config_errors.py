@@ -75,7 +75,8 @@ def setting_cases(w: Path) -> list[tuple[list[str], list[str]]]:
         (["--set", "resume=yes"], ["resume", "'yes'", "true or false"]),
         (["--config", str(w / "a_dir")], ["a_dir", "is a directory", "built-in configs"]),
         (["--config", str(w / "binary.toml")], ["binary.toml", "not a text file"]),
-        (["--config", str(w / "maybe.toml")], ["maybe.toml", "compile", "'maybe'", "true or false"]),
+        (["--config", str(w / "maybe.toml")],
+         ["maybe.toml", "compile", "'maybe'", "true or false"]),
     ]
 
 
