@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import textwrap
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -224,10 +225,10 @@ def reading(f: dict) -> str:
     ...      "repeats": {0.0: 0.62, 0.7: 0.2, 1.0: 0.05}, "out": "runs/quickstart"}
     >>> print(reading(f))  # doctest: +ELLIPSIS
     What these numbers say:
-    - perplexity 108.3: on average the model is as unsure of the next token as a fair pick ...
+    - perplexity 108.3: on average the model is as unsure of the next token ...
     """
     greedy, hot = f["repeats"][min(f["repeats"])], f["repeats"][max(f["repeats"])]
-    return "\n".join([
+    paragraphs = [
         "What these numbers say:",
         f"- perplexity {f['ppl']:.1f}: on average the model is as unsure of the next token as a "
         f"fair pick among {f['ppl']:.0f} tokens, against {f['vocab']:,} (its vocabulary) knowing "
@@ -245,7 +246,8 @@ def reading(f: dict) -> str:
         f"- next: `lmstack sample-compare --model {f['out']} --prompt 'def '` (every decoding "
         f"strategy side by side), `lmstack chat --model {f['out']}`, or a longer run: "
         f"`lmstack quickstart --steps {2 * f['steps']} --out runs/longer`.",
-    ])
+    ]
+    return "\n".join(textwrap.fill(p, 100, subsequent_indent="  ") for p in paragraphs)
 
 
 def add_quickstart_args(p: argparse.ArgumentParser) -> None:

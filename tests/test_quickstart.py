@@ -27,6 +27,10 @@ def test_quickstart_end_to_end_and_reuse(tmp_path, capsys):
     assert first["val_bpb"] > 0 and first["val_ppl"] > 1
     printed = capsys.readouterr().out
     assert "temperature 0.7" in printed and "bits per byte" in printed
+    # The reading of the numbers quotes this run's own figures, and its baselines.
+    reading = " ".join(printed[printed.index("What these numbers say:"):].split())  # unwrapped
+    assert f"perplexity {first['val_ppl']:.1f}: " in reading and "of its 4-token runs" in reading
+    assert "knowing only how often each token occurs" in reading and "zlib -9 needs" in reading
 
     mtime = (out / "model.safetensors").stat().st_mtime_ns
     second = quickstart(cfg)
