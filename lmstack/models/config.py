@@ -66,7 +66,9 @@ def require(condition: bool, message: str) -> None:
 
 def require_choice(field: str, value: str, choices: Any) -> None:
     """Raise `ConfigError` unless `value` is one of the registry keys `choices`."""
-    require(value in choices, f"{field} {value!r} is not one of {sorted(choices)}; pick one of them")
+    # a list or dict from a config file is unhashable: test membership only for strings
+    require(isinstance(value, str) and value in choices,
+            f"{field} {value!r} is not one of {sorted(choices)}; pick one of them")
 
 
 class ModelConfig:

@@ -86,28 +86,6 @@ def cmd_serve(args: argparse.Namespace) -> None:
                 log_config=access_log_config())
 
 
-def check_port_free(host: str, port: int) -> None:
-    """Bind host:port once and let go, so that a busy port is a one-line error before the model
-    loads (uvicorn would print that it is serving, then fail with exit status 3)."""
-    try:
-        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
-    except socket.gaierror as e:
-        raise ConfigError(f"--host {host!r} is not an address of this machine ({e.strerror}); "
-                          "use 127.0.0.1 (this machine only) or 0.0.0.0 (every interface)") from None
-    with socket.socket(family, kind, proto) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
-        try:
-            probe.bind(address)
-        except OSError as e:
-            if e.errno == errno.EADDRINUSE:
-                why = "is already in use (another server listens there); pick a free one with --port"
-            elif e.errno == errno.EACCES:
-                why = "needs administrator rights; use --port 1024 or above"
-            else:
-                why = f"cannot be bound on {host} ({e.strerror}); check --host and --port"
-            raise ConfigError(f"port {port} {why}") from None
-
-
 def check_no_speculation(args: argparse.Namespace) -> None:
     """Refuse speculative-decoding flags, saying why serve cannot and what can."""
     asked = ["--" + n.replace("_", "-") for n in SPECULATION if getattr(args, n, None) is not None]

@@ -114,10 +114,6 @@ def plot_runs(run_dirs: Sequence[str | os.PathLike], out_png: str | os.PathLike,
     return out
 
 
-def _labels(runs: list[Path]) -> list[str]:
-    """Short legend names: the directory names, or longer paths where two names clash."""
-    names = [r.name or str(r) for r in runs]
-    return [str(r) if names.count(n) > 1 else n for r, n in zip(runs, names)]
 def _label(metric: str) -> tuple[str, str]:
     return LABELS.get(metric, (metric, ""))
 
@@ -137,3 +133,7 @@ def _draw(ax, metric: str, steps: list[int], values: list[float], color: str, la
                 linestyle="--" if metric.startswith("val_") else "-", label=label)
 
 
+def _labels(runs: list[Path]) -> list[str]:
+    """Short legend names: the directory names, or longer paths where two names clash."""
+    names = [r.name or str(r) for r in runs]
+    return [str(r) if names.count(n) > 1 else n for r, n in zip(runs, names)]
