@@ -10,32 +10,17 @@ Names are imported on first use (PEP 562), so `import lmstack.data` stays cheap 
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from lmstack import lazy_exports
 
-# Public name -> the module that defines it.
-_EXPORTS: dict[str, str] = {
-    **dict.fromkeys(["DedupConfig", "ExactDeduper", "MinHasher", "NearDeduper", "shingle_hashes"], "dedup"),
-    **dict.fromkeys(["FilterConfig", "failed_rule"], "filters"),
-    **dict.fromkeys(["TokenLoader"], "loader"),
-    **dict.fromkeys(["normalize_text"], "normalize"),
-    **dict.fromkeys(["scrub"], "pii"),
-    **dict.fromkeys(["PrepareConfig", "PrepareReport", "clean_documents", "format_report", "prepare"], "prepare"),
-    **dict.fromkeys(["ShardConfig", "ShardManifest", "open_shards", "read_tokens", "write_shards"], "shards"),
-    **dict.fromkeys(["CORPORA", "STDLIB", "Document", "SourceStats", "iter_documents"], "sources"),
-    **dict.fromkeys(["ArithmeticConfig", "evaluate", "generate", "render", "write_examples"], "synthetic"),
-}
-
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'lmstack.data' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"lmstack.data.{_EXPORTS[name]}"), name)
-    globals()[name] = value  # Later lookups skip this function.
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_EXPORTS])
+# Module -> the public names it defines, each imported on first use.
+__all__, __getattr__, __dir__ = lazy_exports(__name__, {
+    "dedup": ["DedupConfig", "ExactDeduper", "MinHasher", "NearDeduper", "shingle_hashes"],
+    "filters": ["FilterConfig", "failed_rule"],
+    "loader": ["TokenLoader"],
+    "normalize": ["normalize_text"],
+    "pii": ["scrub"],
+    "prepare": ["PrepareConfig", "PrepareReport", "clean_documents", "format_report", "prepare"],
+    "shards": ["ShardConfig", "ShardManifest", "open_shards", "read_tokens", "write_shards"],
+    "sources": ["CORPORA", "STDLIB", "Document", "SourceStats", "iter_documents"],
+    "synthetic": ["ArithmeticConfig", "evaluate", "generate", "render", "write_examples"],
+})

@@ -6,25 +6,9 @@ loads models from model directories (lmstack.models.directory). See perplexity.p
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from lmstack import lazy_exports
 
-# Public name -> the module that defines it, imported on first use (PEP 562): `lmstack X --help`
-# imports a package's commands.py, which must not pull in torch through this file.
-_EXPORTS: dict[str, str] = {
-    **dict.fromkeys(["evaluate_model_dir", "evaluate_text", "sliding_windows"], "perplexity"),
-}
-
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'lmstack.eval' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"lmstack.eval.{_EXPORTS[name]}"), name)
-    globals()[name] = value  # Later lookups skip this function.
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_EXPORTS])
+# Module -> the public names it defines, each imported on first use.
+__all__, __getattr__, __dir__ = lazy_exports(__name__, {
+    "perplexity": ["evaluate_model_dir", "evaluate_text", "sliding_windows"],
+})
