@@ -5,7 +5,6 @@ shows as a traceback); Ctrl-C and the busy port need a process of their own."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
@@ -19,26 +18,10 @@ import torch
 
 from lmstack.models import GPT, GPTConfig
 from lmstack.models.directory import save_model
+from tests.cli_cases import run_cases
 
 BLOCK = 16  # the tiny model's context, so that a long prompt is easy to write
 
-DRIVER = """
-import contextlib, io, json, sys, traceback
-from lmstack.cli import main
-results = []
-for argv in json.loads(sys.argv[1]):
-    err, out = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
-        try:
-            code = main(argv)
-        except SystemExit as e:
-            code = e.code
-        except BaseException:
-            code = "raised"
-            err.write(traceback.format_exc())
-    results.append([code, err.getvalue(), out.getvalue()])
-print(json.dumps(results))
-"""
 
 
 @pytest.fixture(scope="module")
@@ -51,11 +34,6 @@ def model_dir(tok, tmp_path_factory) -> Path:
     return d
 
 
-def run_cases(cases: list[list[str]], cwd: Path) -> list[tuple[object, str, str]]:
-    proc = subprocess.run([sys.executable, "-c", DRIVER, json.dumps(cases)], capture_output=True,
-                          text=True, cwd=cwd, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    return [tuple(r) for r in json.loads(proc.stdout)]
 
 
 def error_cases(model: Path, tok_file: Path, w: Path) -> list[tuple[list[str], list[str]]]:

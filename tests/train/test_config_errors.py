@@ -6,7 +6,6 @@ and nothing left on disk. The cases run in one fresh `lmstack` process (a driver
 from __future__ import annotations
 
 import dataclasses
-import json
 import subprocess
 import sys
 import typing
@@ -20,33 +19,12 @@ from lmstack.errors import ConfigError
 from lmstack.train.config import RULES, TrainConfig, load_config
 from lmstack.train.fields import check, parse
 from lmstack.train.loop import check_out_dir
+from tests.cli_cases import run_cases
 
 from .conftest import run_overrides
 
-DRIVER = """
-import contextlib, io, json, sys, traceback
-from lmstack.cli import main
-results = []
-for argv in json.loads(sys.argv[1]):
-    err, out = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
-        try:
-            code = main(argv)
-        except SystemExit as e:
-            code = e.code
-        except BaseException:
-            code = "raised"
-            err.write(traceback.format_exc())
-    results.append([code, err.getvalue(), out.getvalue()])
-print(json.dumps(results))
-"""
 
 
-def run_cases(cases: list[list[str]], cwd: Path) -> list[tuple[object, str, str]]:
-    proc = subprocess.run([sys.executable, "-c", DRIVER, json.dumps(cases)], capture_output=True,
-                          text=True, cwd=cwd, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    return [tuple(r) for r in json.loads(proc.stdout)]
 
 
 def setting_cases(w: Path) -> list[tuple[list[str], list[str]]]:
