@@ -30,6 +30,7 @@ use, so the models layer opens every format without importing the layers above i
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from collections.abc import Callable
@@ -186,14 +187,24 @@ def load_model(directory: str | os.PathLike, device: str | torch.device = "cpu")
     return model
 
 
+def nonfinite_weight(model: torch.nn.Module) -> str | None:
+    """The name of the first floating-point parameter or buffer holding NaN or inf, else None
+    (under FSDP each rank checks its own shards)."""
+    for name, t in itertools.chain(model.named_parameters(), model.named_buffers()):
+        local = t.to_local() if hasattr(t, "to_local") else t  # an FSDP DTensor: this rank's shard
+        if local.is_floating_point() and not bool(torch.isfinite(local).all()):
+            return name
+    return None
+
+
 def check_finite(model: torch.nn.Module, where: str | os.PathLike) -> None:
-    """ConfigError if a floating-point weight is NaN or infinite: what a diverged run leaves,
-    which would only generate garbage ids (every command that opens a model gets this check)."""
-    for name, t in model.state_dict().items():
-        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-            raise ConfigError(f"{where} holds non-finite weights ({name} has NaN or inf): the "
-                              "training run that wrote them diverged. Train again with a lower "
-                              "schedule.lr or gradient clipping (optim.grad_clip=1.0)")
+    """ConfigError if a weight is NaN or infinite: what a diverged run leaves, which would only
+    generate garbage ids (every command that opens a model gets this check)."""
+    name = nonfinite_weight(model)
+    if name is not None:
+        raise ConfigError(f"{where} holds non-finite weights ({name} has NaN or inf): the "
+                          "training run that wrote them diverged. Train again with a lower "
+                          "schedule.lr or gradient clipping (optim.grad_clip=1.0)")
 
 
 def model_eos_ids(directory: str | os.PathLike) -> list[int] | None:

@@ -23,7 +23,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from lmstack.errors import ConfigError
+from lmstack.data.outputs import check_out_dir
+from lmstack.errors import ConfigError, DataError
 from lmstack.models.directory import save_model
 from lmstack.tokenizer import Tokenizer
 
@@ -178,3 +179,15 @@ def truncate_log(out_dir: str | Path, step: int) -> None:
     tmp = path.with_name(LOG + ".tmp")
     tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
     os.replace(tmp, path)
+
+
+def check_run_paths(data: str | os.PathLike, out_dir: str | os.PathLike,
+                    tokenizer: str | os.PathLike | None = None) -> None:
+    """Fail before building anything when the data directory is missing, or out_dir is a file
+    or holds something other than a training run (its own tokenizer and data, as `lmstack
+    quickstart` lays them out, may sit inside it)."""
+    if not Path(data).is_dir():
+        raise DataError(f"data directory {data} does not exist; make it with "
+                        "`lmstack data prepare --out DIR`")
+    inputs = [data] + ([tokenizer] if tokenizer else [])
+    check_out_dir(out_dir, "out_dir", "a training run", [STATE, TRAIN_CONFIG, LOG], inputs)

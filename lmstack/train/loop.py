@@ -36,9 +36,9 @@ import torch
 from tqdm.auto import tqdm
 
 from lmstack.data.loader import TokenLoader
-from lmstack.data.outputs import check_out_dir as check_out_path
-from lmstack.errors import ConfigError, DataError
+from lmstack.errors import ConfigError
 from lmstack.models import NGramLM, build_model, config_from_dict, flops_per_token, num_params
+from lmstack.models.directory import nonfinite_weight
 from lmstack.models.metrics import bits_per_byte, measure_peak_flops
 from lmstack.models.protocol import next_token_loss
 from lmstack.tokenizer import Tokenizer
@@ -179,8 +179,7 @@ def train(cfg: TrainConfig, sample: Sampler | None = None) -> TrainResult:
     inference layer's `lmstack.infer.sample_text` (what `lmstack train` passes), which this
     layer may not import. Without it no samples are printed."""
     cfg.check()
-    check_data(cfg)
-    check_out_dir(cfg)
+    ckpt.check_run_paths(cfg.data, cfg.out_dir, cfg.tokenizer)
     d = distributed.setup(cfg.device)
     try:
         return _train(cfg, d, sample)
@@ -430,7 +429,7 @@ def _checkpoint(run: Run, lr: float) -> None:
     """Save, unless the weights went bad: then stop with `diverged`, keeping the last good
     checkpoint on disk. The step's loss was that of the weights before its update, so the
     updated ones are checked here: finite, and a finite loss on the step's last batch."""
-    if distributed.any_rank(not _finite(run.raw_model), run.d):
+    if distributed.any_rank(nonfinite_weight(run.raw_model) is not None, run.d):
         raise diverged(run, f"the weights hold NaN or inf after step {run.step}", lr)
     if distributed.any_rank(not math.isfinite(_loss_now(run)), run.d):
         raise diverged(run, f"the weights after step {run.step} give a non-finite loss", lr)
@@ -452,15 +451,6 @@ def _loss_now(run: Run) -> float:
     run.raw_model.train()
     distributed.reshard(run.raw_model)
     return loss
-
-
-def _finite(model: torch.nn.Module) -> bool:
-    """Whether every parameter is finite (under FSDP: this rank's shards)."""
-    for p in model.parameters():
-        local = p.to_local() if hasattr(p, "to_local") else p  # an FSDP DTensor: its shard
-        if not bool(torch.isfinite(local).all()):
-            return False
-    return True
 
 
 def diverged(run: Run, what: str, lr: float) -> ConfigError:
@@ -513,18 +503,3 @@ def _log(run: Run, bar, record: dict) -> None:
         bar.set_postfix(loss=f"{record['loss']:.3f}", tok_s=f"{record['tokens_per_s']:,.0f}",
                         mfu=f"{record['mfu']:.1%}", refresh=False)
     bar.update(1)
-
-
-def check_data(cfg: TrainConfig) -> None:
-    """Fail early, before building anything, when the data directory is missing."""
-    if not Path(cfg.data).is_dir():
-        raise DataError(f"data directory {cfg.data} does not exist; make it with "
-                        "`lmstack data prepare --out DIR`")
-
-
-def check_out_dir(cfg: TrainConfig) -> None:
-    """Fail early when out_dir is a file or holds something other than a training run (its own
-    tokenizer and data, as `lmstack quickstart` lays them out, may sit inside it)."""
-    inputs = [cfg.data] + ([cfg.tokenizer] if cfg.tokenizer else [])
-    markers = [ckpt.STATE, ckpt.TRAIN_CONFIG, ckpt.LOG]
-    check_out_path(cfg.out_dir, "out_dir", "a training run", markers, inputs)

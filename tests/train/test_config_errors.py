@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from lmstack.errors import ConfigError
 from lmstack.train.config import RULES, TrainConfig, load_config
 from lmstack.train.fields import check, parse
-from lmstack.train.loop import check_out_dir
+from lmstack.train.checkpoint import check_run_paths
 from tests.cli_cases import run_cases
 
 from .conftest import run_overrides
@@ -118,16 +118,14 @@ def test_out_dir_may_be_a_run_or_hold_its_own_inputs(data_dir, tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     (run / "log.jsonl").write_text("")
-    check_out_dir(load_config(None, run_overrides(data_dir, run)))
+    check_run_paths(data_dir, run)
     layout = tmp_path / "quick"
     (layout / "data").mkdir(parents=True)
     (layout / "tokenizer.json").write_text("{}")
-    check_out_dir(load_config(None, [f"data={layout / 'data'}", f"out_dir={layout}",
-                                     f"tokenizer={layout / 'tokenizer.json'}"]))
+    check_run_paths(layout / "data", layout, layout / "tokenizer.json")
     (layout / "stray.txt").write_text("")  # negative control: something else in it is refused
     with pytest.raises(ConfigError, match="stray.txt"):
-        check_out_dir(load_config(None, [f"data={layout / 'data'}", f"out_dir={layout}",
-                                         f"tokenizer={layout / 'tokenizer.json'}"]))
+        check_run_paths(layout / "data", layout, layout / "tokenizer.json")
 
 
 def test_resume_says_what_it_does(data_dir, tmp_path):
