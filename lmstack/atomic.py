@@ -60,6 +60,36 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return Path(path)
 
 
+@contextmanager
+def output_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """Create directory `path` (and its parents) for a job's outputs; if the job fails, remove
+    the directories this call created, so a failed run leaves nothing behind. Files the job did
+    finish writing are not touched: a directory that is not empty stays.
+
+    >>> import tempfile
+    >>> root = Path(tempfile.mkdtemp())
+    >>> try:
+    ...     with output_dir(root / "a" / "b"):
+    ...         raise ValueError("the job failed")
+    ... except ValueError:
+    ...     pass
+    >>> list(root.iterdir())
+    []
+    """
+    path = Path(path)
+    created = [p for p in (path, *path.parents) if not p.exists()]
+    path.mkdir(parents=True, exist_ok=True)
+    try:
+        yield path
+    except BaseException:
+        for p in created:  # deepest first
+            try:
+                p.rmdir()
+            except OSError:  # not empty: keep it
+                break
+        raise
+
+
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
     """Write `obj` as indented JSON to `path` atomically and return the path."""
     return atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")

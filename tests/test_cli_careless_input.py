@@ -67,9 +67,9 @@ def error_cases(model: Path, tok_file: Path, w: Path) -> list[tuple[list[str], l
          ["matches nothing", "24 characters", "'gpt4'"]),
         (tt + ["--source", "empty.txt", "blank.txt", "--out", "t3.json"],
          ["holds no text", "2 document(s) are empty or only whitespace", "--source"]),
-        # Its out_dir goes outside w: whether a failed prepare leaves it is checked elsewhere.
+        # A failed prepare must not leave its --out (nor the parent it created) behind.
         (["data", "prepare", "--quiet", "--source", "empty.txt", "--tokenizer", str(tok_file),
-          "--out", str(w.parent / "prep")], ["holds no text", "--source"]),
+          "--out", "new/prep"], ["holds no text", "--source"]),
         (["tokenizer", "encode", "--tokenizer", str(tok_file), "--text", "a<|endoftext|>"],
          ["'<|endoftext|>' at offset 1", "--allow-special"]),
         (["quantize", "--model", str(model), "--out", "q", "--bits", "8", "--skip", "bogus"],

@@ -37,7 +37,7 @@ import numpy as np
 from tqdm import tqdm
 
 from lmstack import __version__
-from lmstack.atomic import atomic_write_json, temp_path
+from lmstack.atomic import atomic_write_json, output_dir, temp_path
 from lmstack.data.sources import Document
 from lmstack.errors import ConfigError, DataError
 from lmstack.tokenizer import Tokenizer
@@ -219,8 +219,13 @@ def write_shards(
     cfg = (cfg or ShardConfig()).check()
     tok = tokenizer if isinstance(tokenizer, Tokenizer) else Tokenizer.load(tokenizer)
     dtype = token_dtype(tok.vocab_size)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    with output_dir(out_dir) as out:
+        return _write_shards(documents, tok, dtype, out, cfg, sources)
+
+
+def _write_shards(documents: Iterable[Document], tok: Tokenizer, dtype: np.dtype, out: Path,
+                  cfg: ShardConfig, sources: list[str] | None) -> ShardManifest:
+    """write_shards' body, in a directory that already exists."""
     info = {s: SplitInfo(f"{s}.bin") for s in SPLITS}
     tmp = {s: temp_path(out / info[s].file) for s in SPLITS}
     last_len = {s: 0 for s in SPLITS}  # Tokens of each split's last document, to move it.
