@@ -38,7 +38,7 @@ from lmstack.errors import ConfigError, LMStackError
 class Command:
     """A subcommand: where its flags and its run are ("module:function"), and its help."""
 
-    add_args: str
+    add_args: str | Callable[[argparse.ArgumentParser], None]
     run: str | Callable[[argparse.Namespace], object]
     help: str
     description: str
@@ -142,6 +142,10 @@ COMMANDS: dict[str, Command | Group] = {
                        "Import a local Hugging Face checkpoint (GPT-2, Llama, Mistral, Qwen2) into "
                        "an lmstack model directory, or export an lmstack GPT to a directory "
                        "transformers loads."),
+    "models": Command(lambda p: None, "models.installed:cmd_models",
+                      "list the real models installed as wheels, by short name",
+                      "Short names (`--model smollm2`) of model files shipped in installed "
+                      "wheels, with their sizes; and the pip line for those not installed."),
     "plot": Command("train.commands:add_plot_args", "train.commands:cmd_plot",
                     "draw loss curves of training runs to a PNG",
                     "Read each run's log.jsonl and plot train/val loss."),
@@ -277,6 +281,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.threads_kind:
             apply_threads(args.threads, args.threads_kind)
+        if getattr(args, "model", None):  # a short name (`--model smollm2`) -> its file
+            from lmstack.models.installed import resolve_model
+
+            args.model_name, args.model = args.model, str(resolve_model(args.model))
         _load(args.func)(args)
     except LMStackError as e:
         print(f"lmstack: error: {e}", file=sys.stderr)

@@ -46,6 +46,7 @@ from safetensors.torch import save_model as st_save_model
 
 from lmstack.atomic import atomic_open, atomic_write_json
 from lmstack.errors import ConfigError
+from lmstack.models.installed import resolve_model
 from lmstack.models.ngram import NGramLM
 from lmstack.models.registry import build_model
 from lmstack.tokenizer import Tokenizer
@@ -166,8 +167,9 @@ def formats() -> list[ModelFormat]:
 
 
 def find_format(path: str | os.PathLike) -> ModelFormat:
-    """The format of a model directory (or file): the first whose `detect` says yes."""
-    p = Path(path)
+    """The format of a model directory (or file, or short name): the first whose `detect` says
+    yes."""
+    p = resolve_model(path)
     found = next((f for f in formats() if f.detect(p)), None)
     if found is None:
         if not p.is_file():
@@ -181,7 +183,7 @@ def find_format(path: str | os.PathLike) -> ModelFormat:
 
 def load_model(directory: str | os.PathLike, device: str | torch.device = "cpu") -> torch.nn.Module:
     """Open a model in any registered format (ours, n-gram, quantized, Hugging Face; eval mode)."""
-    p = Path(directory)
+    p = resolve_model(directory)
     model = find_format(p).load(p, device)
     check_finite(model, p)
     return model
@@ -209,13 +211,14 @@ def check_finite(model: torch.nn.Module, where: str | os.PathLike) -> None:
 
 def model_eos_ids(directory: str | os.PathLike) -> list[int] | None:
     """End-of-sequence ids the model's format records (HF's generation_config.json), else None."""
-    fmt = find_format(directory)
-    return (fmt.eos_ids(Path(directory)) or None) if fmt.eos_ids else None
+    p = resolve_model(directory)
+    fmt = find_format(p)
+    return (fmt.eos_ids(p) or None) if fmt.eos_ids else None
 
 
 def load_tokenizer(directory: str | os.PathLike) -> Tokenizer | None:
     """The model's tokenizer: its format's, else DIR/tokenizer.json, else None (ids only)."""
-    p = Path(directory)
+    p = resolve_model(directory)
     fmt = find_format(p)
     if fmt.tokenizer is not None:
         return fmt.tokenizer(p)
