@@ -1,4 +1,4 @@
-"""The byte-pair merge at the heart of a BPE encoder, written to be read.
+"""The byte-pair merge at the heart of a BPE encoder, written to be read: two rules.
 
 A chunk of text (one piece from the split pattern) starts as its UTF-8 bytes, one token per
 byte. Then, again and again, the adjacent pair whose concatenation has the lowest rank in the
@@ -91,3 +91,71 @@ def naive_bpe_merge(piece: bytes, ranks: Mapping[bytes, int]) -> list[int]:
         k = best[1]
         parts[k : k + 2] = [parts[k] + parts[k + 1]]
     return [ranks[p] for p in parts]
+
+
+def rank_merge(ids: list[int], pairs: Mapping[tuple[int, int], tuple[int, int]]) -> list[int]:
+    """Hugging Face's BPE rule on one piece: merge the adjacent pair listed earliest in the merge
+    list (`pairs[(left, right)] = (rank, new id)`), leftmost first on ties, until no adjacent pair
+    is listed. Unlike `bpe_merge`, a pair whose concatenation is a token but that is not itself
+    listed never merges, and a rank is a place in the list, not an id.
+
+    >>> pairs = {(1, 2): (0, 10), (10, 3): (1, 11), (2, 3): (2, 12)}
+    >>> rank_merge([1, 2, 3], pairs), rank_merge([4, 2, 3], pairs)
+    ([11], [4, 12])
+    >>> rank_merge([2, 3, 1, 2], pairs)   # (1, 2) is listed first: it wins over (2, 3)
+    [12, 10]
+    """
+    n = len(ids)
+    if n < 2:
+        return list(ids)
+    ids = list(ids)
+    nxt = list(range(1, n + 1))
+    prv = list(range(-1, n - 1))
+    alive = [True] * n
+    heap: list[tuple[int, int, int]] = []  # (rank, left position, right id when pushed)
+
+    def push(i: int) -> None:
+        j = nxt[i]
+        if j < n:
+            found = pairs.get((ids[i], ids[j]))
+            if found is not None:
+                heapq.heappush(heap, (found[0], i, ids[j]))
+
+    for i in range(n - 1):
+        push(i)
+    while heap:
+        rank, i, right = heapq.heappop(heap)
+        j = nxt[i]
+        # Stale entries: the left part died, or either side changed since the push (a rank
+        # names one pair, so an unchanged rank means unchanged parts).
+        if not alive[i] or j >= n or ids[j] != right or pairs.get((ids[i], right), (-1,))[0] != rank:
+            continue
+        ids[i] = pairs[(ids[i], right)][1]
+        alive[j] = False
+        nxt[i] = nxt[j]
+        if nxt[j] < n:
+            prv[nxt[j]] = i
+        if prv[i] >= 0:
+            push(prv[i])
+        push(i)
+    out, i = [], 0
+    while i < n:
+        out.append(ids[i])
+        i = nxt[i]
+    return out
+
+
+def naive_rank_merge(ids: list[int], pairs: Mapping[tuple[int, int], tuple[int, int]]) -> list[int]:
+    """The textbook loop of the rank rule, the definition `rank_merge` is tested against.
+
+    >>> naive_rank_merge([2, 3, 1, 2], {(1, 2): (0, 10), (2, 3): (2, 12)})
+    [12, 10]
+    """
+    parts = list(ids)
+    while len(parts) > 1:
+        listed = [(pairs[p][0], k) for k, p in enumerate(zip(parts, parts[1:])) if p in pairs]
+        if not listed:
+            break
+        _, k = min(listed)
+        parts[k : k + 2] = [pairs[(parts[k], parts[k + 1])][1]]
+    return parts

@@ -8,7 +8,6 @@ shown: the pre-tokenization piece, and the token ids and bytes BPE made of it.
 
 from __future__ import annotations
 
-from lmstack.tokenizer.patterns import split
 from lmstack.tokenizer.tokenizer import Tokenizer, fix_surrogates
 
 
@@ -27,8 +26,8 @@ def inspect_text(tok: Tokenizer, text: str) -> str:
     """A table of pieces and their tokens, with totals, for the terminal."""
     lines = [f"{'piece':<24} tokens"]
     n_tokens = 0
-    for piece in split(fix_surrogates(text), tok.pattern):
-        ids = tok.encode_ordinary(piece)
+    for piece in tok.pretokenizer.pieces(fix_surrogates(text)):
+        ids = tok.encode_piece(piece.encode("utf-8"))
         n_tokens += len(ids)
         parts = " ".join(f"{i}:{show_bytes(tok.token_bytes(i))}" for i in ids)
         lines.append(f"{show_bytes(piece.encode()):<24} {parts}")
@@ -42,10 +41,14 @@ def inspect_text(tok: Tokenizer, text: str) -> str:
 def describe(tok: Tokenizer, longest: int = 10) -> str:
     """A summary of the tokenizer itself: size, pattern, specials, longest tokens."""
     tokens = sorted(tok.vocab.items(), key=lambda kv: (-len(kv[1]), kv[0]))[:longest]
+    n_bytes = sum(i is not None for i in tok.byte_ids)
+    engine = tok.fast_engine
     return "\n".join([
-        f"vocab_size   {tok.vocab_size} ({256} bytes + {len(tok.merges)} merges + "
+        f"vocab_size   {tok.vocab_size} ({n_bytes} bytes + {len(tok.merges)} merges + "
         f"{len(tok.special_tokens)} specials)",
         f"fingerprint  {tok.fingerprint}",
+        f"rule         {tok.rule}" + (", ignore_merges" if tok.ignore_merges else ""),
+        f"engine       {engine.name}" + (f" ({engine.why})" if engine.why else ""),
         f"pattern      {tok.pattern}",
         "specials     " + ", ".join(f"{s}={i}" for s, i in tok.special_tokens.items()),
         "longest      " + "  ".join(f"{i}:{show_bytes(b)}" for i, b in tokens),

@@ -29,8 +29,41 @@ GPT4_PATTERN = (
 # (the characters given back could never start the next part), and without them tiktoken's
 # fancy-regex splits ~10% faster (docs/benchmarks.md).
 
+# Llama 3's (tiktoken's cl100k with `\p{N}{1,3}` and `\s*[\r\n]+`) and Qwen2's (the same with
+# single digits), as their tokenizer.json files write them for Hugging Face `tokenizers`.
+LLAMA3_PATTERN = (
+    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"""
+    r"""| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
+)
+QWEN2_PATTERN = (
+    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"""
+    r"""| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
+)
+DIGIT_PATTERN = r"\p{N}"  # each digit its own piece (HF `Digits(individual_digits=True)`)
+
 # Names accepted wherever a pattern is asked for (CLI `--pattern gpt2`).
-PATTERNS: dict[str, str] = {"gpt4": GPT4_PATTERN, "gpt2": GPT2_PATTERN}
+PATTERNS: dict[str, str] = {"gpt4": GPT4_PATTERN, "gpt2": GPT2_PATTERN,
+                            "llama3": LLAMA3_PATTERN, "qwen2": QWEN2_PATTERN}
+
+# llama.cpp's pre-tokenizer names (GGUF `tokenizer.ggml.pre`) and the regexes each stands for,
+# applied in order, each cutting every piece into its matches and the text between them (HF's
+# `Split(..., behavior="isolated")`), as src/llama-vocab.cpp defines them. llama.cpp rewrites
+# some for its own regex engine (`(?i:'s)` as `'[sS]`); these are the originals it notes, which
+# the models' tokenizer.json files use. Names not listed are refused (gguf_vocab.py).
+_GPT2_NAMES = ("gpt-2", "phi-2", "jina-es", "jina-de", "gigachat", "jina-v2-es", "jina-v2-de",
+               "mpt", "olmo", "jais")
+_LLAMA3_NAMES = ("llama3", "llama-v3", "llama-bpe", "falcon3", "falcon-h1", "pixtral",
+                 "midm-2.0", "lfm2", "dbrx", "smaug-bpe")
+_QWEN2_NAMES = ("qwen2", "deepseek-r1-qwen", "kormo", "f2llmv2", "stablelm2")
+# StarCoder's family: every digit alone first, then GPT-2's regex.
+_STARCODER_NAMES = ("smollm", "starcoder", "refact", "command-r", "codeshell", "exaone",
+                    "minerva")
+LLAMA_CPP_PRE: dict[str, tuple[str, ...]] = {
+    **{name: (GPT2_PATTERN,) for name in _GPT2_NAMES},
+    **{name: (LLAMA3_PATTERN,) for name in _LLAMA3_NAMES},
+    **{name: (QWEN2_PATTERN,) for name in _QWEN2_NAMES},
+    **{name: (DIGIT_PATTERN, GPT2_PATTERN) for name in _STARCODER_NAMES},
+}
 
 
 def resolve_pattern(name_or_regex: str) -> str:
@@ -43,7 +76,7 @@ def resolve_pattern(name_or_regex: str) -> str:
     >>> resolve_pattern("gpt5")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    lmstack.errors.TokenizerError: unknown split pattern name 'gpt5'; the known names are gpt2, gpt4...
+    lmstack.errors.TokenizerError: unknown split pattern name 'gpt5'; the known names are gpt2, gpt4, llama3...
     """
     if name_or_regex not in PATTERNS and _NAME_LIKE.fullmatch(name_or_regex):
         # Letters, digits, '_' and '-' alone match only that literal text: a mistyped name.
@@ -66,7 +99,8 @@ def compile_pattern(pattern: str) -> regex.Pattern:
         return regex.compile(pattern)
     except regex.error as e:
         raise TokenizerError(
-            f"invalid split pattern {pattern!r}: {e}; pass 'gpt4', 'gpt2' or a valid regex"
+            f"invalid split pattern {pattern!r}: {e}; pass a name ({', '.join(PATTERNS)}) or a "
+            "valid regex"
         ) from None
 
 

@@ -110,12 +110,23 @@ def _edit(path, tmp_path, change):
 @pytest.mark.parametrize(
     "change, message",
     [
-        (lambda d: d.update(normalizer={"type": "NFKC"}), "normalizer 'NFKC'"),
-        (lambda d: d["pre_tokenizer"].update(add_prefix_space=True), "add_prefix_space"),
-        (lambda d: d.update(pre_tokenizer={"type": "Whitespace"}), "not supported"),
+        (lambda d: d.update(normalizer={"type": "Lowercase"}), "normalizer 'Lowercase'"),
+        (lambda d: d.update(normalizer={"type": "Sequence", "normalizers": [
+            {"type": "NFC"}, {"type": "Strip"}]}), "normalizer 'Strip'"),
+        (lambda d: d.update(pre_tokenizer={"type": "Whitespace"}), "does not end with"),
+        (lambda d: d.update(pre_tokenizer={"type": "Sequence", "pretokenizers": [
+            {"type": "Metaspace"}, {"type": "ByteLevel"}]}), "'Metaspace' is not supported"),
+        (lambda d: d.update(pre_tokenizer={"type": "Sequence", "pretokenizers": [
+            {"type": "Split", "pattern": {"Regex": "a"}, "behavior": "MergedWithPrevious"},
+            {"type": "ByteLevel"}]}), "behavior 'MergedWithPrevious'"),
         (lambda d: d["model"].update(type="Unigram"), "'Unigram' is not supported"),
-        (lambda d: d["model"]["vocab"].pop("Ġ"), "lacks the byte 0x20"),
-        (lambda d: d["model"]["vocab"].update({"Ġzzzqqq": 5000}), "neither bytes nor made"),
+        (lambda d: d["model"].update(byte_fallback=True), "byte_fallback"),
+        (lambda d: (d["model"]["vocab"].pop("Ġ"), d["model"].update(unk_token="<|endoftext|>"),
+                    d["model"].update(merges=[m for m in d["model"]["merges"]
+                                              if "Ġ" not in m[0] + m[1]])), "unk_token"),
+        (lambda d: d["added_tokens"][0].update(lstrip=True), "lstrip=true"),
+        (lambda d: d.update(post_processor={"type": "RobertaProcessing"}), "'RobertaProcessing'"),
+        (lambda d: d.update(decoder={"type": "Metaspace"}), "decoder 'Metaspace'"),
         (lambda d: d["model"]["merges"].insert(0, ["Ġq", "zzz"]), "not in vocab"),
     ],
 )
