@@ -138,10 +138,10 @@ COMMANDS: dict[str, Command | Group] = {
                         "Write a copy of --model with every Linear layer in int8 (per channel) or "
                         "int4 (groups of --group-size)."),
     "convert": Command("interop.commands:add_convert_args", "interop.commands:cmd_convert",
-                       "convert between lmstack and Hugging Face model directories",
-                       "Import a local Hugging Face checkpoint (GPT-2, Llama, Mistral, Qwen2) into "
-                       "an lmstack model directory, or export an lmstack GPT to a directory "
-                       "transformers loads."),
+                       "convert between lmstack, Hugging Face and GGUF models",
+                       "Import a local Hugging Face checkpoint (GPT-2, Llama, Mistral, Qwen2) or a "
+                       "GGUF file (llama, mistral, qwen2; Q4_1 kept as int4) into an lmstack model "
+                       "directory, or export an lmstack GPT to a directory transformers loads."),
     "models": Command(lambda p: None, "models.installed:cmd_models",
                       "list the real models installed as wheels, by short name",
                       "Short names (`--model smollm2`) of model files shipped in installed "

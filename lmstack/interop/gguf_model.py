@@ -1,0 +1,335 @@
+"""Open a GGUF file as our GPT: Llama (SmolLM2, TinyLlama, Llama 2/3), Mistral and Qwen2.
+
+    lmstack generate --model SmolLM2-135M-Instruct.Q4_1.gguf --prompt "The capital of France"
+    lmstack convert --src SmolLM2-135M-Instruct.Q4_1.gguf --dst runs/smol-q4
+    lmstack convert --src SmolLM2-135M-Instruct.Q4_1.gguf --dst runs/smol --dequantize
+
+The metadata (`llama.block_count`, `llama.embedding_length`, ...) is turned into the Hugging
+Face config dict it stands for (`hf_config_from_gguf`), so the mapping onto `GPTConfig` and
+every refusal of what we do not model live in one place, interop/config.py. Likewise tensor
+names: GGUF's (`blk.3.attn_q.weight`) become HF's (`model.layers.3.self_attn.q_proj.weight`),
+then ours through interop/weights.py.
+
+Two facts of the file format are undone here:
+
+- **The Q/K row permutation.** llama.cpp's converter (convert_hf_to_gguf.py, `permute`)
+  reorders the rows of each head of q_proj and k_proj for architectures whose RoPE pairs
+  adjacent features (llama, and Mistral, which it converts as llama): within a head of d rows,
+  HF's rows i and d/2 + i (the two halves of rotate-half RoPE) become rows 2i and 2i + 1.
+  `unpermute_rows` puts them back. Qwen2 runs rotate-half RoPE in llama.cpp (NEOX): no permute.
+- **Quantization that is ours already.** Q4_1 stores groups of 32 weights as x = d q + m with
+  q in 0..15, fp16 d and m: exactly our int4 group-32 with a float zero point (x = s q + z,
+  lmstack/infer/quantize.py), so Q4_1 matrices load straight into `Int4Linear` (scales = d,
+  zeros = m, the nibbles re-packed) — bit-exact on its reference path — unless
+  `keep_quantized=False`. Every other type (Q8_0: our int8 is per row, not per 32) is
+  dequantized to the dtype asked for (fp32 by default). A tied output (no `output.weight`)
+  ties our head to the embedding, which stays a float matrix.
+
+Which types are read: gguf_dequant.py. The file itself: gguf_file.py. Docs: docs/gguf.md.
+Tests: `pytest tests/interop/test_gguf_model.py`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from lmstack.atomic import atomic_write_json, output_dir
+from lmstack.errors import ConfigError
+from lmstack.infer.quantize import pack_int4, quantize_model
+from lmstack.interop.config import config_from_hf
+from lmstack.interop.gguf_dequant import check_supported, dequantize, q4_1_parts
+from lmstack.interop.gguf_file import GGUFFile, TensorInfo, is_gguf, read_gguf
+from lmstack.interop.weights import to_lmstack
+from lmstack.models.directory import ModelFormat, save_model
+from lmstack.models.gpt import GPT, GPTConfig
+from lmstack.models.positions import POSITIONS, scale_inv_freq
+
+# GGUF general.architecture -> the HF model_type whose config it maps onto.
+ARCHITECTURES = {"llama": "llama", "mistral": "mistral", "qwen2": "qwen2"}
+PERMUTED = ("llama", "mistral")  # the architectures whose Q/K rows llama.cpp permutes
+INT4_TYPE = "Q4_1"  # the ggml type that is our Int4Linear (group 32)
+
+NAMES = [  # (GGUF name, HF name); {i} is the layer
+    ("token_embd.weight", "model.embed_tokens.weight"),
+    ("output_norm.weight", "model.norm.weight"),
+    ("output.weight", "lm_head.weight"),
+    ("blk.{i}.attn_norm.weight", "model.layers.{i}.input_layernorm.weight"),
+    ("blk.{i}.ffn_norm.weight", "model.layers.{i}.post_attention_layernorm.weight"),
+    *[(f"blk.{{i}}.attn_{g}.{w}", f"model.layers.{{i}}.self_attn.{h}.{w}")
+      for g, h in (("q", "q_proj"), ("k", "k_proj"), ("v", "v_proj"), ("output", "o_proj"))
+      for w in ("weight", "bias")],
+    *[(f"blk.{{i}}.ffn_{g}.weight", f"model.layers.{{i}}.mlp.{g}_proj.weight")
+      for g in ("gate", "up", "down")],
+]
+NAMES_RE = [(re.compile(re.escape(g).replace(r"\{i\}", r"(?P<i>\d+)") + "$"), h) for g, h in NAMES]
+ROPE_FREQS = "rope_freqs.weight"  # Llama 3.1's frequency factors, read into the config instead
+# Llama 3.1 / 3.2 / 3.3 rope scaling, all but the factor (which the tensor gives).
+LLAMA3_ROPE = {"rope_type": "llama3", "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+               "original_max_position_embeddings": 8192}
+
+
+# ---- metadata -> config ---------------------------------------------------------------------
+
+def architecture(f: GGUFFile) -> str:
+    """general.architecture, if it is one we load; ConfigError naming it otherwise."""
+    arch = f.metadata.get("general.architecture")
+    if arch not in ARCHITECTURES:
+        raise ConfigError(f"{f.path}: GGUF architecture {arch!r} is not supported; lmstack loads "
+                          f"{', '.join(ARCHITECTURES)} (llama covers SmolLM2, TinyLlama, Llama 2/3)")
+    return arch
+
+
+def _key(f: GGUFFile, arch: str, name: str, default: Any = ConfigError) -> Any:
+    """Metadata `{arch}.{name}`; a missing required one is a ConfigError."""
+    value = f.metadata.get(f"{arch}.{name}", default)
+    if value is ConfigError:
+        raise ConfigError(f"{f.path}: the GGUF metadata lacks {arch}.{name}, which a {arch} model "
+                          "needs; the file is incomplete or not a language model")
+    if isinstance(value, list):  # per-layer values (other architectures): one for all is modelled
+        if len(set(value)) != 1:
+            raise ConfigError(f"{f.path}: {arch}.{name} differs between layers ({value[:4]}...); "
+                              "lmstack models one value for every layer")
+        value = value[0]
+    return value
+
+
+def hf_config_from_gguf(f: GGUFFile) -> dict:
+    """The Hugging Face config dict a GGUF file's metadata stands for."""
+    arch = architecture(f)
+    if _key(f, arch, "expert_count", 0):
+        raise ConfigError(f"{f.path}: a mixture of experts ({arch}.expert_count = "
+                          f"{_key(f, arch, 'expert_count')}, e.g. Mixtral) is not supported")
+    heads = _key(f, arch, "attention.head_count")
+    width = _key(f, arch, "embedding_length")
+    head_dim = _key(f, arch, "attention.key_length", width // heads)
+    for name in ("attention.value_length", "rope.dimension_count"):
+        if _key(f, arch, name, head_dim) != head_dim:
+            raise ConfigError(f"{f.path}: {arch}.{name} = {_key(f, arch, name)} differs from the "
+                              f"head size {head_dim}; lmstack rotates and attends whole heads")
+    if "token_embd.weight" not in f.tensors:
+        raise ConfigError(f"{f.path} has no token_embd.weight tensor; it is not a language model")
+    d = {"model_type": ARCHITECTURES[arch], "vocab_size": f.tensors["token_embd.weight"].shape[0],
+         "hidden_size": width, "intermediate_size": _key(f, arch, "feed_forward_length"),
+         "num_hidden_layers": _key(f, arch, "block_count"), "num_attention_heads": heads,
+         "num_key_value_heads": _key(f, arch, "attention.head_count_kv", heads), "head_dim": head_dim,
+         "max_position_embeddings": _key(f, arch, "context_length", 2048),
+         "rms_norm_eps": _key(f, arch, "attention.layer_norm_rms_epsilon", 1e-5),
+         "rope_theta": _key(f, arch, "rope.freq_base", 10000.0),
+         "tie_word_embeddings": "output.weight" not in f.tensors}
+    scaling = _rope_scaling(f, arch, head_dim, d["rope_theta"])
+    if scaling:
+        d["rope_scaling"] = scaling
+    if arch == "mistral":  # llama.cpp's own llama architecture ignores a window: so do we
+        d["sliding_window"] = _key(f, arch, "attention.sliding_window", None)
+    return d
+
+
+def _rope_scaling(f: GGUFFile, arch: str, head_dim: int, theta: float) -> dict | None:
+    """HF rope_scaling from `{arch}.rope.scaling.*` or Llama 3.1's rope_freqs tensor."""
+    kind = _key(f, arch, "rope.scaling.type", "none")
+    factor = _key(f, arch, "rope.scaling.factor", _key(f, arch, "rope.scale_linear", None))
+    if kind == "none" and factor not in (None, 1.0):
+        kind = "linear"  # the old key rope.scale_linear
+    if ROPE_FREQS in f.tensors:
+        return _llama3_scaling(f, head_dim, theta)
+    if kind == "none":
+        return None
+    scaling = {"rope_type": kind, "factor": factor}  # config.py refuses the kinds we do not run
+    original = _key(f, arch, "rope.scaling.original_context_length", None)
+    if original is not None:
+        scaling["original_max_position_embeddings"] = original
+    return scaling
+
+
+def _llama3_scaling(f: GGUFFile, head_dim: int, theta: float) -> dict:
+    """The Llama 3 rope scaling whose per-frequency factors rope_freqs.weight holds."""
+    factors = dequantize(f.raw(ROPE_FREQS), f.tensors[ROPE_FREQS].type.name).reshape(-1)
+    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
+    scaling = {**LLAMA3_ROPE, "factor": float(factors.max())}
+    # llama.cpp divides each frequency by its factor: the factor is unscaled / scaled.
+    expected = (inv_freq / scale_inv_freq(inv_freq, scaling)).numpy()
+    if factors.shape != expected.shape or not np.allclose(factors, expected, rtol=1e-3):
+        raise ConfigError(f"{f.path}: {ROPE_FREQS} holds RoPE frequency factors that are not "
+                          f"Llama 3's (factor {scaling['factor']}, low 1, high 4, original "
+                          "context 8192); lmstack cannot run this rope scaling")
+    return scaling
+
+
+def config_from_gguf(f: GGUFFile) -> GPTConfig:
+    """Our GPTConfig for a GGUF file (through config.py's mapping of the HF config)."""
+    return config_from_hf(hf_config_from_gguf(f), source=f"{f.path} (GGUF metadata)")
+
+
+# ---- tensors --------------------------------------------------------------------------------
+
+def unpermute_rows(w: np.ndarray, n_head: int) -> np.ndarray:
+    """Undo llama.cpp's Q/K permutation: rows (head, i, pair) back to (head, pair, i).
+
+    >>> w = np.array([0, 2, 1, 3, 4, 6, 5, 7])  # two heads of 4 rows, as the converter wrote them
+    >>> unpermute_rows(w, 2).tolist()
+    [0, 1, 2, 3, 4, 5, 6, 7]
+    """
+    half = w.shape[0] // n_head // 2
+    return w.reshape(n_head, half, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One GGUF tensor and where it goes."""
+
+    info: TensorInfo
+    hf: str    # its Hugging Face name
+    ours: str  # our state-dict name
+
+
+def hf_name(name: str, where: Path) -> str:
+    """The HF name of a GGUF tensor; ConfigError for one that is not part of these models."""
+    for rx, hf in NAMES_RE:
+        m = rx.match(name)
+        if m:
+            return hf.format(**m.groupdict())
+    raise ConfigError(f"{where}: tensor {name!r} does not belong to a llama/mistral/qwen2 model "
+                      "(an adapter, a vision tower, or another architecture?)")
+
+
+def plan(f: GGUFFile, cfg: GPTConfig) -> list[Entry]:
+    """Every tensor's destination, with every type and name checked before anything is built."""
+    entries = []
+    for name, info in f.tensors.items():
+        if name == ROPE_FREQS:
+            continue  # read into the config's rope scaling
+        check_supported(info.type.name, f"{f.path}: tensor {name!r}")
+        hf = hf_name(name, f.path)
+        [(ours, _)] = to_lmstack(hf, torch.empty(0), "llama", cfg)  # the name only
+        entries.append(Entry(info, hf, ours))
+    return entries
+
+
+def rows(f: GGUFFile, entry: Entry, arch: str, cfg: GPTConfig) -> np.ndarray:
+    """A tensor's stored rows in HF order (Q/K un-permuted; still quantized)."""
+    raw = f.raw(entry.info.name)
+    if arch in PERMUTED and re.search(r"\.(q|k)_proj\.", entry.hf):
+        heads = cfg.n_head if ".q_proj." in entry.hf else (cfg.n_kv_head or cfg.n_head)
+        return unpermute_rows(raw, heads)
+    return raw
+
+
+def int4_from_q4_1(raw: np.ndarray) -> dict[str, torch.Tensor]:
+    """Int4Linear buffers (qweight, scales, zeros) for Q4_1 rows (N, K/32 * 20): scales = d,
+    zeros = m, the nibbles re-packed into our layout (columns 2j, 2j+1 in one byte)."""
+    n = raw.shape[0]
+    q, d, m = q4_1_parts(raw.reshape(-1, 20))  # (N * K/32, 32), (N * K/32, 1) x 2
+    return {"qweight": pack_int4(torch.from_numpy(q.reshape(n, -1))),
+            "scales": torch.from_numpy(d.reshape(n, -1)), "zeros": torch.from_numpy(m.reshape(n, -1))}
+
+
+def _module(ours: str) -> str:
+    return ours.rpartition(".")[0]
+
+
+def _tensors(f: GGUFFile, entries: list[Entry], arch: str, cfg: GPTConfig, int4: set[str],
+             dtype: torch.dtype) -> Iterator[tuple[str, torch.Tensor]]:
+    """(our name, tensor) for every entry, one at a time: Int4Linear buffers or floats."""
+    for e in entries:
+        stored = rows(f, e, arch, cfg)
+        if _module(e.ours) in int4 and e.ours.endswith(".weight"):
+            for buf, t in int4_from_q4_1(stored).items():
+                yield f"{_module(e.ours)}.{buf}", t
+            continue
+        values = dequantize(stored, e.info.type.name)
+        if not values.flags.writeable:  # a view of the mapped file (F32): own the memory
+            values = values.copy()
+        is_bias = e.ours.endswith(".bias") and _module(e.ours) in int4
+        yield e.ours, torch.from_numpy(values).to(torch.float32 if is_bias else dtype)
+
+
+# ---- the model ------------------------------------------------------------------------------
+
+def load_gguf_model(path: str | os.PathLike, dtype: torch.dtype = torch.float32,
+                    keep_quantized: bool = True, device: str | torch.device = "cpu") -> GPT:
+    """Our GPT with a GGUF file's weights (Q4_1 matrices as Int4Linear if `keep_quantized`)."""
+    f = read_gguf(path)
+    arch = architecture(f)
+    cfg = config_from_gguf(f)
+    entries = plan(f, cfg)
+    int4 = {_module(e.ours) for e in entries if keep_quantized and e.info.type.name == INT4_TYPE
+            and e.ours.endswith(".weight") and not e.ours.startswith("wte.")}
+    with torch.device("meta"):
+        model = GPT(cfg)  # shapes only: no memory until the real tensors arrive
+        if int4:
+            linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+            quantize_model(model, bits=4, group_size=32, skip=[n for n in linears if n not in int4],
+                           empty=True)
+    expected = model.state_dict()
+    loaded: dict[str, torch.Tensor] = {}
+    for ours, tensor in _tensors(f, entries, arch, cfg, int4, dtype):
+        if ours not in expected:
+            raise ConfigError(f"{f.path}: tensor for {ours!r} is not in the model the metadata "
+                              "describes (a bias or layer the config does not have?)")
+        if tuple(tensor.shape) != tuple(expected[ours].shape):
+            raise ConfigError(f"{f.path}: {ours!r} has shape {tuple(tensor.shape)} but the metadata "
+                              f"implies {tuple(expected[ours].shape)}; the file is inconsistent")
+        loaded[ours] = tensor.to(device)
+    return _assemble(model, loaded, expected, cfg, f.path, device)
+
+
+def _assemble(model: GPT, loaded: dict[str, torch.Tensor], expected: dict, cfg: GPTConfig,
+              where: Path, device: str | torch.device) -> GPT:
+    """Assign the tensors to the meta model, tie the head, rebuild derived buffers."""
+    if cfg.tie_embeddings:
+        expected = {k: v for k, v in expected.items() if k != "lm_head.weight"}
+    missing = sorted(set(expected) - set(loaded))
+    if missing:
+        raise ConfigError(f"{where}: the file lacks {len(missing)} tensors its metadata implies, "
+                          f"e.g. {missing[:4]}; it is incomplete")
+    model.load_state_dict(loaded, strict=False, assign=True)
+    if cfg.tie_embeddings:
+        model.lm_head.weight = model.wte.weight
+    with torch.device(device):  # derived, non-persistent buffers (RoPE frequencies): recomputed
+        model.position = POSITIONS[cfg.position](cfg)
+    left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    if left:
+        raise ConfigError(f"{where}: no weights for {left[:4]}")
+    return model.eval()
+
+
+def gguf_eos_ids(path: str | os.PathLike) -> list[int]:
+    """The ids that end generation: eos, and end-of-turn / end-of-message where recorded."""
+    meta = read_gguf(path).metadata
+    keys = ("tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id")
+    return sorted({int(meta[k]) for k in keys if isinstance(meta.get(k), int)})
+
+
+def convert_gguf(src: str | os.PathLike, dst: str | os.PathLike, keep_quantized: bool = True,
+                 dtype: torch.dtype = torch.float32) -> Path:
+    """Write an lmstack model directory (int4 where the file is Q4_1, unless not
+    `keep_quantized`) with generation_config.json (eos ids); nothing is left if it fails."""
+    src, dst = Path(src), Path(dst)
+    if dst.exists() and not dst.is_dir():
+        raise ConfigError(f"--dst {dst} is a file; give a directory to write the model into")
+    model = load_gguf_model(src, dtype=dtype, keep_quantized=keep_quantized)  # every check first
+    eos = gguf_eos_ids(src)
+    with output_dir(dst):
+        save_model(dst, model)
+        if eos:
+            atomic_write_json(dst / "generation_config.json",
+                              {"eos_token_id": eos if len(eos) > 1 else eos[0]})
+    return dst
+
+
+def _load(path: Path, device: str | torch.device = "cpu") -> GPT:
+    return load_gguf_model(path, device=device)
+
+
+# Registered from here (pyproject.toml's lmstack.model_formats entry points): `--model FILE.gguf`
+# works wherever a model is taken, the models layer importing nothing of interop.
+FORMAT = ModelFormat("gguf", detect=is_gguf, load=_load, eos_ids=gguf_eos_ids)
