@@ -9,6 +9,7 @@ module so that medusa_drafter.py and speculative.py need not import each other.
 from __future__ import annotations
 
 import abc
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -29,6 +30,11 @@ class Drafter(abc.ABC):
     """Proposes tokens; the decoder verifies them. Subclasses: draft model, prompt lookup, Medusa."""
 
     uses_hidden = False  # wants the target's last hidden state at every commit (Medusa)
+
+    def clone(self) -> Drafter:
+        """A drafter for one more sequence decoded at the same time (a server's batch rows),
+        sharing the weights; `start` gives it its own state."""
+        return copy.copy(self)
 
     def start(self, state: Round) -> None:
         """A new sequence begins (state.row holds its prompt)."""

@@ -46,6 +46,9 @@ class MedusaDrafter(Drafter):
         self.num_heads = heads.config.num_heads
         self.proposals: list[int] = []
 
+    def __str__(self) -> str:
+        return f"{self.num_heads} Medusa heads"
+
     @classmethod
     def for_model(cls, model: torch.nn.Module, medusa: MedusaHeads | str | os.PathLike) -> MedusaDrafter:
         """Heads (or the directory holding them) checked against `model`."""

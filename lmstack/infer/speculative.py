@@ -156,6 +156,48 @@ def greedy_accept(draft_tokens: Sequence[int], target_choices: Sequence[int]) ->
     return len(draft_tokens), int(target_choices[len(draft_tokens)])
 
 
+def verify_round(row: Row, logits: torch.Tensor, drafts: list[int],
+                 q: torch.Tensor | None) -> tuple[int, str]:
+    """One round of verification for one row, through the row's one `DecodePlan` (step.py):
+    `logits` (k+1, V) are the target's after the row's last token and after each of the k
+    `drafts` (drawn from `q` (k, V), or None: chosen deterministically). Each position is
+    processed exactly as plain decoding would process it (the drafts before it as history),
+    the drafts are accepted by the rule above, and the kept tokens go to `Row.take` one at a
+    time, stopping where the row finishes. Returns (drafts accepted, text released).
+
+    The speculative decoder and the server's scheduler (serve/scheduler.py) both call it."""
+    plan = row.plan
+    seq, m = row.prompt + row.tokens, len(drafts) + 1
+    processed = plan.process(logits, [seq + drafts[:j] for j in range(m)],
+                             [row.tokens + drafts[:j] for j in range(m)])            # (m, V)
+    if plan.greedy:
+        n_acc, nxt = greedy_accept(drafts, processed.argmax(-1).tolist())
+    else:
+        n_acc, nxt = accept_reject(F.softmax(processed, dim=-1), q, drafts, row.generator)
+    kept = drafts[:n_acc] + [nxt]
+    text = ""
+    for token, (lp, top) in zip(kept, plan.report(logits[:len(kept)], kept)):
+        text += row.take(token, lp, top)
+        if row.finish_reason is not None:  # a stop id, a stop string or a limit: the rest is dropped
+            break
+    return n_acc, text
+
+
+def row_cache_length(row: Row, gamma: int) -> int:
+    """Positions a row's KV cache needs when it speculates: its prompt, its new tokens and one
+    round of drafts beyond them (never past the model's context)."""
+    return min(row.plan.ctx, len(row.prompt) + row.plan.cfg.max_new_tokens + gamma + 1)
+
+
+def draft_count(row: Row, gamma: int, drafter: Drafter) -> int:
+    """How many tokens to draft for `row` now: at most `gamma`, and never a draft that could
+    not be kept (past max_new_tokens or the context, where the last token is the target's own
+    anyway), nor more than the drafter has room for."""
+    seq_len = len(row.prompt) + len(row.tokens)
+    return max(0, min(gamma, row.plan.cfg.max_new_tokens - len(row.tokens) - 1,
+                      row.plan.ctx - seq_len, drafter.room(seq_len)))
+
+
 def prompt_lookup(tokens: Sequence[int], ngram: int, k: int, min_ngram: int = 1) -> list[int]:
     """Draft-free proposals: the up to `k` tokens that followed the most recent earlier
     occurrence of the last `ngram` tokens; if there is none, try ngram-1, ... down to
@@ -217,6 +259,9 @@ class PromptLookupDrafter(Drafter):
                               f">= 1, got {ngram!r} (3 is a good default)")
         self.ngram = ngram
 
+    def __str__(self) -> str:
+        return f"prompt lookup ({self.ngram}-grams)"
+
     def propose(self, seq: list[int], n: int) -> tuple[list[int], None]:
         return prompt_lookup(seq, self.ngram, n), None
 
@@ -227,6 +272,10 @@ class DraftModelDrafter(Drafter):
     def __init__(self, model: torch.nn.Module) -> None:
         self.model = model
         self.passes = 0
+
+    def __str__(self) -> str:
+        c = self.model.config
+        return f"a draft model ({c.n_layer} layers, n_embd {c.n_embd})"
 
     def start(self, state: Round) -> None:
         super().start(state)
@@ -375,7 +424,7 @@ class SpeculativeDecoder:
             return
         plan, drafter = row.plan, self.drafter
         prompt = row.prompt
-        max_len = min(plan.ctx, len(prompt) + cfg.max_new_tokens + self.gamma + 1)
+        max_len = row_cache_length(row, self.gamma)
         cache = self.model.new_cache(1, max_len)
         if len(prompt) > 1:  # the cache holds every token but the last
             x = torch.tensor([prompt[:-1]], device=cache.k.device)
@@ -384,20 +433,16 @@ class SpeculativeDecoder:
         draft_passes0 = getattr(drafter, "passes", 0)
         while row.finish_reason is None:
             seq = prompt + row.tokens
-            n = min(self.gamma, cfg.max_new_tokens - len(row.tokens) - 1, plan.ctx - len(seq),
-                    drafter.room(len(seq)))
+            n = draft_count(row, self.gamma, drafter)
             drafts, q = drafter.propose(seq, n) if n > 0 else ([], None)
             logits, hidden = self._verify(cache, [seq[-1]] + drafts)
-            n_acc, nxt = self._accept(plan, logits, seq, row, drafts, q)
-            kept = drafts[:n_acc] + [nxt]
-            for token, (lp, top) in zip(kept, plan.report(logits[:len(kept)], kept)):
-                delta = row.take(token, lp, top)
-                self.stats.new_tokens += 1
-                if delta or row.finish_reason is not None:
-                    yield delta
-                if row.finish_reason is not None:
-                    break
-            else:
+            before = len(row.tokens)
+            n_acc, delta = verify_round(row, logits, drafts, q)
+            self.stats.accepted += n_acc
+            self.stats.new_tokens += len(row.tokens) - before + (row.stop_token is not None)
+            if delta or row.finish_reason is not None:
+                yield delta
+            if row.finish_reason is None:
                 new_seq = prompt + row.tokens
                 cache.crop(len(new_seq) - 1)  # keep last + accepted drafts; nxt is the new last
                 drafter.commit(new_seq, None if hidden is None else hidden[n_acc])
@@ -413,17 +458,3 @@ class SpeculativeDecoder:
             hidden = self.model.hidden(ids, cache=cache)[0]             # (m, C)
             return self.model.lm_head(hidden).float(), hidden
         return self.model(ids, cache=cache)[0].float(), None
-
-    def _accept(self, plan, logits: torch.Tensor, seq: list[int], row: Row, drafts: list[int],
-                q: torch.Tensor | None) -> tuple[int, int]:
-        """(drafts accepted, the next token): each verified position processed by the request's
-        plan exactly as plain decoding would, with the drafts before it as history."""
-        m = len(drafts) + 1
-        processed = plan.process(logits, [seq + drafts[:j] for j in range(m)],
-                                 [row.tokens + drafts[:j] for j in range(m)])        # (m, V)
-        if plan.greedy:
-            n_acc, nxt = greedy_accept(drafts, processed.argmax(-1).tolist())
-        else:
-            n_acc, nxt = accept_reject(F.softmax(processed, dim=-1), q, drafts, row.generator)
-        self.stats.accepted += n_acc
-        return n_acc, nxt

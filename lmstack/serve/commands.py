@@ -4,9 +4,13 @@
     LMSTACK_API_KEY=sk-local lmstack serve --model DIR --port 9000
     lmstack serve --model DIR --api-key-file keys.txt --host 0.0.0.0   # reachable from outside
 
+    lmstack serve --model DIR --prompt-lookup 3                  # speculative decoding
+    lmstack serve --model DIR --medusa          # the heads `lmstack train-heads` wrote to DIR
+
 It binds to 127.0.0.1 unless --host says otherwise; serving on another address without an API
-key prints a warning. It does not speculate: `--medusa`, `--draft`, `--prompt-lookup` and
-`--gamma` are refused with the reason (`SPECULATION`); `lmstack generate` and `chat` take them.
+key prints a warning. `--medusa [DIR]`, `--draft DIR` or `--prompt-lookup N` (+ `--gamma N`),
+the flags of `lmstack generate` and `chat`, make every request speculate (scheduler.py): the
+same greedy text, the same sampling distribution, in fewer forward passes.
 """
 
 from __future__ import annotations
@@ -19,11 +23,7 @@ import sys
 from pathlib import Path
 
 from lmstack.errors import ConfigError
-
-
-# Speculation accepts a different number of tokens per sequence each round; the scheduler steps
-# every request's row together (continuous batching), so serve names why it refuses these flags.
-SPECULATION = ("medusa", "draft", "prompt_lookup", "gamma")
+from lmstack.infer.commands import add_speculation_flags
 
 
 def add_serve_args(p: argparse.ArgumentParser) -> None:
@@ -45,18 +45,17 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
                    help="memory for reusing prompt prefixes across requests (0 = off)")
     p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default=None,
                    help="run the model in this precision (default: as stored)")
-    for name in SPECULATION:  # accepted only to be refused with the reason (see SPECULATION)
-        p.add_argument("--" + name.replace("_", "-"), nargs="?", const="", help=argparse.SUPPRESS)
+    add_speculation_flags(p)
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
                    help="uvicorn's log level; info logs each request (never its query string)")
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
     """Run the server until interrupted."""
-    check_no_speculation(args)
     import uvicorn
 
     from lmstack.infer import Engine
+    from lmstack.infer.commands import speculative_from_args
     from lmstack.infer.prefix_cache import PrefixCache
     from lmstack.serve.app import ServerConfig, create_app
     from lmstack.serve.chat_template import ChatTemplate
@@ -76,25 +75,18 @@ def cmd_serve(args: argparse.Namespace) -> None:
               "can use the model (set LMSTACK_API_KEY or --api-key-file)", file=sys.stderr)
     prefix_cache = PrefixCache(max_bytes=args.prefix_cache_mb << 20) if args.prefix_cache_mb else None
     engine = Engine.load(args.model, prefix_cache=prefix_cache, dtype=args.dtype)
+    speculative = speculative_from_args(engine, args)
     name = args.served_model_name or Path(args.model).resolve().name
     config = ServerConfig(model_name=name, max_batch=args.max_batch, max_queue=args.max_queue,
                           max_body_bytes=args.max_body_bytes, body_timeout_s=args.body_timeout,
                           api_keys=keys, host=args.host, port=args.port)
-    app = create_app(engine, config, ChatTemplate.from_dir(args.model))
+    app = create_app(engine, config, ChatTemplate.from_dir(args.model), speculative)
     print(f"serving {name} on http://{args.host}:{args.port}  (web chat at /, API at /v1)", file=sys.stderr)
+    if speculative is not None:
+        print(f"speculating with {speculative.drafter}, up to {speculative.gamma} tokens a round: "
+              "every request drafts and verifies", file=sys.stderr)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
                 log_config=access_log_config())
-
-
-def check_no_speculation(args: argparse.Namespace) -> None:
-    """Refuse speculative-decoding flags, saying why serve cannot and what can."""
-    asked = ["--" + n.replace("_", "-") for n in SPECULATION if getattr(args, n, None) is not None]
-    if asked:
-        raise ConfigError(
-            f"serve does not speculate ({' '.join(asked)}): its continuous batching decodes every "
-            "request's row in one step, and speculation accepts a different number of tokens per "
-            f"row each round; use `lmstack generate` or `lmstack chat` with {asked[0]} (one "
-            "conversation at a time), or serve without it")
 
 
 def check_port_free(host: str, port: int) -> None:

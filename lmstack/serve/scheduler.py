@@ -46,10 +46,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 
 from lmstack.errors import ConfigError, LMStackError
 from lmstack.infer.config import GenerationConfig
-from lmstack.infer.sampling import check_prompts, prefill
+from lmstack.infer.drafters import Drafter, Round
+from lmstack.infer.sampling import check_prompts, context_length, prefill
+from lmstack.infer.speculative import draft_count, row_cache_length, verify_round
 from lmstack.infer.step import Row, new_rows, step
 
 log = logging.getLogger("lmstack.serve")
@@ -102,20 +105,29 @@ class _Sequence:
     sample: int
     row: Row
     sent: int = 0                      # tokens of row.tokens already reported
+    drafter: Drafter | None = None     # when the server speculates: this row's own drafter
+    drafts: list[int] = field(default_factory=list)   # proposed, in the forward now pending
+    q: torch.Tensor | None = None      # (len(drafts), V) the draft distributions, if drawn
+    hidden: torch.Tensor | None = None  # (1 + len(drafts), C) the target's, for Medusa
+    accepted: int = 0                  # drafts the last step kept
 
 
 class Scheduler:
     """Iteration-level scheduling of generation requests over one model (see module docstring)."""
 
-    def __init__(self, engine, max_batch: int = 8, max_queue: int = 64) -> None:
+    def __init__(self, engine, max_batch: int = 8, max_queue: int = 64, speculative=None) -> None:
         if max_batch < 1 or max_queue < 0:
             raise ConfigError(f"max_batch must be >= 1 and max_queue >= 0, got {max_batch} and {max_queue}")
         self.engine, self.model = engine, engine.model
+        # A SpeculativeDecoder over this engine (speculative.py), or None: its drafter is
+        # cloned for every row, its gamma caps each row's drafts.
+        self.speculative = speculative
+        self.proposed = self.accepted = 0             # draft tokens verified, and kept
         self.max_batch, self.max_queue = max_batch, max_queue
         self._waiting: deque[Request] = deque()
         self._running: list[_Sequence] = []
         self._cache = None
-        self._logits: torch.Tensor | None = None     # next-token logits of every running row
+        self._logits: torch.Tensor | None = None     # (B, T, V): after each row's last token and drafts
         self._cond = threading.Condition()
         self._ids = itertools.count(1)
         self._closed = False
@@ -144,9 +156,13 @@ class Scheduler:
         return request
 
     def stats(self) -> dict[str, int]:
-        """Rows running, requests waiting, and decode steps taken so far."""
+        """Rows running, requests waiting, and decode steps taken so far (with speculation: draft
+        tokens proposed and accepted too)."""
         with self._cond:
-            return {"running": len(self._running), "waiting": len(self._waiting), "steps": self.steps}
+            out = {"running": len(self._running), "waiting": len(self._waiting), "steps": self.steps}
+        if self.speculative is not None:
+            out.update(proposed=self.proposed, accepted=self.accepted)
+        return out
 
     # ---- lifecycle ---------------------------------------------------------------------------
 
@@ -196,8 +212,8 @@ class Scheduler:
     # ---- one iteration (the model thread) ----------------------------------------------------
 
     def step(self) -> None:
-        """Admit waiting requests, choose one token for every running row, retire finished rows,
-        and run the forward pass for the next step."""
+        """Admit waiting requests, choose the next token(s) of every running row, retire finished
+        rows, and run the forward pass for the next step."""
         self._admit()
         if not self._running:
             return
@@ -208,8 +224,11 @@ class Scheduler:
             else:
                 live.append(i)
         failed: set[int] = set()
-        for group in self._groups(live):
+        for group in self._groups([i for i in live if not self._running[i].drafts]):
             failed |= self._step_group(group)
+        for i in live:  # rows with drafts: verified one by one (each keeps its own number)
+            if self._running[i].drafts:
+                failed |= self._step_drafted(i)
         keep = [i for i in live if i not in failed and self._running[i].row.finish_reason is None]
         if len(keep) < len(self._running):
             self._running = [self._running[i] for i in keep]
@@ -217,9 +236,43 @@ class Scheduler:
                 self._cache, self._logits = None, None
                 return
             self._cache.select(keep)
-        x = torch.tensor([[s.row.tokens[-1]] for s in self._running], dtype=torch.long)   # (B, 1)
-        self._logits = self.model(x.to(self._logits.device), cache=self._cache)[:, -1].float()
+        if self.speculative is not None:
+            self._draft()
+        self._forward()
         self.steps += 1
+
+    def _forward(self) -> None:
+        """One forward pass over every row's last token and its drafts (right-padded, each row
+        advancing its cache by its own length): the logits the next step chooses from."""
+        inputs = [[s.row.tokens[-1]] + s.drafts for s in self._running]
+        T = max(map(len, inputs))
+        device = self._logits.device
+        x = torch.tensor([ids + [0] * (T - len(ids)) for ids in inputs], device=device)   # (B, T)
+        ragged = {"lengths": torch.tensor(list(map(len, inputs)))} if T > 1 else {}
+        if self.speculative is not None and self.speculative.drafter.uses_hidden:
+            hidden = self.model.hidden(x, cache=self._cache, **ragged)                      # (B, T, C)
+            for seq, h in zip(self._running, hidden):
+                seq.hidden = h
+            self._logits = self.model.lm_head(hidden).float()                               # (B, T, V)
+        else:
+            self._logits = self.model(x, cache=self._cache, **ragged).float()               # (B, T, V)
+
+    def _draft(self) -> None:
+        """Speculation: forget the rejected drafts in the target's cache, tell each row's drafter
+        what was kept, and ask it for the next drafts (speculative.py's round, per row)."""
+        rows = [s.row for s in self._running]
+        # the cache holds every token but each row's last (which the next forward feeds)
+        self._cache.crop(torch.tensor([len(r.prompt) + len(r.tokens) - 1 for r in rows]))
+        # Right padding writes every row T slots on from its own length: the longest row
+        # bounds the drafts of all (only near the end of the cache or the context).
+        room = min(self._cache.max_len, context_length(self.model)) - self._cache.length - 1
+        gamma = min(self.speculative.gamma, room)
+        for seq, row in zip(self._running, rows):
+            ids = row.prompt + row.tokens
+            if seq.hidden is not None or not seq.drafter.uses_hidden:  # Medusa: not before its first pass
+                seq.drafter.commit(ids, None if seq.hidden is None else seq.hidden[seq.accepted])
+            n = draft_count(row, gamma, seq.drafter)
+            seq.drafts, seq.q = seq.drafter.propose(ids, n) if n > 0 else ([], None)
 
     def _admit(self) -> None:
         """Move waiting requests into the batch while their samples fit; prefill them together."""
@@ -242,6 +295,8 @@ class Scheduler:
         if not new:
             return
         extra = max(s.request.cfg.max_new_tokens for s in new)
+        if self.speculative is not None:  # one round of drafts beyond the last token
+            extra += self.speculative.gamma + 1
         try:
             cache, logits = prefill(self.model, [s.row.prompt for s in new], extra, self.engine.prefix_cache)
         except Exception as e:  # noqa: BLE001 — these requests are in neither list: end them here
@@ -249,17 +304,24 @@ class Scheduler:
             for seq in new:
                 self._fail(seq.request, f"internal error while reading the prompt: {type(e).__name__}")
             return
+        logits = logits.unsqueeze(1)                                           # (B_new, 1, V)
         if self._cache is None:
             self._cache, self._logits = cache, logits
         else:
             self._cache.extend(cache)
-            self._logits = torch.cat([self._logits, logits])
+            pad = self._logits.size(1) - 1  # the running rows' drafts: new rows have none
+            self._logits = torch.cat([self._logits, F.pad(logits, (0, 0, 0, pad))])
         self._running.extend(new)
 
     def _sequences(self, request: Request) -> list[_Sequence]:
         plan = self.engine.plan(request.cfg)   # compiled once, for all n samples
         rows = new_rows([request.prompt], plan, request.n, self.engine.new_decoder)
-        return [_Sequence(request, j, row) for j, row in enumerate(rows)]
+        seqs = [_Sequence(request, j, row) for j, row in enumerate(rows)]
+        if self.speculative is not None:
+            for seq in seqs:
+                seq.drafter = self.speculative.drafter.clone()
+                seq.drafter.start(Round(plan, seq.row, row_cache_length(seq.row, self.speculative.gamma)))
+        return seqs
 
     def _groups(self, rows: list[int]) -> list[list[int]]:
         """Running rows that choose alike (`DecodePlan.chooses_like`), so that each group goes
@@ -281,7 +343,7 @@ class Scheduler:
         token banned for that row), after ending their requests with the error."""
         seqs = [self._running[i] for i in group]
         try:
-            deltas = step(self._logits[group], [s.row for s in seqs])
+            deltas = step(self._logits[group, 0], [s.row for s in seqs])
         except LMStackError as e:
             if len(group) > 1:  # find the row(s) at fault, so the others go on
                 return set().union(*(self._step_group([i]) for i in group))
@@ -289,18 +351,36 @@ class Scheduler:
             self._fail(seqs[0].request, str(e))
             return set(group)
         for seq, delta in zip(seqs, deltas):
+            seq.accepted = 0
             self._advance(seq, delta)
         return set()
 
+    def _step_drafted(self, i: int) -> set[int]:
+        """Verify row i's drafts against the target's logits after each of them (speculative.py:
+        exact for greedy and sampling, through the row's own plan); return {i} if it failed."""
+        seq = self._running[i]
+        k = len(seq.drafts)
+        try:
+            seq.accepted, delta = verify_round(seq.row, self._logits[i, :k + 1], seq.drafts, seq.q)
+        except LMStackError as e:
+            seq.request.cancel()
+            self._fail(seq.request, str(e))
+            return {i}
+        self.proposed += k
+        self.accepted += seq.accepted
+        self._advance(seq, delta)
+        return set()
+
     def _advance(self, seq: _Sequence, delta: str) -> None:
-        """Count the token `step` just recorded for `seq`; emit what became visible."""
+        """Count the tokens this step recorded for `seq` (one, or several when drafts were
+        accepted; a final stop id counts); emit what became visible."""
         row, request = seq.row, seq.request
-        new_token = len(row.tokens) > seq.sent
-        if new_token or row.stop_token is not None:
-            request.generated += 1
+        new = len(row.tokens) - seq.sent + (row.stop_token is not None)
+        if new:
+            request.generated += new
             if request.first_token is None:
                 request.first_token = time.perf_counter()
-        if delta or row.finish_reason is not None or new_token:
+        if delta or row.finish_reason is not None or len(row.tokens) > seq.sent:
             self._emit(seq, delta)
 
     def _emit(self, seq: _Sequence, text: str = "") -> None:

@@ -1,6 +1,7 @@
 """Speculative decoding from the command line: `generate` and `chat` take --medusa [DIR],
 --draft DIR and --prompt-lookup N (+ --gamma), print what plain decoding prints (greedy), and
-say so; bad combinations are one-line errors; `serve` refuses the flags with the reason."""
+say so; bad combinations are one-line errors (`serve` takes the same flags:
+tests/serve/test_serve_speculation.py)."""
 
 from __future__ import annotations
 
@@ -104,10 +105,3 @@ def test_chat_replies_through_the_speculative_decoder(dirs, capsys, monkeypatch)
         replies[name] = capsys.readouterr().out
     assert replies["medusa"] == replies["plain"] and replies["plain"].strip("\n")
 
-
-@pytest.mark.parametrize("flags", [["--medusa"], ["--draft", "x"], ["--prompt-lookup", "3"], ["--gamma", "4"]])
-def test_serve_refuses_speculation_and_says_why(dirs, capsys, flags):
-    assert main(["serve", "--model", str(dirs["target"]), "--port", "1", *flags]) == 2
-    err = capsys.readouterr().err
-    assert "serve does not speculate" in err and "continuous batching" in err
-    assert "lmstack generate" in err and "Traceback" not in err
