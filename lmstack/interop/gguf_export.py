@@ -2,7 +2,7 @@
 
     python -c "from lmstack.interop.gguf_export import export_gguf;
                export_gguf('runs/quickstart', 'runs/quickstart.q8_0.gguf', 'q8_0')"
-    llama-cli -m runs/quickstart.q8_0.gguf -p "Once upon a time" -n 64     # then run it
+    llama-server -m runs/quickstart.q8_0.gguf --port 8080                  # then run it
 
 What maps onto what (hf_family in config.py decides the family; llama.cpp's names are those of
 convert_hf_to_gguf.py, which its loader expects):
@@ -38,7 +38,7 @@ from pathlib import Path
 
 import torch
 
-from lmstack.errors import ConfigError
+from lmstack.errors import ConfigError, TokenizerError
 from lmstack.interop.config import hf_family
 from lmstack.interop.gguf_file import read_gguf
 from lmstack.interop.gguf_model import gguf_eos_ids, load_gguf_model
@@ -231,7 +231,10 @@ def export_gguf(src_dir: str | os.PathLike, dst_path: str | os.PathLike, qtype: 
     if tokenizer is None:
         raise ConfigError(f"{src} has no tokenizer.json; a GGUF file carries the vocabulary, and "
                           "llama.cpp cannot run the model without one")
-    metadata, tensors = build_gguf(model, tokenizer, qtype, name=_model_name(src), **extra)
+    try:
+        metadata, tensors = build_gguf(model, tokenizer, qtype, name=_model_name(src), **extra)
+    except (ConfigError, TokenizerError) as e:  # say which model cannot be exported
+        raise type(e)(f"{src}: {e}") from None
     return write_gguf(dst, metadata, tensors)
 
 
