@@ -301,7 +301,7 @@ def _template_json(tok: Any) -> dict | None:
     if not (tok.add_bos or tok.add_eos):
         return None
     names = {i: s for s, i in {**tok.added_tokens, **tok.special_tokens}.items()}
-    around = [tok.roles["bos"]] * tok.add_bos, [tok.roles["eos"]] * tok.add_eos
+    around = ([tok.roles["bos"]] if tok.add_bos else [], [tok.roles["eos"]] if tok.add_eos else [])
     single = [{"SpecialToken": {"id": names[i], "type_id": 0}} for i in around[0]] + \
         [{"Sequence": {"id": "A", "type_id": 0}}] + \
         [{"SpecialToken": {"id": names[i], "type_id": 0}} for i in around[1]]

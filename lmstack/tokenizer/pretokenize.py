@@ -54,8 +54,8 @@ class Split:
                 return [m for m in rx.findall(piece) if m]
             return [m.group() for m in rx.finditer(piece) if m.end() > m.start()]
         out, pos = [], 0
-        keep_gaps = self.behavior == "isolated" or self.invert
-        keep_matches = self.behavior == "isolated" or not self.invert
+        keep_gaps = self.behavior == "isolated" or not self.invert  # "removed" drops matches
+        keep_matches = self.behavior == "isolated"  # (removed + invert returned above)
         for m in rx.finditer(piece):  # an empty match still cuts there, as in `tokenizers`
             start, end = m.span()
             if start > pos and keep_gaps:

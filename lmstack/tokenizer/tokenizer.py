@@ -241,7 +241,8 @@ class Tokenizer:
         else:
             ids = self._encode_text(text, engine)
         if add_special_tokens:
-            ids = [self.roles["bos"]] * self.add_bos + ids + [self.roles["eos"]] * self.add_eos
+            ids = ([self.roles["bos"]] if self.add_bos else []) + ids + \
+                ([self.roles["eos"]] if self.add_eos else [])
         return ids
 
     def _encode_parts(self, text: str, allowed: set[str], engine: str) -> list[int]:
