@@ -7,6 +7,12 @@ a known token. This is the rule of GPT-2 (Radford et al. 2019) as tiktoken state
 a token is its id, and tokens made earlier in training have lower ids, so the merges replay in
 training order. A piece that is itself a token is returned whole, as tiktoken does.
 
+Hugging Face `tokenizers` and llama.cpp use another rule, for the vocabularies they ship: the
+adjacent pair listed earliest in the merge list merges, and only listed pairs do (`rank_merge`).
+The two agree on a vocabulary trained in order and listing every way to make each token, not in
+general (tests/tokenizer/test_bpe.py shows a vocabulary where they differ; engines.py says when
+tiktoken may still run the rank rule).
+
 The textbook loop rescans all pairs after every merge, which is quadratic in the piece length
 (a million-character run of "a" would never finish). Here the candidate pairs live in a heap and
 the parts in a linked list, so each merge costs O(log n).
@@ -128,7 +134,8 @@ def rank_merge(ids: list[int], pairs: Mapping[tuple[int, int], tuple[int, int]])
         j = nxt[i]
         # Stale entries: the left part died, or either side changed since the push (a rank
         # names one pair, so an unchanged rank means unchanged parts).
-        if not alive[i] or j >= n or ids[j] != right or pairs.get((ids[i], right), (-1,))[0] != rank:
+        if not alive[i] or j >= n or ids[j] != right \
+                or pairs.get((ids[i], right), (-1,))[0] != rank:
             continue
         ids[i] = pairs[(ids[i], right)][1]
         alive[j] = False

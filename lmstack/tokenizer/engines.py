@@ -18,7 +18,7 @@ gives the same ids exactly when, with each merged token ranked by its place in t
    match every character (patterns.py's), so findall finds the same pieces. Earlier steps and
    the normalizer run here in Python, and tiktoken encodes each piece they leave.
 
-SmolLM2's vocabulary passes (the check takes ~0.4 s, once). Text holding a byte that has no
+SmolLM2's vocabulary passes (the check takes ~0.5 s, once per tokenizer). Text holding a byte that has no
 token goes to the Python engine, which drops the byte as `tokenizers` does. Otherwise — and for
 vocabularies that fail the check — `PieceEngine` encodes: pre-tokenize with `regex`, then
 look each piece up in a cache before merging it (text repeats its pieces, so few are merged).

@@ -5,6 +5,8 @@ GPT-2 pattern a space sticks to the word after it (" hello"), digits form runs o
 the GPT-4 (cl100k) pattern caps digit runs at three, lets one punctuation character lead a word
 ("_name", ".append") and keeps newlines apart from other whitespace. Both come from OpenAI's
 releases (Radford et al. 2019; tiktoken's cl100k_base) and are written for the `regex` module.
+Real checkpoints bring their own (Llama 3's, Qwen2's), and GGUF files name theirs the way
+llama.cpp does (`LLAMA_CPP_PRE` below).
 
     >>> split("Hello world, it's 12345!", GPT4_PATTERN)
     ['Hello', ' world', ',', ' it', "'s", ' ', '123', '45', '!']
@@ -76,7 +78,7 @@ def resolve_pattern(name_or_regex: str) -> str:
     >>> resolve_pattern("gpt5")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    lmstack.errors.TokenizerError: unknown split pattern name 'gpt5'; the known names are gpt2, gpt4, llama3...
+    lmstack.errors.TokenizerError: unknown split pattern name 'gpt5'; the known names are...
     """
     if name_or_regex not in PATTERNS and _NAME_LIKE.fullmatch(name_or_regex):
         # Letters, digits, '_' and '-' alone match only that literal text: a mistyped name.

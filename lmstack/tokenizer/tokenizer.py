@@ -444,8 +444,8 @@ def load_hf(path: str | os.PathLike) -> Tokenizer:
     """Import a Hugging Face byte-level BPE `tokenizer.json` (or DIR/tokenizer.json)."""
     d, source = _read_json(path)
     if not is_hf_dict(d):
-        raise TokenizerError(f"{source} is not a Hugging Face tokenizer.json (it has no \"model\"); "
-                             "load an lmstack tokenizer with Tokenizer.load")
+        raise TokenizerError(f"{source} is not a Hugging Face tokenizer.json (it has no "
+                             "\"model\"); load an lmstack tokenizer with Tokenizer.load")
     return _from_hf(d, source)
 
 

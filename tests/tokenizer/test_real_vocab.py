@@ -25,8 +25,8 @@ from lmstack.tokenizer.pretokenize import Split
 from .conftest import REAL_TEXTS
 
 tokenizers = pytest.importorskip("tokenizers")
-from tokenizers import AddedToken, Regex, decoders, models, normalizers, pre_tokenizers  # noqa: E402,E501
-from tokenizers import processors, trainers  # noqa: E402
+from tokenizers import AddedToken, Regex, decoders, models, normalizers  # noqa: E402
+from tokenizers import pre_tokenizers, processors, trainers  # noqa: E402
 
 # `tokenizers` normalizes with older Unicode tables than Python 3.11's (Unicode 14): a
 # character assigned since that has a decomposition (U+A7F2 ꟲ, NFKC "C") is left alone there.
