@@ -31,7 +31,7 @@ from typing import Any
 
 import tiktoken
 
-from lmstack.tokenizer.patterns import PATTERNS
+from lmstack.tokenizer.patterns import COVERING_PATTERNS
 from lmstack.tokenizer.pretokenize import Split
 
 CACHE_LIMIT = 200_000  # pieces kept; the cache starts over when full
@@ -124,7 +124,7 @@ def _tiktoken_plan(tok: Any) -> str | tuple[str, dict[bytes, int], list[int] | N
         return "the pre-tokenizer does not end with a split"
     if last.behavior == "removed" and last.invert:
         pat_str = last.regex
-    elif last.behavior == "isolated" and last.regex in PATTERNS.values():
+    elif last.behavior == "isolated" and last.regex in COVERING_PATTERNS:
         pat_str = last.regex  # matches every character: findall finds the isolated pieces
     else:
         return "its last split is not findall or a known pattern that matches every character"

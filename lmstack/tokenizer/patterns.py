@@ -47,6 +47,11 @@ DIGIT_PATTERN = r"\p{N}"  # each digit its own piece (HF `Digits(individual_digi
 PATTERNS: dict[str, str] = {"gpt4": GPT4_PATTERN, "gpt2": GPT2_PATTERN,
                             "llama3": LLAMA3_PATTERN, "qwen2": QWEN2_PATTERN}
 
+# Patterns with a match starting at every character (each ends in `\s+`, and every other
+# character is a letter, a number or neither): for them `findall` yields exactly the pieces of
+# an isolated split, matches and the text between them alike, so the quick way may be taken.
+COVERING_PATTERNS = frozenset(PATTERNS.values())
+
 # llama.cpp's pre-tokenizer names (GGUF `tokenizer.ggml.pre`) and the regexes each stands for,
 # applied in order, each cutting every piece into its matches and the text between them (HF's
 # `Split(..., behavior="isolated")`), as src/llama-vocab.cpp defines them. llama.cpp rewrites

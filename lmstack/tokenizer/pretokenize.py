@@ -27,7 +27,7 @@ import unicodedata
 from dataclasses import dataclass
 
 from lmstack.errors import TokenizerError
-from lmstack.tokenizer.patterns import compile_pattern
+from lmstack.tokenizer.patterns import COVERING_PATTERNS, compile_pattern
 
 NORMALIZERS = ("NFC", "NFD", "NFKC", "NFKD")
 BEHAVIORS = ("isolated", "removed")
@@ -49,7 +49,8 @@ class Split:
     def apply(self, piece: str) -> list[str]:
         """The pieces one piece becomes."""
         rx = compile_pattern(self.regex)
-        if self.behavior == "removed" and self.invert:
+        if self.behavior == "removed" and self.invert or \
+                self.behavior == "isolated" and self.regex in COVERING_PATTERNS:
             if not rx.groups:  # findall returns the matches themselves: the quick way
                 return [m for m in rx.findall(piece) if m]
             return [m.group() for m in rx.finditer(piece) if m.end() > m.start()]

@@ -65,16 +65,21 @@ def test_import_hf_trained_tokenizer(hf_trained, corpus):
     ours = Tokenizer.load(path)
     assert ours.vocab_size == hf.get_vocab_size()
     assert ours.eot_id == hf.token_to_id("<|endoftext|>")
-    for text in corpus + SAMPLES:
+    for k, text in enumerate(corpus + SAMPLES):
         assert ours.encode_ordinary(text) == hf.encode(text).ids
-        assert ours.encode_ordinary(text, engine="reference") == hf.encode(text).ids
+        if k % 4 == 0 or text in SAMPLES:  # the pure-Python reference on a quarter of them
+            assert ours.encode_ordinary(text, engine="reference") == hf.encode(text).ids
+
+
+@pytest.fixture(scope="module")
+def hf_imported(hf_trained):
+    return Tokenizer.load(hf_trained[1])
 
 
 @settings(max_examples=200, deadline=None)
 @given(assigned)
-def test_import_equals_tokenizers_on_any_text(hf_trained, text):
-    hf, path = hf_trained
-    assert Tokenizer.load(path).encode(text, allowed_special="all") == hf.encode(text).ids
+def test_import_equals_tokenizers_on_any_text(hf_trained, hf_imported, text):
+    assert hf_imported.encode(text, allowed_special="all") == hf_trained[0].encode(text).ids
 
 
 def test_export_then_import_is_identity(tok, tmp_path):

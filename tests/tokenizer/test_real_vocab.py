@@ -287,3 +287,14 @@ def test_gpt2_pattern_is_what_bytelevel_splits_with():
     ours = Split(GPT2_PATTERN).apply(text)
     table = bytes_to_unicode()
     assert ["".join(table[b] for b in p.encode()) for p in ours] == theirs
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.characters(exclude_categories=["Cs"]), max_size=60))
+def test_covering_patterns_match_at_every_character(text):
+    """What lets findall stand for an isolated split (pretokenize.py, engines.py): the pieces
+    of these patterns put back together are the whole text, so nothing fell between them."""
+    from lmstack.tokenizer.patterns import COVERING_PATTERNS, compile_pattern
+
+    for pattern in COVERING_PATTERNS:
+        assert "".join(compile_pattern(pattern).findall(text)) == text
