@@ -12,7 +12,8 @@ nothing to copy).
 
 Two servers run as subprocesses (`lmstack serve --threads T`, one with the --spec flags), both
 idle but for the request being measured: each repeat sends the same non-streaming completion
-(the code prompt of benchmarks/speculative.py, temperature 0, `ignore_eos`, `max_tokens` N) to
+(the code prompt of benchmarks/speculative.py, as many whole lines as leave room for N tokens
+in the context; temperature 0, `ignore_eos`, `max_tokens` N) to
 one, then the other. tokens/s = completion tokens (from `usage`) / the request's wall time;
 medians over --repeats after one warm-up round. It checks both servers return the same text,
 and reads the drafts proposed and accepted from the speculating server's /metrics.
@@ -41,6 +42,7 @@ def sibling(name: str):
     """Another benchmark script of this folder, as a module (they are scripts, not a package)."""
     spec = importlib.util.spec_from_file_location(f"bench_{name}", HERE / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
@@ -91,6 +93,22 @@ def server(model: Path, threads: int, extra: list[str]):
                 proc.wait()
 
 
+def fitting_prompt(model: Path, text: str, max_tokens: int) -> str:
+    """The longest run of whole lines of `text` that leaves `max_tokens` of the model's context."""
+    import json
+
+    from lmstack.models.directory import load_tokenizer
+
+    tok = load_tokenizer(model)
+    room = json.loads((model / "config.json").read_text())["block_size"] - max_tokens
+    lines = text.splitlines(keepends=True)
+    while lines and len(tok.encode("".join(lines))) > room:
+        lines.pop()
+    if not lines:
+        raise SystemExit(f"no line of the prompt fits beside {max_tokens} new tokens in {model}'s context")
+    return "".join(lines)
+
+
 def one_request(url: str, prompt: str, max_tokens: int) -> tuple[float, int, str]:
     """(seconds, completion tokens, text) of one greedy completion."""
     body = {"prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "ignore_eos": True}
@@ -119,7 +137,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--spec", default="--prompt-lookup 3", help="the speculating server's flags")
     args = p.parse_args(argv)
     model = Path(args.model) if args.model else prepare_target(Path(args.out), args.target_minutes, 2)
-    prompt = sibling("speculative").CODE_PROMPT
+    prompt = fitting_prompt(model, sibling("speculative").CODE_PROMPT, args.max_tokens)
     times: dict[str, list[float]] = {"plain": [], "spec": []}
     texts: dict[str, str] = {}
     with server(model, args.threads, []) as plain, \

@@ -18,6 +18,16 @@ scheduler of vLLM, Kwon et al. 2023) instead decides at every decode step:
 3. retire: finished rows and rows whose client went away (`Request.cancel`) leave the batch
    (`cache.select`) at once, freeing their row for the next waiting request.
 
+Speculative decoding (`speculative=`, a SpeculativeDecoder: Leviathan et al. 2023; Chen et al.
+2023): every row gets its own copy of the drafter, which proposes up to gamma tokens after the
+row's last token; the step's one forward pass reads each row's last token *and its drafts*
+(right-padded; each row's cache advances by its own length), so the next step has the logits
+after every draft. A row with drafts is verified alone (`verify_round`: the exact acceptance
+rule, each position through the row's own plan, kept tokens through `Row.take`) and may gain
+several tokens; rows without drafts take the batched step above; then `cache.crop` forgets
+each row's rejected drafts. Greedy and sampled rows both speculate (that is every request the
+scheduler takes); the first token of a request comes from its prefill, undrafted.
+
 The queue of waiting requests is bounded (`max_queue`); `submit` raises `QueueFull` when it is
 full, which the server answers with HTTP 429. All model work runs on one background thread
 under `torch.inference_mode`; results go back through each request's `on_event` callback (the
@@ -310,7 +320,7 @@ class Scheduler:
         else:
             self._cache.extend(cache)
             pad = self._logits.size(1) - 1  # the running rows' drafts: new rows have none
-            self._logits = torch.cat([self._logits, F.pad(logits, (0, 0, 0, pad))])
+            self._logits = torch.cat([self._logits, F.pad(logits, (0, 0, 0, pad)) if pad else logits])
         self._running.extend(new)
 
     def _sequences(self, request: Request) -> list[_Sequence]:
