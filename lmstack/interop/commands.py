@@ -82,7 +82,8 @@ def cmd_convert(args: argparse.Namespace) -> None:
     if args.from_ and args.from_ != source:
         raise ConfigError(f"--from {args.from_} but {args.src} is {_a(source)} model")
     if Path(args.src).resolve() == Path(args.dst).resolve():
-        raise ConfigError("--src and --dst are the same path; write the conversion elsewhere")
+        raise ConfigError("--src and --dst are the same directory or file; write the conversion "
+                          "elsewhere")
     target = args.to or DEFAULT_TARGET.get(source)
     if target is None:
         raise ConfigError(f"{args.src} is an lmstack model directory; say what to convert it to "
@@ -94,7 +95,8 @@ def cmd_convert(args: argparse.Namespace) -> None:
                           f"{source}: {', '.join(t for s, t in ROUTES if s == source)}")
     given = [f"--{f}" for f in GGUF_FLAGS if getattr(args, f, None)]
     if given and source != "gguf":
-        raise ConfigError(f"{' and '.join(given)} apply to a GGUF --src; {args.src} is {_a(source)} model")
+        raise ConfigError(f"{' and '.join(given)} apply to a GGUF --src; {args.src} is "
+                          f"{_a(source)} model")
     print(f"wrote {ROUTES[source, target](args)}")
 
 

@@ -211,7 +211,8 @@ def dequantize_q3_k(blocks: np.ndarray) -> np.ndarray:
     x = d (sc - 32) q.
 
     >>> b = np.frombuffer(bytes([0xFF] * 32) + bytes([0x01] * 64)  # bit set everywhere; low 1, 0
-    ...                   + bytes([0x22] * 8 + [0xAA] * 4) + np.float16(0.5).tobytes(), np.uint8)[None]
+    ...                   + bytes([0x22] * 8 + [0xAA] * 4) + np.float16(0.5).tobytes(),
+    ...                   np.uint8)[None]
     >>> dequantize_q3_k(b)[0, :64:16]  # scale (2 | 2 << 4) - 32 = 2: 0.5 * 2 * 1, then 0
     array([1., 1., 0., 0.], dtype=float32)
     """
@@ -227,7 +228,8 @@ def k4_scales_mins(b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     j < 4 the low 6 bits of bytes j and j + 4; for j >= 4 the nibbles of byte j + 4 topped with
     the 2 high bits of bytes j - 4 and j.
 
-    >>> sc, m = k4_scales_mins(np.array([[1, 2, 3, 4, 5, 6, 7, 8, 0x21, 0x43, 0x65, 0x87]], np.uint8))
+    >>> packed = np.array([[1, 2, 3, 4, 5, 6, 7, 8, 0x21, 0x43, 0x65, 0x87]], np.uint8)
+    >>> sc, m = k4_scales_mins(packed)
     >>> sc[0].tolist(), m[0].tolist()
     ([1, 2, 3, 4, 1, 3, 5, 7], [5, 6, 7, 8, 2, 4, 6, 8])
     """
@@ -256,7 +258,8 @@ def dequantize_q4_k(blocks: np.ndarray) -> np.ndarray:
     """Q4_K: d, dmin, 12 bytes of scales/mins, 128 bytes of nibbles; x = d sc q - dmin m.
 
     >>> b = np.frombuffer(np.float16(1).tobytes() + np.float16(0.5).tobytes()
-    ...     + bytes([1, 2, 3, 4, 5, 6, 7, 8, 0x21, 0x43, 0x65, 0x87]) + bytes([0x21] * 128), np.uint8)[None]
+    ...     + bytes([1, 2, 3, 4, 5, 6, 7, 8, 0x21, 0x43, 0x65, 0x87]) + bytes([0x21] * 128),
+    ...     np.uint8)[None]
     >>> dequantize_q4_k(b)[0, ::32]  # q 1 (low nibbles), 2 (high): sc q - m / 2
     array([-1.5,  1. , -0.5,  4. ,  0. ,  4. ,  2. , 10. ], dtype=float32)
     """
@@ -293,7 +296,8 @@ def dequantize_q6_k(blocks: np.ndarray) -> np.ndarray:
     qh = blocks[:, 128:192].reshape(n, 2, 1, 32)
     high = (qh >> np.array([0, 2, 4, 6], np.uint8).reshape(1, 1, 4, 1)) & 3  # (n, 2, 4, 32)
     q = (low.reshape(n, 2, 4, 32) | (high << 4)).astype(np.int8) - np.int8(32)
-    scale = _f16(blocks[:, 208:210]) * blocks[:, 192:208].view(np.int8).astype(np.float32)  # (n, 16)
+    sc = blocks[:, 192:208].view(np.int8).astype(np.float32)   # (n, 16)
+    scale = _f16(blocks[:, 208:210]) * sc
     return (scale[..., None] * q.reshape(n, 16, 16).astype(np.float32)).reshape(n, 256)
 
 

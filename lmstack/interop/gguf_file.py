@@ -73,7 +73,8 @@ GGML_TYPES: dict[int, GGMLType] = {t.id: t for t in (
 GGML_TYPE_NAMES = {t.name: t for t in GGML_TYPES.values()}
 
 # Metadata value types: id -> struct format of a scalar (8: string, 9: array are read apart).
-SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
+SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q",
+           12: "d"}
 STRING, ARRAY = 8, 9
 NUMPY = {"B": np.uint8, "b": np.int8, "H": np.uint16, "h": np.int16, "I": np.uint32, "i": np.int32,
          "f": np.float32, "?": np.bool_, "Q": np.uint64, "q": np.int64, "d": np.float64}
@@ -118,7 +119,8 @@ class _Cursor:
         try:
             return str(self.buf[start:start + n], "utf-8")
         except UnicodeDecodeError as e:
-            raise ConfigError(f"{self.path}: {what} is not valid UTF-8 ({e}); the file is corrupt") from None
+            raise ConfigError(f"{self.path}: {what} is not valid UTF-8 ({e}); the file is "
+                              "corrupt") from None
 
     def value(self, kind: int, what: str) -> Any:
         """One metadata value of type `kind`, as a plain Python value (arrays as lists)."""
@@ -150,7 +152,8 @@ class GGUFFile:
         self.metadata: dict[str, Any] = {}
         for i in range(n_kv):
             key = cur.string(f"metadata key {i}")
-            self.metadata[key] = cur.value(cur.scalar("I", f"metadata {key!r}"), f"metadata {key!r}")
+            what = f"metadata {key!r}"
+            self.metadata[key] = cur.value(cur.scalar("I", what), what)
         self.alignment = self._alignment()
         infos = [_read_tensor_info(cur, i) for i in range(n_tensors)]
         self.data_offset = -(-cur.pos // self.alignment) * self.alignment  # padded up
@@ -161,8 +164,8 @@ class GGUFFile:
     def _alignment(self) -> int:
         align = self.metadata.get("general.alignment", DEFAULT_ALIGNMENT)
         if not isinstance(align, int) or isinstance(align, bool) or align < 1 or align % 8:
-            raise ConfigError(f"{self.path}: general.alignment {align!r} is not a positive multiple "
-                              "of 8; the file is corrupt")
+            raise ConfigError(f"{self.path}: general.alignment {align!r} is not a positive "
+                              "multiple of 8; the file is corrupt")
         return align
 
     def _tensor_info(self, name: str, shape: tuple[int, ...], kind: int, offset: int) -> TensorInfo:
@@ -175,8 +178,9 @@ class GGUFFile:
                               "it to a common type such as Q8_0 or Q4_K")
         gtype = GGML_TYPES[kind]
         if shape and shape[-1] % gtype.block_size:
-            raise ConfigError(f"{self.path}: tensor {name!r} has rows of {shape[-1]} elements, not "
-                              f"whole {gtype.name} blocks of {gtype.block_size}; the file is corrupt")
+            raise ConfigError(f"{self.path}: tensor {name!r} has rows of {shape[-1]} elements, "
+                              f"not whole {gtype.name} blocks of {gtype.block_size}; the file is "
+                              "corrupt")
         if offset % self.alignment:
             raise ConfigError(f"{self.path}: tensor {name!r} starts at offset {offset}, not a "
                               f"multiple of the alignment {self.alignment}; the file is corrupt")
@@ -207,7 +211,7 @@ def _map_file(path: Path) -> np.memmap | bytes:
             return b""
         return np.memmap(path, dtype=np.uint8, mode="r")
     except FileNotFoundError:
-        raise ConfigError(f"{path} does not exist; point --model at a .gguf file") from None
+        raise ConfigError(f"{path} does not exist; give the path of a .gguf file") from None
     except (IsADirectoryError, PermissionError, OSError) as e:
         raise ConfigError(f"{path} cannot be read as a file ({e.strerror or e})") from None
 
@@ -217,15 +221,16 @@ def _read_version(cur: _Cursor) -> int:
     head = bytes(cur.buf[:4])
     if head != MAGIC:
         raise ConfigError(f"{cur.path} is not a GGUF file: it starts with {head!r}, not b'GGUF'; "
-                          "point --model at a .gguf file (or a model directory)")
+                          "give a .gguf file (or a model directory)")
     cur.take(4, "the magic")
     version = cur.scalar("I", "the header")
-    if version not in VERSIONS and version >> 16 in VERSIONS and not version & 0xFFFF:
+    if version not in VERSIONS and version >> 24 in VERSIONS and not version & 0xFFFFFF:  # BE
         raise ConfigError(f"{cur.path} is a big-endian GGUF file; lmstack reads little-endian "
                           "ones (convert it again on a little-endian machine)")
     if version not in VERSIONS:
         raise ConfigError(f"{cur.path} is GGUF version {version}; lmstack reads versions "
-                          f"{' and '.join(map(str, VERSIONS))} (convert it again with a recent llama.cpp)")
+                          f"{' and '.join(map(str, VERSIONS))} (convert it again with a recent "
+                          "llama.cpp)")
     return version
 
 
@@ -235,7 +240,8 @@ def _read_tensor_info(cur: _Cursor, i: int) -> tuple[str, tuple[int, ...], int, 
     what = f"the info of tensor {name!r}"
     n_dims = cur.scalar("I", what)
     if n_dims > 8:  # ggml has at most 4; more means the bytes are not a tensor info at all
-        raise ConfigError(f"{cur.path}: tensor {name!r} claims {n_dims} dimensions; the file is corrupt")
+        raise ConfigError(f"{cur.path}: tensor {name!r} claims {n_dims} dimensions; the file is "
+                          "corrupt")
     dims = [cur.scalar("Q", what) for _ in range(n_dims)]
     return name, tuple(reversed(dims)), cur.scalar("I", what), cur.scalar("Q", what)
 

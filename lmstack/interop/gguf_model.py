@@ -43,7 +43,7 @@ import torch
 from torch import nn
 
 from lmstack.atomic import atomic_write_json, output_dir
-from lmstack.errors import ConfigError
+from lmstack.errors import ConfigError, TokenizerError
 from lmstack.infer.quantize import pack_int4, quantize_model
 from lmstack.interop.config import config_from_hf
 from lmstack.interop.gguf_dequant import check_supported, dequantize, q4_1_parts
@@ -52,6 +52,8 @@ from lmstack.interop.weights import to_lmstack
 from lmstack.models.directory import ModelFormat, save_model
 from lmstack.models.gpt import GPT, GPTConfig
 from lmstack.models.positions import POSITIONS, scale_inv_freq
+from lmstack.tokenizer import Tokenizer
+from lmstack.tokenizer.gguf_vocab import chat_template_from_gguf, tokenizer_from_gguf
 
 # GGUF general.architecture -> the HF model_type whose config it maps onto.
 ARCHITECTURES = {"llama": "llama", "mistral": "mistral", "qwen2": "qwen2"}
@@ -83,8 +85,9 @@ def architecture(f: GGUFFile) -> str:
     """general.architecture, if it is one we load; ConfigError naming it otherwise."""
     arch = f.metadata.get("general.architecture")
     if arch not in ARCHITECTURES:
-        raise ConfigError(f"{f.path}: GGUF architecture {arch!r} is not supported; lmstack loads "
-                          f"{', '.join(ARCHITECTURES)} (llama covers SmolLM2, TinyLlama, Llama 2/3)")
+        raise ConfigError(f"{f.path}: GGUF architecture {arch!r} is not supported; lmstack "
+                          f"loads {', '.join(ARCHITECTURES)} (llama covers SmolLM2, TinyLlama, "
+                          "Llama 2/3)")
     return arch
 
 
@@ -120,7 +123,8 @@ def hf_config_from_gguf(f: GGUFFile) -> dict:
     d = {"model_type": ARCHITECTURES[arch], "vocab_size": f.tensors["token_embd.weight"].shape[0],
          "hidden_size": width, "intermediate_size": _key(f, arch, "feed_forward_length"),
          "num_hidden_layers": _key(f, arch, "block_count"), "num_attention_heads": heads,
-         "num_key_value_heads": _key(f, arch, "attention.head_count_kv", heads), "head_dim": head_dim,
+         "num_key_value_heads": _key(f, arch, "attention.head_count_kv", heads),
+         "head_dim": head_dim,
          "max_position_embeddings": _key(f, arch, "context_length", 2048),
          "rms_norm_eps": _key(f, arch, "attention.layer_norm_rms_epsilon", 1e-5),
          "rope_theta": _key(f, arch, "rope.freq_base", 10000.0),
@@ -214,13 +218,12 @@ def plan(f: GGUFFile, cfg: GPTConfig) -> list[Entry]:
     return entries
 
 
-def rows(f: GGUFFile, entry: Entry, arch: str, cfg: GPTConfig) -> np.ndarray:
-    """A tensor's stored rows in HF order (Q/K un-permuted; still quantized)."""
-    raw = f.raw(entry.info.name)
-    if arch in PERMUTED and re.search(r"\.(q|k)_proj\.", entry.hf):
-        heads = cfg.n_head if ".q_proj." in entry.hf else (cfg.n_kv_head or cfg.n_head)
-        return unpermute_rows(raw, heads)
-    return raw
+def permuted_heads(entry: Entry, arch: str, cfg: GPTConfig) -> int | None:
+    """The head count to un-permute a tensor's rows by (q_proj and k_proj of llama and
+    mistral), else None."""
+    if arch not in PERMUTED or not re.search(r"\.(q|k)_proj\.", entry.hf):
+        return None
+    return cfg.n_head if ".q_proj." in entry.hf else (cfg.n_kv_head or cfg.n_head)
 
 
 def int4_from_q4_1(raw: np.ndarray) -> dict[str, torch.Tensor]:
@@ -228,8 +231,9 @@ def int4_from_q4_1(raw: np.ndarray) -> dict[str, torch.Tensor]:
     zeros = m, the nibbles re-packed into our layout (columns 2j, 2j+1 in one byte)."""
     n = raw.shape[0]
     q, d, m = q4_1_parts(raw.reshape(-1, 20))  # (N * K/32, 32), (N * K/32, 1) x 2
-    return {"qweight": pack_int4(torch.from_numpy(q.reshape(n, -1))),
-            "scales": torch.from_numpy(d.reshape(n, -1)), "zeros": torch.from_numpy(m.reshape(n, -1))}
+    return {"qweight": pack_int4(torch.from_numpy(q.reshape(n, -1))),  # (N, K/2)
+            "scales": torch.from_numpy(d.reshape(n, -1)),             # (N, K/32)
+            "zeros": torch.from_numpy(m.reshape(n, -1))}
 
 
 def _module(ours: str) -> str:
@@ -240,12 +244,16 @@ def _tensors(f: GGUFFile, entries: list[Entry], arch: str, cfg: GPTConfig, int4:
              dtype: torch.dtype) -> Iterator[tuple[str, torch.Tensor]]:
     """(our name, tensor) for every entry, one at a time: Int4Linear buffers or floats."""
     for e in entries:
-        stored = rows(f, e, arch, cfg)
+        raw, heads = f.raw(e.info.name), permuted_heads(e, arch, cfg)
         if _module(e.ours) in int4 and e.ours.endswith(".weight"):
+            # Rows are whole blocks: the permutation moves them still quantized.
+            stored = raw if heads is None else unpermute_rows(raw, heads)
             for buf, t in int4_from_q4_1(stored).items():
                 yield f"{_module(e.ours)}.{buf}", t
             continue
-        values = dequantize(stored, e.info.type.name)
+        values = dequantize(raw, e.info.type.name)  # (a bias is one row of bytes: floats first)
+        if heads is not None:
+            values = unpermute_rows(values, heads)
         if not values.flags.writeable:  # a view of the mapped file (F32): own the memory
             values = values.copy()
         is_bias = e.ours.endswith(".bias") and _module(e.ours) in int4
@@ -276,8 +284,9 @@ def load_gguf_model(path: str | os.PathLike, dtype: torch.dtype = torch.float32,
             raise ConfigError(f"{f.path}: tensor for {ours!r} is not in the model the metadata "
                               "describes (a bias or layer the config does not have?)")
         if tuple(tensor.shape) != tuple(expected[ours].shape):
-            raise ConfigError(f"{f.path}: {ours!r} has shape {tuple(tensor.shape)} but the metadata "
-                              f"implies {tuple(expected[ours].shape)}; the file is inconsistent")
+            raise ConfigError(f"{f.path}: {ours!r} has shape {tuple(tensor.shape)} but the "
+                              f"metadata implies {tuple(expected[ours].shape)}; the file is "
+                              "inconsistent")
         loaded[ours] = tensor.to(device)
     return _assemble(model, loaded, expected, cfg, f.path, device)
 
@@ -305,24 +314,47 @@ def _assemble(model: GPT, loaded: dict[str, torch.Tensor], expected: dict, cfg: 
 def gguf_eos_ids(path: str | os.PathLike) -> list[int]:
     """The ids that end generation: eos, and end-of-turn / end-of-message where recorded."""
     meta = read_gguf(path).metadata
-    keys = ("tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id")
+    keys = [f"tokenizer.ggml.{role}_token_id" for role in ("eos", "eot", "eom")]
     return sorted({int(meta[k]) for k in keys if isinstance(meta.get(k), int)})
+
+
+def gguf_tokenizer(path: str | os.PathLike) -> Tokenizer | None:
+    """The tokenizer the file's `tokenizer.ggml.*` metadata holds (tokenizer/gguf_vocab.py);
+    None for a file without one (ids only, like a model directory without tokenizer.json)."""
+    f = read_gguf(path)
+    if "tokenizer.ggml.model" not in f.metadata and "tokenizer.ggml.tokens" not in f.metadata:
+        return None
+    try:
+        return tokenizer_from_gguf(f.metadata)
+    except TokenizerError as e:  # say which file
+        raise TokenizerError(f"{f.path}: {e}") from None
+
+
+def gguf_chat_template(path: str | os.PathLike) -> str | None:
+    """The Jinja chat template the file carries (`tokenizer.chat_template`), if any."""
+    return chat_template_from_gguf(read_gguf(path).metadata)
 
 
 def convert_gguf(src: str | os.PathLike, dst: str | os.PathLike, keep_quantized: bool = True,
                  dtype: torch.dtype = torch.float32) -> Path:
     """Write an lmstack model directory (int4 where the file is Q4_1, unless not
-    `keep_quantized`) with generation_config.json (eos ids); nothing is left if it fails."""
+    `keep_quantized`) with its tokenizer.json, generation_config.json (eos ids) and
+    tokenizer_config.json (chat template), as `convert` writes them from a Hugging Face
+    directory. Everything is read and checked first: a failure leaves no directory."""
     src, dst = Path(src), Path(dst)
     if dst.exists() and not dst.is_dir():
         raise ConfigError(f"--dst {dst} is a file; give a directory to write the model into")
-    model = load_gguf_model(src, dtype=dtype, keep_quantized=keep_quantized)  # every check first
-    eos = gguf_eos_ids(src)
+    model = load_gguf_model(src, dtype=dtype, keep_quantized=keep_quantized)
+    tokenizer, eos, template = gguf_tokenizer(src), gguf_eos_ids(src), gguf_chat_template(src)
     with output_dir(dst):
         save_model(dst, model)
+        if tokenizer is not None:
+            tokenizer.save(dst / "tokenizer.json")
         if eos:
             atomic_write_json(dst / "generation_config.json",
                               {"eos_token_id": eos if len(eos) > 1 else eos[0]})
+        if template is not None:
+            atomic_write_json(dst / "tokenizer_config.json", {"chat_template": template})
     return dst
 
 
@@ -332,4 +364,5 @@ def _load(path: Path, device: str | torch.device = "cpu") -> GPT:
 
 # Registered from here (pyproject.toml's lmstack.model_formats entry points): `--model FILE.gguf`
 # works wherever a model is taken, the models layer importing nothing of interop.
-FORMAT = ModelFormat("gguf", detect=is_gguf, load=_load, eos_ids=gguf_eos_ids)
+FORMAT = ModelFormat("gguf", detect=is_gguf, load=_load, eos_ids=gguf_eos_ids,
+                     tokenizer=gguf_tokenizer)
