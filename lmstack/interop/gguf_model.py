@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from lmstack.atomic import atomic_write_json, output_dir
 from lmstack.errors import ConfigError, TokenizerError
@@ -51,7 +52,7 @@ from lmstack.interop.gguf_file import GGUFFile, TensorInfo, is_gguf, read_gguf
 from lmstack.interop.weights import to_lmstack
 from lmstack.models.directory import ModelFormat, save_model
 from lmstack.models.gpt import GPT, GPTConfig
-from lmstack.models.positions import POSITIONS, scale_inv_freq
+from lmstack.models.positions import scale_inv_freq
 from lmstack.tokenizer import Tokenizer
 from lmstack.tokenizer.gguf_vocab import chat_template_from_gguf, tokenizer_from_gguf
 
@@ -262,6 +263,22 @@ def _tensors(f: GGUFFile, entries: list[Entry], arch: str, cfg: GPTConfig, int4:
 
 # ---- the model ------------------------------------------------------------------------------
 
+class SkipInit(TorchFunctionMode):
+    """Build modules without drawing random initial weights: every one is about to be replaced
+    by the file's, so the parameters stay uninitialized memory that is never touched. (The
+    meta device would do as well but is slower to start: its ops run through torch's Python
+    refs, whose first use imports torch._dynamo, ~1.5 s of a cold `generate --model FILE.gguf`.)"""
+
+    RANDOM = (torch.Tensor.normal_, torch.Tensor.uniform_, nn.init.normal_, nn.init.uniform_,
+              nn.init.kaiming_uniform_)  # what GPT and nn.Linear/nn.Embedding draw with
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in self.RANDOM:
+            return args[0] if args else kwargs["tensor"]
+        return func(*args, **kwargs)
+
+
 def load_gguf_model(path: str | os.PathLike, dtype: torch.dtype = torch.float32,
                     keep_quantized: bool = True, device: str | torch.device = "cpu") -> GPT:
     """Our GPT with a GGUF file's weights (Q4_1 matrices as Int4Linear if `keep_quantized`)."""
@@ -271,8 +288,8 @@ def load_gguf_model(path: str | os.PathLike, dtype: torch.dtype = torch.float32,
     entries = plan(f, cfg)
     int4 = {_module(e.ours) for e in entries if keep_quantized and e.info.type.name == INT4_TYPE
             and e.ours.endswith(".weight") and not e.ours.startswith("wte.")}
-    with torch.device("meta"):
-        model = GPT(cfg)  # shapes only: no memory until the real tensors arrive
+    with torch.device(device), SkipInit():
+        model = GPT(cfg)  # uninitialized: each tensor is assigned from the file below
         if int4:
             linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
             quantize_model(model, bits=4, group_size=32, skip=[n for n in linears if n not in int4],
@@ -288,12 +305,12 @@ def load_gguf_model(path: str | os.PathLike, dtype: torch.dtype = torch.float32,
                               f"metadata implies {tuple(expected[ours].shape)}; the file is "
                               "inconsistent")
         loaded[ours] = tensor.to(device)
-    return _assemble(model, loaded, expected, cfg, f.path, device)
+    return _assemble(model, loaded, expected, cfg, f.path)
 
 
 def _assemble(model: GPT, loaded: dict[str, torch.Tensor], expected: dict, cfg: GPTConfig,
-              where: Path, device: str | torch.device) -> GPT:
-    """Assign the tensors to the meta model, tie the head, rebuild derived buffers."""
+              where: Path) -> GPT:
+    """Assign the tensors to the model (every one: none may stay uninitialized), tie the head."""
     if cfg.tie_embeddings:
         expected = {k: v for k, v in expected.items() if k != "lm_head.weight"}
     missing = sorted(set(expected) - set(loaded))
@@ -303,11 +320,6 @@ def _assemble(model: GPT, loaded: dict[str, torch.Tensor], expected: dict, cfg: 
     model.load_state_dict(loaded, strict=False, assign=True)
     if cfg.tie_embeddings:
         model.lm_head.weight = model.wte.weight
-    with torch.device(device):  # derived, non-persistent buffers (RoPE frequencies): recomputed
-        model.position = POSITIONS[cfg.position](cfg)
-    left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
-    if left:
-        raise ConfigError(f"{where}: no weights for {left[:4]}")
     return model.eval()
 
 
