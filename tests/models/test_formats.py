@@ -27,7 +27,7 @@ def test_declared_formats_are_installed_and_load():
     declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["entry-points"][ENTRY_POINTS]
     installed = {ep.name: ep.value for ep in entry_points(group=ENTRY_POINTS)}
     assert installed == declared, "run `pip install --no-deps -e .` after editing pyproject.toml"
-    assert set(declared) == {"hf", "quantized"}
+    assert set(declared) == {"gguf", "hf", "quantized"}
     for ep in entry_points(group=ENTRY_POINTS):
         fmt = ep.load()
         assert isinstance(fmt, ModelFormat) and fmt.name == ep.name
@@ -86,5 +86,5 @@ def test_no_format_is_a_clear_error(tmp_path):
         load_model(tmp_path / "missing")
     weird = tmp_path / "weights.bin"
     weird.write_bytes(b"\0" * 8)
-    with pytest.raises(ConfigError, match=r"in no model format lmstack knows \(hf, quantized, ngram, lmstack\)"):
+    with pytest.raises(ConfigError, match=r"in no model format lmstack knows \(gguf, hf, quantized, ngram, lmstack\)"):
         load_model(weird)
