@@ -41,9 +41,11 @@ def error_bound(x: np.ndarray, name: str) -> np.ndarray:
     x64 = x.astype(np.float64)
     if name == "F32":
         return np.zeros_like(x64)
-    if name in ("F16", "BF16"):  # half a unit in the last place, normal or subnormal
-        bits = 11 if name == "F16" else 8
-        return np.abs(x64) * 2.0 ** -bits + (2.0 ** -25 if name == "F16" else 0.0)
+    if name == "F16":  # half a unit in the last place, normal or subnormal
+        return np.abs(x64) * 2.0 ** -11 + 2.0 ** -25
+    if name == "BF16":  # half a unit in the last place; float32 subnormals flush to zero, as
+        # llama.cpp's and gguf-py's conversions do
+        return np.where(np.abs(x64) < 2.0 ** -126, np.abs(x64), np.abs(x64) * 2.0 ** -8)
     blocks = x64.reshape(-1, 32)
     amax = np.abs(blocks).max(axis=1, keepdims=True)
     if name == "Q8_0":
