@@ -4,6 +4,7 @@
     lmstack convert --src runs/quickstart --dst runs/quickstart-hf --to hf
     lmstack convert --src SmolLM2-135M-Instruct.Q4_1.gguf --dst runs/smol-q4     # int4 kept
     lmstack convert --src SmolLM2-135M-Instruct.Q4_1.gguf --dst runs/smol --dequantize
+    lmstack convert --src runs/quickstart --dst runs/quickstart.q8_0.gguf --to gguf --type q8_0
 
 The command is `add_convert_args(parser)` (its flags; imports nothing heavy, for --help) and
 `cmd_convert(args)` (its run); cli.py registers them. Each supported (source, target) pair is
@@ -19,7 +20,8 @@ from pathlib import Path
 from lmstack.errors import ConfigError
 
 SOURCES = ("gguf", "hf", "lmstack")
-TARGETS = ("hf", "lmstack")
+TARGETS = ("gguf", "hf", "lmstack")
+GGUF_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1")
 DEFAULT_TARGET = {"gguf": "lmstack", "hf": "lmstack"}  # from lmstack, --to must be said
 GGUF_FLAGS = ("dequantize", "dtype")  # flags that only a GGUF source reads
 
@@ -27,7 +29,7 @@ GGUF_FLAGS = ("dequantize", "dtype")  # flags that only a GGUF source reads
 def add_convert_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--src", required=True,
                    help="model to read: an lmstack or Hugging Face directory, or a .gguf file")
-    p.add_argument("--dst", required=True, help="directory to write")
+    p.add_argument("--dst", required=True, help="directory to write (a .gguf file with --to gguf)")
     p.add_argument("--from", dest="from_", choices=SOURCES, help="default: detected from --src")
     p.add_argument("--to", choices=TARGETS,
                    help="default: lmstack from a Hugging Face directory or a GGUF file; "
@@ -37,6 +39,8 @@ def add_convert_args(p: argparse.ArgumentParser) -> None:
                         "exactly; other types are always dequantized)")
     p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default=None,
                    help="GGUF: the float type of dequantized weights (default: fp32)")
+    p.add_argument("--type", dest="gguf_type", choices=GGUF_TYPES, default=None,
+                   help="--to gguf: the type of the weight matrices (default: f16)")
 
 
 def source_of(src: str) -> str:
@@ -69,15 +73,27 @@ def _gguf_to_lmstack(args: argparse.Namespace) -> Path:
                         dtype=DTYPES[args.dtype or "fp32"])
 
 
+def _to_gguf(args: argparse.Namespace) -> Path:
+    from lmstack.interop.gguf_export import export_gguf
+
+    return export_gguf(args.src, args.dst, args.gguf_type or "f16")
+
+
 ROUTES: dict[tuple[str, str], Callable[[argparse.Namespace], Path]] = {
     ("hf", "lmstack"): _hf_to_lmstack,
     ("lmstack", "hf"): _lmstack_to_hf,
     ("gguf", "lmstack"): _gguf_to_lmstack,
+    ("lmstack", "gguf"): _to_gguf,
+    ("hf", "gguf"): _to_gguf,
+    ("gguf", "gguf"): _to_gguf,  # re-export in another type
 }
 
 
 def cmd_convert(args: argparse.Namespace) -> None:
     """Detect the source, check the pair and the flags, run its route."""
+    from lmstack.models.installed import resolve_model
+
+    args.src = str(resolve_model(args.src))  # a short name (`smollm2`) -> its file
     source = source_of(args.src)
     if args.from_ and args.from_ != source:
         raise ConfigError(f"--from {args.from_} but {args.src} is {_a(source)} model")
@@ -88,7 +104,7 @@ def cmd_convert(args: argparse.Namespace) -> None:
     if target is None:
         raise ConfigError(f"{args.src} is an lmstack model directory; say what to convert it to "
                           f"with --to ({', '.join(t for s, t in ROUTES if s == source)})")
-    if source == target:
+    if source == target and (source, target) not in ROUTES:
         raise ConfigError(f"{args.src} is already {_a(source)} model; --to must differ")
     if (source, target) not in ROUTES:
         raise ConfigError(f"converting {_a(source)} model to {target} is not supported; from "
@@ -97,6 +113,8 @@ def cmd_convert(args: argparse.Namespace) -> None:
     if given and source != "gguf":
         raise ConfigError(f"{' and '.join(given)} apply to a GGUF --src; {args.src} is "
                           f"{_a(source)} model")
+    if args.gguf_type and target != "gguf":
+        raise ConfigError(f"--type {args.gguf_type} applies to --to gguf; this writes {target}")
     print(f"wrote {ROUTES[source, target](args)}")
 
 
