@@ -59,3 +59,19 @@ def test_convert_refuses_gguf_flags_for_other_sources_and_same_paths(tmp_path):
     for (code, err, _), message in zip(run_cases(cases, tmp_path), messages):
         assert code == 2 and message in err and "Traceback" not in err, err
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+def test_convert_to_gguf_re_exports_a_gguf_file(tmp_path):
+    import torch
+
+    from lmstack.models.directory import load_model
+
+    write_gguf(tmp_path / "m.gguf", hf_model("llama"), "llama", "F32", extra=tiny_vocab())
+    cases = [["convert", "--src", "m.gguf", "--dst", "m.f32.gguf", "--to", "gguf", "--type", "f32"],
+             ["convert", "--src", "m.gguf", "--dst", "d", "--type", "q8_0"]]
+    (code, err, out), (code2, err2, _) = run_cases(cases, tmp_path)
+    assert code == 0 and "wrote" in out, err
+    assert code2 == 2 and "--type q8_0 applies to --to gguf" in err2 and not (tmp_path / "d").exists()
+    a, b = load_model(tmp_path / "m.gguf"), load_model(tmp_path / "m.f32.gguf")
+    x = torch.randint(0, a.config.vocab_size, (1, 8))
+    assert torch.equal(a(x), b(x))  # F32 to F32: the same function
