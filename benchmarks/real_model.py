@@ -197,13 +197,7 @@ def chat_prompt(path: Path, llamas: dict) -> list[int]:
     tok = gguf_tokenizer(path)
     if tok is None:
         return [1, 2, 3, 4, 5, 6, 7, 8]
-    return tok.encode(text, allowed_special="all") if _takes_special(tok) else tok.encode(text)
-
-
-def _takes_special(tok) -> bool:
-    import inspect
-
-    return "allowed_special" in inspect.signature(tok.encode).parameters
+    return tok.encode(text, allowed_special="all")  # <|im_start|> as its special token
 
 
 # ---- the run ---------------------------------------------------------------------------------
