@@ -1,6 +1,8 @@
 """Encoding and decoding: the tiktoken engine equals the pure-Python reference on any text,
 special tokens follow tiktoken's policy, and streaming never emits half a character."""
 
+import unicodedata
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -21,7 +23,9 @@ texts = st.lists(
     st.one_of(st.text(alphabet=assigned, max_size=8), st.sampled_from(TRICKY), surrogates,
               st.text(alphabet="ab \n", max_size=6)),
     max_size=30,
-).map("".join)
+).map("".join).filter(  # a high and a low surrogate side by side join into one code point,
+    # which may be unassigned in Python's tables (U+32400 is Unicode 15): left out, as above
+    lambda t: all(unicodedata.category(c) != "Cn" for c in fix_surrogates(t)))
 
 
 @settings(max_examples=400, deadline=None)
