@@ -49,7 +49,7 @@ from lmstack.infer.quantize import pack_int4, quantize_model
 from lmstack.interop.config import config_from_hf
 from lmstack.interop.gguf_dequant import check_supported, dequantize, q4_1_parts
 from lmstack.interop.gguf_file import GGUFFile, TensorInfo, is_gguf, read_gguf
-from lmstack.interop.weights import to_lmstack
+from lmstack.interop.weights import assign_weights, to_lmstack
 from lmstack.models.directory import ModelFormat, save_model
 from lmstack.models.gpt import GPT, GPTConfig
 from lmstack.models.positions import scale_inv_freq
@@ -311,15 +311,9 @@ def load_gguf_model(path: str | os.PathLike, dtype: torch.dtype = torch.float32,
 def _assemble(model: GPT, loaded: dict[str, torch.Tensor], expected: dict, cfg: GPTConfig,
               where: Path) -> GPT:
     """Assign the tensors to the model (every one: none may stay uninitialized), tie the head."""
-    if cfg.tie_embeddings:
-        expected = {k: v for k, v in expected.items() if k != "lm_head.weight"}
-    missing = sorted(set(expected) - set(loaded))
-    if missing:
+    if missing := assign_weights(model, loaded, expected, cfg.tie_embeddings):
         raise ConfigError(f"{where}: the file lacks {len(missing)} tensors its metadata implies, "
                           f"e.g. {missing[:4]}; it is incomplete")
-    model.load_state_dict(loaded, strict=False, assign=True)
-    if cfg.tie_embeddings:
-        model.lm_head.weight = model.wte.weight
     return model.eval()
 
 

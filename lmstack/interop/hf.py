@@ -27,7 +27,7 @@ from safetensors.torch import save_file
 from lmstack.atomic import atomic_open, atomic_write_json
 from lmstack.errors import ConfigError
 from lmstack.interop.config import config_from_hf, config_to_hf, hf_family, hf_model_type
-from lmstack.interop.weights import from_lmstack, hf_tensors, to_lmstack
+from lmstack.interop.weights import assign_weights, from_lmstack, hf_tensors, to_lmstack
 from lmstack.models.directory import ModelFormat
 from lmstack.models.gpt import GPT
 from lmstack.models.positions import POSITIONS
@@ -74,16 +74,9 @@ def load_hf_model(directory: str | os.PathLike, dtype: torch.dtype = torch.float
                 raise ConfigError(f"{d}: tensor {name!r} has shape {tuple(value.shape)} but "
                                   f"config.json implies {tuple(expected[ours].shape)}")
             loaded[ours] = value.to(device=device, dtype=dtype).contiguous()
-    if cfg.tie_embeddings:
-        loaded.pop("lm_head.weight", None)  # one matrix: tied again below
-        expected = {k: v for k, v in expected.items() if k != "lm_head.weight"}
-    missing = sorted(set(expected) - set(loaded))
-    if missing:
+    if missing := assign_weights(model, loaded, expected, cfg.tie_embeddings):
         raise ConfigError(f"{d}: the checkpoint lacks {len(missing)} tensors config.json needs, "
                           f"e.g. {missing[:4]}; it is incomplete or for another architecture")
-    model.load_state_dict(loaded, strict=False, assign=True)
-    if cfg.tie_embeddings:
-        model.lm_head.weight = model.wte.weight
     if any(b.is_meta for b in model.position.buffers()):
         with torch.device(device):  # derived, non-persistent buffers (RoPE, ALiBi): recomputed
             model.position = POSITIONS[cfg.position](cfg)

@@ -149,3 +149,20 @@ def from_lmstack(state: dict[str, torch.Tensor], family: str, cfg: GPTConfig) ->
                 if key in state and not (hf == "lm_head.weight" and cfg.tie_embeddings):
                     out[hf.format(i=i)] = state[key]
     return {k: v.contiguous() for k, v in out.items()}
+
+
+def assign_weights(model: torch.nn.Module, loaded: dict[str, torch.Tensor], expected: dict,
+                   tie: bool) -> list[str]:
+    """Assign `loaded` (our names) to `model` in place, tying lm_head to wte when `tie`, and
+    return []; or, if some tensor of `expected` (the built model's state dict) is not loaded,
+    assign nothing and return their names (none may stay uninitialized)."""
+    if tie:
+        loaded.pop("lm_head.weight", None)  # one matrix: tied again below
+        expected = {k: v for k, v in expected.items() if k != "lm_head.weight"}
+    missing = sorted(set(expected) - set(loaded))
+    if missing:
+        return missing
+    model.load_state_dict(loaded, strict=False, assign=True)
+    if tie:
+        model.lm_head.weight = model.wte.weight
+    return []
