@@ -3,10 +3,7 @@ need neither tiny Shakespeare nor minutes of training)."""
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,16 +11,7 @@ import pytest
 from lmstack.data.loader import TokenLoader
 from lmstack.data.synthetic import split_example
 from lmstack.models import NGramConfig, NGramLM
-
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
-
-
-def load(name: str):
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCHMARKS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+from tests.benchmarks import load
 
 
 @pytest.fixture(scope="module")

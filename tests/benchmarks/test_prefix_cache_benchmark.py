@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .test_benchmarks import load
+from tests.benchmarks import load
 
 
 def test_prefix_cache_benchmark_reuses_the_prefix_and_changes_nothing():

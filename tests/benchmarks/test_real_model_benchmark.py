@@ -8,7 +8,7 @@ import importlib.util
 
 import pytest
 
-from tests.benchmarks.test_quantize_benchmark import load
+from tests.benchmarks import load
 from tests.interop.gguf_fixtures import hf_model, tiny_vocab, write_gguf
 
 

@@ -3,24 +3,17 @@ the server a real `lmstack serve` subprocess. Checks the counting, not the speed
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
-from pathlib import Path
 
 import pytest
 
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+from tests.benchmarks import load
 
 
 @pytest.fixture(scope="module")
 def serve_bench():
-    spec = importlib.util.spec_from_file_location("bench_serve", BENCHMARKS / "serve.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return load("serve")
 
 
 def test_percentile_interpolates_between_ranks(serve_bench):

@@ -9,7 +9,7 @@ from lmstack.infer import Engine
 from lmstack.models import GPT, GPTConfig
 from lmstack.models.directory import save_model
 from lmstack.models.medusa_heads import MedusaHeads, save_heads
-from tests.benchmarks.test_benchmarks import load
+from tests.benchmarks import load
 
 torch.set_num_threads(1)
 
