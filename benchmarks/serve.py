@@ -48,6 +48,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -121,13 +122,14 @@ class Server:
 
 @contextlib.contextmanager
 def run_server(model_dir: str | os.PathLike, threads: int, max_batch: int, max_queue: int = 64,
-               startup_timeout: float = 120.0, log_path: str | os.PathLike | None = None):
-    """`lmstack serve` as a subprocess on a free loopback port, until the block ends; its output
-    goes to `log_path` (kept for the caller to read) or a temporary file."""
+               startup_timeout: float = 120.0, log_path: str | os.PathLike | None = None,
+               extra: Sequence[str] = ()):
+    """`lmstack serve` (with `extra` flags) as a subprocess on a free loopback port, until the
+    block ends; its output goes to `log_path` (kept for the caller to read) or a temp file."""
     port = free_port()
     cmd = [*lmstack_command(), "serve", "--model", str(model_dir), "--port", str(port),
            "--threads", str(threads), "--max-batch", str(max_batch), "--max-queue", str(max_queue),
-           "--log-level", "warning"]
+           "--log-level", "warning", *extra]
     with (open(log_path, "w+") if log_path else tempfile.TemporaryFile("w+")) as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
         try:

@@ -27,9 +27,7 @@ import importlib.util
 import re
 import shlex
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -65,32 +63,9 @@ def prepare_target(out: Path, minutes: float, threads: int) -> Path:
 
 @contextlib.contextmanager
 def server(model: Path, threads: int, extra: list[str]):
-    """`lmstack serve` on a free loopback port until the block ends; yields its URL."""
-    serve = sibling("serve")
-    port = serve.free_port()
-    cmd = [*serve.lmstack_command(), "serve", "--model", str(model), "--port", str(port),
-           "--threads", str(threads), "--log-level", "warning", *extra]
-    with tempfile.TemporaryFile("w+") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-        try:
-            url = f"http://127.0.0.1:{port}"
-            deadline = time.monotonic() + 120
-            while True:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    log.seek(0)
-                    raise RuntimeError(f"the server did not start ({' '.join(cmd)}):\n{log.read()[-3000:]}")
-                with contextlib.suppress(httpx.TransportError):
-                    if httpx.get(url + "/health", timeout=1).status_code == 200:
-                        break
-                time.sleep(0.1)
-            yield url
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+    """`lmstack serve` (serve's default batch and queue) on a free loopback port; yields its URL."""
+    with sibling("serve").run_server(model, threads, max_batch=8, extra=extra) as running:
+        yield running.url
 
 
 def fitting_prompt(model: Path, text: str, max_tokens: int) -> str:
