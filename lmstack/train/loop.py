@@ -44,6 +44,7 @@ from lmstack.models.protocol import next_token_loss
 from lmstack.tokenizer import Tokenizer
 from lmstack.train import checkpoint as ckpt
 from lmstack.train import distributed
+from lmstack.train.clock import Clock
 from lmstack.train.config import TrainConfig
 from lmstack.train.optim import build_optimizer
 from lmstack.train.schedule import lr_at
@@ -208,43 +209,6 @@ class Run:
     sample: Sampler | None = None  # writes the progress samples (see `train`)
     saved_step: int | None = None  # the step of the last checkpoint on disk
     last_batch: tuple[torch.Tensor, torch.Tensor] | None = None  # (x, y) of the last step
-
-
-@dataclass
-class Clock:
-    """Tokens/s and MFU over training time only: validation, samples and checkpoints are
-    paused out, so they do not count against the step's speed."""
-
-    tokens_per_step: int
-    flops_per_step: float
-    peak_flops: float  # all devices together
-    first_step: int
-    deadline_s: float | None  # cfg.max_minutes, in seconds
-    start: float = field(default_factory=time.perf_counter)
-    paused: float = 0.0
-
-    def __post_init__(self) -> None:
-        self.last, self.last_step = self.start, self.first_step  # of the last reading
-        if self.deadline_s is not None:
-            self.deadline_s += self.start
-
-    def reading(self, step: int, now: float) -> dict:
-        """tokens_per_s and mfu since the last reading."""
-        tok_s = self.tokens_per_step * (step - self.last_step) / max(now - self.last, 1e-9)
-        self.last, self.last_step = now, step
-        return {"tokens_per_s": tok_s,
-                "mfu": self.flops_per_step * tok_s / self.tokens_per_step / self.peak_flops}
-
-    def pause(self, since: float) -> None:
-        """Leave the time from `since` to now out of training time."""
-        spent = time.perf_counter() - since
-        self.last += spent
-        self.paused += spent
-
-    def tokens_per_second(self, step: int) -> float:
-        train_seconds = time.perf_counter() - self.start - self.paused
-        return (self.tokens_per_step * (step - self.first_step) / train_seconds
-                if train_seconds > 0 else 0.0)
 
 
 def _train(cfg: TrainConfig, d: distributed.Dist, sample: Sampler | None = None) -> TrainResult:
