@@ -284,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, "model", None):  # a short name (`--model smollm2`) -> its file
             from lmstack.models.installed import resolve_model
 
-            args.model_name, args.model = args.model, str(resolve_model(args.model))
+            args.model = str(resolve_model(args.model))
         _load(args.func)(args)
     except LMStackError as e:
         print(f"lmstack: error: {e}", file=sys.stderr)
