@@ -1,4 +1,5 @@
-"""`lmstack eval`: perplexity and bits per byte of a model directory on a text file.
+"""`lmstack eval`: perplexity and bits per byte of a model (directory, GGUF file, short name) on a
+text file.
 
     lmstack eval --model runs/quickstart --data held_out.txt [--stride 64]
 
@@ -12,9 +13,10 @@ import argparse
 
 
 def add_eval_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="model directory")
+    p.add_argument("--model", required=True, help="model directory, .gguf file or short name (smollm2)")
     p.add_argument("--data", required=True, help="UTF-8 text file")
-    p.add_argument("--block-size", type=int, default=None, help="window (default: context)")
+    p.add_argument("--block-size", type=int, default=None,
+                   help="window (default: the context, at most 2048)")
     p.add_argument("--stride", type=int, default=None, help="window step (default: half)")
     p.add_argument("--batch-size", type=int, default=8)
 

@@ -2,9 +2,9 @@
 
     lmstack eval --model runs/train --data held_out.txt [--stride 64]
 
-The text is encoded with the model's tokenizer and `<|endoftext|>` is put in front as context,
-so every token of the text is scored, the first one too (the training shards separate
-documents the same way). The result is
+The text is encoded with the model's tokenizer and `<|endoftext|>` (else the bos token) is put
+in front as context, so every token of the text is scored, the first one too (the training
+shards separate documents the same way). The result is
 
 - loss: mean negative log-likelihood per token, in nats; ppl = exp(loss);
 - bpb, bits per byte: total nats / ln 2 / UTF-8 bytes of the scored tokens (special tokens
@@ -35,12 +35,16 @@ from pathlib import Path
 import torch
 
 from lmstack.errors import ConfigError, DataError
-from lmstack.models.directory import load_model
+from lmstack.models.directory import load_model, load_tokenizer
+from lmstack.models.installed import resolve_model
 from lmstack.models.metrics import bits_per_byte
 from lmstack.models.protocol import model_device, next_token_loss
 from lmstack.tokenizer import Tokenizer
+from lmstack.tokenizer.special import ENDOFTEXT
 
 CHUNK = 512  # tokens per forward when streaming an unbounded model through its cache
+DEFAULT_WINDOW = 2048  # a long context (SmolLM2's 8192) scored in full windows needs gigabytes
+LOGITS_BYTES = 1 << 30  # windows batched together hold at most this much fp32 logits
 
 
 def sliding_windows(n_tokens: int, block_size: int, stride: int) -> list[tuple[int, int, int]]:
@@ -68,6 +72,8 @@ def _windowed_nll(model, inputs: torch.Tensor, targets: torch.Tensor, block_size
     nll = torch.empty(len(targets), dtype=torch.float32)
     windows = sliding_windows(len(inputs), block_size, stride)
     i = 0
+    vocab = getattr(model.config, "vocab_size", 1)
+    batch_size = max(1, min(batch_size, LOGITS_BYTES // (4 * block_size * vocab)))
     while i < len(windows):
         # Batch consecutive windows of one length (all but the last are block_size long).
         length = windows[i][1] - windows[i][0]
@@ -93,12 +99,23 @@ def _streamed_nll(model, inputs: torch.Tensor, targets: torch.Tensor, chunk: int
     return torch.cat(parts).cpu()
 
 
+def context_id(tokenizer: Tokenizer) -> int:
+    """The id put before the text so its first token is scored too: the document separator
+    <|endoftext|> our shards use (SmolLM2's pretraining data too), else the model's bos."""
+    found = tokenizer.special_tokens.get(ENDOFTEXT, tokenizer.bos_id)
+    if found is None:
+        raise ConfigError("the tokenizer has neither <|endoftext|> nor a bos token to put "
+                          "before the text; the first token could not be scored")
+    return found
+
+
 @torch.no_grad()
 def evaluate_text(model, tokenizer: Tokenizer, text: str, block_size: int | None = None,
                   stride: int | None = None, batch_size: int = 8) -> dict[str, float]:
     """Tokens, bytes, loss (nats/token), ppl and bpb of `model` on `text` (see module doc).
 
-    block_size: the window (default: the model's context; unbounded models stream the text).
+    block_size: the window (default: the model's context up to DEFAULT_WINDOW; unbounded models
+    stream the text).
     stride: how far windows advance (default block_size // 2; unused when streaming).
     """
     ids = tokenizer.encode(text, allowed_special="all")
@@ -110,9 +127,9 @@ def evaluate_text(model, tokenizer: Tokenizer, text: str, block_size: int | None
     if block_size is not None and limit is not None and block_size > limit:
         raise ConfigError(f"block_size {block_size} exceeds the model's context {limit}; "
                           f"use block_size <= {limit}")
-    block_size = block_size or limit
+    block_size = block_size or (min(limit, DEFAULT_WINDOW) if limit else None)
     device = model_device(model)
-    seq = torch.tensor([tokenizer.eot_id, *ids], dtype=torch.long, device=device)
+    seq = torch.tensor([context_id(tokenizer), *ids], dtype=torch.long, device=device)
     inputs, targets = seq[:-1], seq[1:]
     was_training = model.training
     model.eval()
@@ -149,16 +166,16 @@ def read_text(path: str | os.PathLike) -> str:
 def evaluate_model_dir(model_dir: str | os.PathLike, data_file: str | os.PathLike,
                        block_size: int | None = None, stride: int | None = None,
                        batch_size: int = 8, device: str = "cpu") -> dict[str, float]:
-    """`evaluate_text` for the model and tokenizer.json of a model directory on a text file."""
-    d = Path(model_dir)
-    if not d.is_dir():
-        what = "is a file, not a directory" if d.exists() else "does not exist"
-        raise ConfigError(f"model directory {d} {what}; train one with `lmstack train` "
-                          "or point at a directory with config.json")
+    """`evaluate_text` for a model (a directory, a GGUF file or a short name such as
+    `smollm2`) and its own tokenizer, on a text file."""
+    d = resolve_model(model_dir)
+    if not d.exists():
+        raise ConfigError(f"model {d} does not exist; train one with `lmstack train` or point "
+                          "--model at a model directory or a .gguf file")
     text = read_text(data_file)
-    if not (d / "tokenizer.json").is_file():
-        raise ConfigError(f"{d} has no tokenizer.json; copy the tokenizer the model was trained "
-                          "with into it")
-    tok = Tokenizer.load(d / "tokenizer.json")
+    tok = load_tokenizer(d)
+    if tok is None:
+        raise ConfigError(f"{d} has no tokenizer (no tokenizer.json); copy the tokenizer the "
+                          "model was trained with into it")
     model = load_model(d, device=device)
     return evaluate_text(model, tok, text, block_size, stride, batch_size)

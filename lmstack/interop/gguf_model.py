@@ -43,18 +43,18 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from lmstack.atomic import atomic_write_json, output_dir
+from lmstack.atomic import output_dir
 from lmstack.errors import ConfigError, TokenizerError
 from lmstack.infer.quantize import pack_int4, quantize_model
 from lmstack.interop.config import config_from_hf
 from lmstack.interop.gguf_dequant import check_supported, dequantize, q4_1_parts
 from lmstack.interop.gguf_file import GGUFFile, TensorInfo, is_gguf, read_gguf
 from lmstack.interop.weights import assign_weights, to_lmstack
-from lmstack.models.directory import ModelFormat, save_model
+from lmstack.models.directory import ModelFormat, save_companions, save_model
 from lmstack.models.gpt import GPT, GPTConfig
 from lmstack.models.positions import scale_inv_freq
 from lmstack.tokenizer import Tokenizer
-from lmstack.tokenizer.gguf_vocab import chat_template_from_gguf, tokenizer_from_gguf
+from lmstack.tokenizer.gguf_vocab import chat_config_from_gguf, tokenizer_from_gguf
 
 # GGUF general.architecture -> the HF model_type whose config it maps onto.
 ARCHITECTURES = {"llama": "llama", "mistral": "mistral", "qwen2": "qwen2"}
@@ -336,9 +336,9 @@ def gguf_tokenizer(path: str | os.PathLike) -> Tokenizer | None:
         raise TokenizerError(f"{f.path}: {e}") from None
 
 
-def gguf_chat_template(path: str | os.PathLike) -> str | None:
-    """The Jinja chat template the file carries (`tokenizer.chat_template`), if any."""
-    return chat_template_from_gguf(read_gguf(path).metadata)
+def gguf_chat_config(path: str | os.PathLike) -> dict:
+    """The chat template the file carries (`tokenizer.chat_template`) and its bos/eos text."""
+    return chat_config_from_gguf(read_gguf(path).metadata)
 
 
 def convert_gguf(src: str | os.PathLike, dst: str | os.PathLike, keep_quantized: bool = True,
@@ -351,16 +351,10 @@ def convert_gguf(src: str | os.PathLike, dst: str | os.PathLike, keep_quantized:
     if dst.exists() and not dst.is_dir():
         raise ConfigError(f"--dst {dst} is a file; give a directory to write the model into")
     model = load_gguf_model(src, dtype=dtype, keep_quantized=keep_quantized)
-    tokenizer, eos, template = gguf_tokenizer(src), gguf_eos_ids(src), gguf_chat_template(src)
+    gguf_tokenizer(src)  # a tokenizer we cannot represent fails here, before anything is written
     with output_dir(dst):
         save_model(dst, model)
-        if tokenizer is not None:
-            tokenizer.save(dst / "tokenizer.json")
-        if eos:
-            atomic_write_json(dst / "generation_config.json",
-                              {"eos_token_id": eos if len(eos) > 1 else eos[0]})
-        if template is not None:
-            atomic_write_json(dst / "tokenizer_config.json", {"chat_template": template})
+        save_companions(src, dst)
     return dst
 
 
@@ -371,4 +365,4 @@ def _load(path: Path, device: str | torch.device = "cpu") -> GPT:
 # Registered from here (pyproject.toml's lmstack.model_formats entry points): `--model FILE.gguf`
 # works wherever a model is taken, the models layer importing nothing of interop.
 FORMAT = ModelFormat("gguf", detect=is_gguf, load=_load, eos_ids=gguf_eos_ids,
-                     tokenizer=gguf_tokenizer)
+                     tokenizer=gguf_tokenizer, chat_config=gguf_chat_config)

@@ -3,6 +3,9 @@
     DIR/config.json        the architecture (`model.config.to_dict()`, with `model_type`)
     DIR/model.safetensors  the weights (neural models), or DIR/ngram.npz (the n-gram counts)
     DIR/tokenizer.json     the tokenizer the ids come from
+    DIR/generation_config.json, DIR/tokenizer_config.json   (optional) the end-of-sequence ids,
+                           and the chat template with its bos/eos strings, as Hugging Face
+                           writes them
 
 A training run adds `train_state.pt` and `log.jsonl` (lmstack.train.checkpoint). Every file is
 written to a temporary name and renamed, so a reader never sees a half-written one.
@@ -55,6 +58,9 @@ CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
 NGRAM = "ngram.npz"
 TOKENIZER = "tokenizer.json"
+GENERATION_CONFIG = "generation_config.json"
+TOKENIZER_CONFIG = "tokenizer_config.json"
+CHAT_TEMPLATE = "chat_template.jinja"
 ENTRY_POINTS = "lmstack.model_formats"  # the pyproject.toml group formats register in
 
 
@@ -116,7 +122,8 @@ class ModelFormat:
     `detect(path)` says whether a path (a directory, or a file for single-file formats) holds
     a model in this format; `load(path, device)` builds it. `eos_ids(path)` gives the end of
     sequence ids the format records (None: the tokenizer's <|endoftext|>), and `tokenizer(path)`
-    the tokenizer (None: DIR/tokenizer.json).
+    the tokenizer (None: DIR/tokenizer.json), `chat_config(path)` the chat template and its
+    bos/eos strings (None: DIR/tokenizer_config.json) — for single-file formats that carry them.
     """
 
     name: str
@@ -124,6 +131,7 @@ class ModelFormat:
     load: Callable[[Path, str | torch.device], torch.nn.Module]
     eos_ids: Callable[[Path], list[int]] | None = None
     tokenizer: Callable[[Path], Tokenizer | None] | None = None
+    chat_config: Callable[[Path], dict] | None = None
 
 
 def _is_ngram(path: Path) -> bool:
@@ -210,10 +218,67 @@ def check_finite(model: torch.nn.Module, where: str | os.PathLike) -> None:
 
 
 def model_eos_ids(directory: str | os.PathLike) -> list[int] | None:
-    """End-of-sequence ids the model's format records (HF's generation_config.json), else None."""
+    """End-of-sequence ids the model records (its format's, else DIR/generation_config.json),
+    else None."""
     p = resolve_model(directory)
     fmt = find_format(p)
-    return (fmt.eos_ids(p) or None) if fmt.eos_ids else None
+    if fmt.eos_ids:
+        return fmt.eos_ids(p) or None
+    eos = _read_json(p / GENERATION_CONFIG).get("eos_token_id")
+    return [int(e) for e in (eos if isinstance(eos, list) else [eos])] if eos is not None else None
+
+
+def model_chat_config(directory: str | os.PathLike) -> dict:
+    """The model's chat template and the bos/eos strings it may write: {"chat_template",
+    "bos_token", "eos_token"}, each key only when recorded (its format's, else
+    DIR/tokenizer_config.json or DIR/chat_template.jinja)."""
+    p = resolve_model(directory)
+    fmt = find_format(p)
+    if fmt.chat_config is not None:
+        return fmt.chat_config(p)
+    config = _read_json(p / TOKENIZER_CONFIG)
+    template = config.get("chat_template")
+    if isinstance(template, list):  # several named templates; "default" is the chat one
+        template = {t.get("name"): t.get("template") for t in template
+                    if isinstance(t, dict)}.get("default")
+    if not isinstance(template, str) and (p / CHAT_TEMPLATE).is_file():
+        template = (p / CHAT_TEMPLATE).read_text(encoding="utf-8")
+    found = {"chat_template": template if isinstance(template, str) else None,
+             "bos_token": _token_text(config.get("bos_token")),
+             "eos_token": _token_text(config.get("eos_token"))}
+    return {k: v for k, v in found.items() if v}
+
+
+def _token_text(value: object) -> str | None:
+    """A special token as tokenizer_config.json writes it: a string or {"content": ...}."""
+    if isinstance(value, dict):
+        value = value.get("content")
+    return value if isinstance(value, str) else None
+
+
+def _read_json(path: Path) -> dict:
+    """A JSON object file's dict, {} when absent; a corrupt one is an error naming it."""
+    if not path.is_file():
+        return {}
+    try:
+        found = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path} is not valid JSON ({e}); the file is corrupt") from None
+    return found if isinstance(found, dict) else {}
+
+
+def save_companions(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """Write what a model directory keeps beside its weights — tokenizer.json, the eos ids
+    (generation_config.json) and the chat template (tokenizer_config.json) — read from any
+    model `src`, into the new directory `dst` (quantize and convert keep them this way)."""
+    d = Path(dst)
+    tokenizer = load_tokenizer(src)
+    if tokenizer is not None:
+        tokenizer.save(d / TOKENIZER)
+    if eos := model_eos_ids(src):
+        atomic_write_json(d / GENERATION_CONFIG, {"eos_token_id": eos if len(eos) > 1 else eos[0]})
+    if chat := model_chat_config(src):
+        atomic_write_json(d / TOKENIZER_CONFIG, chat)
 
 
 def load_tokenizer(directory: str | os.PathLike) -> Tokenizer | None:

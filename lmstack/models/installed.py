@@ -64,6 +64,20 @@ def resolve_model(name_or_path: str | os.PathLike) -> Path:
     return found
 
 
+def model_name(path: str | os.PathLike) -> str:
+    """What a server calls a model: an installed file's short name, a file's name without its
+    suffix, a directory's name.
+
+    >>> model_name("runs/quickstart"), model_name("/models/tiny.Q8_0.gguf")
+    ('quickstart', 'tiny.Q8_0')
+    """
+    p = Path(path).resolve()
+    for name, entry in INSTALLABLE.items():
+        if str(path) == name or (p.is_file() and entry.path() == p):
+            return name
+    return p.stem if p.suffix == ".gguf" else p.name
+
+
 def installed_models() -> list[tuple[str, Path, InstalledModel]]:
     """(short name, file, entry) of each installable model whose wheel is installed."""
     return [(name, p, e) for name, e in INSTALLABLE.items() if (p := e.path()) is not None]

@@ -13,12 +13,13 @@ and the model's reply is the text it generates until it emits `<|im_end|>`. Othe
 other markers (Llama 3: `<|start_header_id|>user<|end_header_id|>` ... `<|eot_id|>`; Zephyr:
 `<|user|>` ... `</s>`), so the format travels with the model: Hugging Face stores it as a Jinja2
 template in `tokenizer_config.json` (key `chat_template`, or in a `chat_template.jinja` file),
+GGUF in its `tokenizer.chat_template` metadata (SmolLM2's adds a default system prompt),
 rendered with the variables `messages`, `add_generation_prompt`, `bos_token`, `eos_token` (and
 `tools`) and two helper functions, `raise_exception` and `strftime_now`. Since a template comes
 with a downloaded model it is untrusted code, so it is rendered in Jinja's immutable sandbox,
 which refuses attribute tricks and mutation of the objects passed in.
 
-    template = ChatTemplate.from_dir("runs/sft")          # the model's template, else ChatML
+    template = ChatTemplate.from_model("runs/sft")        # the model's template, else ChatML
     prompt = template.render([{"role": "user", "content": "Hi"}])
     engine.generate(prompt, stop_token_ids=template.stop_tokens(engine.tokenizer))
 
@@ -31,7 +32,6 @@ import json
 import os
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import jinja2
@@ -130,13 +130,6 @@ def validate_messages(messages: Any) -> list[dict]:
     return out
 
 
-def _token_text(value: Any) -> str:
-    """A special token as tokenizer_config.json writes it: a string or {"content": ...}."""
-    if isinstance(value, dict):
-        value = value.get("content")
-    return value if isinstance(value, str) else ""
-
-
 def _raise_exception(message: str) -> None:
     # Templates call this to refuse a conversation (e.g. roles that do not alternate).
     err = ConfigError(f"the chat template refused the messages: {message}")
@@ -179,24 +172,15 @@ class ChatTemplate:
                               f"{e.message}; fix chat_template in tokenizer_config.json") from None
 
     @classmethod
-    def from_dir(cls, directory: str | os.PathLike) -> ChatTemplate:
-        """The template of a model directory (tokenizer_config.json or chat_template.jinja),
-        else ChatML."""
-        from lmstack.interop.hf import chat_template, read_json
+    def from_model(cls, model: str | os.PathLike) -> ChatTemplate:
+        """The template of a model (a directory's tokenizer_config.json or chat_template.jinja,
+        a GGUF file's metadata, a short name's file), else ChatML."""
+        from lmstack.models.directory import model_chat_config
 
-        d = Path(directory)
-        config = read_json(d / "tokenizer_config.json") if (d / "tokenizer_config.json").exists() else {}
-        source = chat_template(d)
-        if source is None and isinstance(config.get("chat_template"), list):
-            # Some models ship several named templates; "default" is the chat one.
-            named = {t.get("name"): t.get("template")
-                     for t in config["chat_template"] if isinstance(t, dict)}
-            source = named.get("default")
-        if source is None and (d / "chat_template.jinja").exists():
-            source = (d / "chat_template.jinja").read_text(encoding="utf-8")
-        return cls(source=source if isinstance(source, str) else DEFAULT_TEMPLATE,
-                   bos_token=_token_text(config.get("bos_token")),
-                   eos_token=_token_text(config.get("eos_token")) or ENDOFTEXT)
+        config = model_chat_config(model)
+        return cls(source=config.get("chat_template") or DEFAULT_TEMPLATE,
+                   bos_token=config.get("bos_token", ""),
+                   eos_token=config.get("eos_token") or ENDOFTEXT)
 
     def render(self, messages: Any, add_generation_prompt: bool = True, **variables: Any) -> str:
         """The prompt for `messages` (validated first); with add_generation_prompt it ends

@@ -20,7 +20,6 @@ import errno
 import ipaddress
 import socket
 import sys
-from pathlib import Path
 
 from lmstack.errors import ConfigError
 from lmstack.infer.commands import add_speculation_flags
@@ -33,7 +32,7 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
                    help="address to bind (127.0.0.1: this machine only; 0.0.0.0: every interface)")
     p.add_argument("--port", type=int, default=8000, help="TCP port to listen on")
     p.add_argument("--served-model-name", default=None,
-                   help="the model id clients use (default: the directory's name)")
+                   help="the model id clients use (default: the short name, the file's or the directory's name)")
     p.add_argument("--api-key-file", default=None,
                    help="file with one API key per line (or set LMSTACK_API_KEY)")
     p.add_argument("--max-batch", type=int, default=8, help="rows decoded together")
@@ -57,6 +56,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
     from lmstack.infer import Engine
     from lmstack.infer.commands import speculative_from_args
     from lmstack.infer.prefix_cache import PrefixCache
+    from lmstack.models.installed import model_name
     from lmstack.serve.app import ServerConfig, create_app
     from lmstack.serve.chat_template import ChatTemplate
     from lmstack.serve.security import access_log_config, load_api_keys
@@ -76,11 +76,11 @@ def cmd_serve(args: argparse.Namespace) -> None:
     prefix_cache = PrefixCache(max_bytes=args.prefix_cache_mb << 20) if args.prefix_cache_mb else None
     engine = Engine.load(args.model, prefix_cache=prefix_cache, dtype=args.dtype)
     speculative = speculative_from_args(engine, args)
-    name = args.served_model_name or Path(args.model).resolve().name
+    name = args.served_model_name or model_name(args.model)
     config = ServerConfig(model_name=name, max_batch=args.max_batch, max_queue=args.max_queue,
                           max_body_bytes=args.max_body_bytes, body_timeout_s=args.body_timeout,
                           api_keys=keys, host=args.host, port=args.port)
-    app = create_app(engine, config, ChatTemplate.from_dir(args.model), speculative)
+    app = create_app(engine, config, ChatTemplate.from_model(args.model), speculative)
     print(f"serving {name} on http://{args.host}:{args.port}  (web chat at /, API at /v1)", file=sys.stderr)
     if speculative is not None:
         print(f"speculating with {speculative.drafter}, up to {speculative.gamma} tokens a round: "

@@ -260,7 +260,7 @@ def cmd_chat(args: argparse.Namespace) -> None:
     from lmstack.infer.engine import Engine
 
     engine = Engine.load(args.model, dtype=args.dtype)
-    template = ChatTemplate.from_dir(args.model)
+    template = ChatTemplate.from_model(args.model)
     settings = {k: v for k, v in (("temperature", args.temperature), ("top_p", args.top_p),
                                   ("max_new_tokens", args.max_new_tokens), ("seed", args.seed))
                 if v is not None}

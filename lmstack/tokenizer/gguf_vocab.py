@@ -49,6 +49,26 @@ def chat_template_from_gguf(meta: Mapping[str, Any]) -> str | None:
     return str(template) if template is not None else None
 
 
+def chat_config_from_gguf(meta: Mapping[str, Any]) -> dict:
+    """The chat template and the text of the bos/eos tokens it may write, as the keys of
+    tokenizer_config.json ({"chat_template", "bos_token", "eos_token"}, those recorded).
+
+    >>> chat_config_from_gguf({"tokenizer.chat_template": "{{ bos_token }}",
+    ...     "tokenizer.ggml.tokens": ["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+    ...     "tokenizer.ggml.bos_token_id": 1, "tokenizer.ggml.eos_token_id": 2})
+    {'chat_template': '{{ bos_token }}', 'bos_token': '<|im_start|>', 'eos_token': '<|im_end|>'}
+    """
+    tokens = meta.get(KEY + "tokens") or []
+    found: dict[str, str] = {}
+    if (template := chat_template_from_gguf(meta)) is not None:
+        found["chat_template"] = template
+    for role in ("bos", "eos"):
+        i = meta.get(KEY + ROLE_KEYS[role])
+        if isinstance(i, int) and 0 <= i < len(tokens):
+            found[f"{role}_token"] = str(tokens[i])
+    return found
+
+
 def tokenizer_from_gguf(meta: Mapping[str, Any]) -> Tokenizer:
     """Our Tokenizer for a GGUF file's metadata (full key names); TokenizerError if it holds
     a tokenizer lmstack cannot represent exactly."""

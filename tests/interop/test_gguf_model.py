@@ -20,7 +20,7 @@ from lmstack.infer import Engine  # noqa: E402
 from lmstack.infer.quantize import Int4Linear  # noqa: E402
 from lmstack.interop import gguf_model  # noqa: E402
 from lmstack.interop.gguf_model import load_gguf_model  # noqa: E402
-from lmstack.interop.gguf_model import gguf_chat_template  # noqa: E402
+from lmstack.interop.gguf_model import gguf_chat_config  # noqa: E402
 from lmstack.interop.hf import chat_template  # noqa: E402
 from lmstack.models.directory import (find_format, load_model, load_tokenizer,  # noqa: E402
                                       model_eos_ids)
@@ -110,7 +110,7 @@ def test_convert_writes_an_int4_directory_and_a_float_one(tmp_path, capsys):
     generation = json.loads((tmp_path / "fp" / "generation_config.json").read_text())
     assert generation == {"eos_token_id": V - 1}
     template = tiny_vocab()["tokenizer.chat_template"][0]
-    assert chat_template(tmp_path / "fp") == gguf_chat_template(path) == template
+    assert chat_template(tmp_path / "fp") == gguf_chat_config(path)["chat_template"] == template
     text = "hehe <|im_end|>"
     assert (load_tokenizer(tmp_path / "q4").encode(text, allowed_special="all")
             == load_tokenizer(path).encode(text, allowed_special="all"))

@@ -86,19 +86,27 @@ def test_content_parts_render_as_text():
     assert ChatTemplate().render(parts) == ChatTemplate().render([{"role": "user", "content": "a\nb"}])
 
 
-def test_from_dir_reads_template_and_tokens(tmp_path):
+def model_dir(path):
+    """A directory load_model's registry takes for a model (the template files are beside it)."""
+    (path / "config.json").write_text(json.dumps({"model_type": "gru", "vocab_size": 8}))
+    return path
+
+
+def test_from_model_reads_template_and_tokens(tmp_path):
+    model_dir(tmp_path)
     (tmp_path / "tokenizer_config.json").write_text(json.dumps({
         "chat_template": ZEPHYR_STYLE, "bos_token": {"content": "<s>", "lstrip": False},
         "eos_token": "</s>"}))
-    t = ChatTemplate.from_dir(tmp_path)
+    t = ChatTemplate.from_model(tmp_path)
     assert (t.source, t.bos_token, t.eos_token) == (ZEPHYR_STYLE, "<s>", "</s>")
     assert t.render([{"role": "user", "content": "Hi"}]) == "<|user|>\nHi</s>\n<|assistant|>\n"
 
 
-def test_from_dir_without_config_is_chatml(tmp_path):
-    assert ChatTemplate.from_dir(tmp_path).source == DEFAULT_TEMPLATE
+def test_from_model_without_config_is_chatml(tmp_path):
+    model_dir(tmp_path)
+    assert ChatTemplate.from_model(tmp_path).source == DEFAULT_TEMPLATE
     (tmp_path / "chat_template.jinja").write_text(ZEPHYR_STYLE)  # newer HF saves it on its own
-    assert ChatTemplate.from_dir(tmp_path).source == ZEPHYR_STYLE
+    assert ChatTemplate.from_model(tmp_path).source == ZEPHYR_STYLE
 
 
 def test_stop_tokens_end_the_assistant_turn(tok):
