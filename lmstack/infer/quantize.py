@@ -73,7 +73,6 @@ from __future__ import annotations
 import abc
 import argparse
 import os
-import shutil
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -81,6 +80,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lmstack.atomic import output_dir
 from lmstack.errors import ConfigError
 from lmstack.models.directory import CONFIG, ModelFormat, load_weights, read_config
 from lmstack.models.registry import build_model
@@ -404,28 +404,44 @@ def model_bytes(model: nn.Module) -> int:
 
 # ---- the command --------------------------------------------------------------------------
 
+def dequantize_model(model: nn.Module) -> nn.Module:
+    """Replace every Int8Linear / Int4Linear of `model` (in place; returned too) by the
+    nn.Linear holding exactly the float32 weight it stands for, and forget `model.quantization`."""
+    for name, m in [(n, m) for n, m in model.named_modules() if isinstance(m, QuantLinear)]:
+        w = m.dequantize()
+        linear = nn.Linear(m.in_features, m.out_features, m.bias is not None, device=w.device)
+        with torch.no_grad():
+            linear.weight.copy_(w)
+            if m.bias is not None:
+                linear.bias.copy_(m.bias)
+        _set_module(model, name, linear.requires_grad_(False))
+    if hasattr(model, "quantization"):
+        del model.quantization
+    return model
+
+
 def cmd_quantize(args: argparse.Namespace) -> int:
-    """`lmstack quantize`: load --model, quantize, write --out (config, weights, tokenizer).
-    Its flags are infer/commands.py's add_quantize_args (read without torch by --help)."""
-    from lmstack.models.directory import load_model, read_config, save_model
+    """`lmstack quantize`: load --model, quantize, write --out (config, weights, tokenizer, eos
+    ids, chat template). A GGUF file's quantized matrices are dequantized first (exact), then
+    quantized as asked. Its flags are infer/commands.py's add_quantize_args (read without torch
+    by --help)."""
+    from lmstack.models.directory import find_format, load_model, save_companions, save_model
 
     check_quantization(args.bits, args.group_size)
-    if "quantization" in read_config(args.model):
+    fmt = find_format(args.model).name
+    if fmt == "quantized":
         raise ConfigError(f"{args.model} is already quantized; quantize the fp32 model it came from")
     if Path(args.out).resolve() == Path(args.model).resolve():
         raise ConfigError("--out must differ from --model (the fp32 weights would be overwritten)")
     model = load_model(args.model)
-    if not any(isinstance(m, nn.Linear) for m in model.modules()):
+    if not any(isinstance(m, nn.Linear | QuantLinear) for m in model.modules()):
         raise ConfigError(f"{args.model} has no Linear layers to quantize (n-gram models have no weights)")
+    dequantize_model(model)  # a GGUF file's Q4_1 matrices: back to the floats they stand for
     before = model_bytes(model)
     quantize_model(model, args.bits, args.group_size, skip=args.skip)
-    out = save_model(args.out, model)
-    tok = Path(args.model) / "tokenizer.json"
-    if tok.exists():
-        from lmstack.atomic import atomic_open
-
-        with atomic_open(out / "tokenizer.json") as f, open(tok, "rb") as src:
-            shutil.copyfileobj(src, f)
+    with output_dir(args.out):
+        out = save_model(args.out, model)
+        save_companions(args.model, out)
     after = os.path.getsize(out / "model.safetensors")
     label = "int8" if args.bits == 8 else f"int4 g{args.group_size}"
     print(f"wrote {out} ({label}): {after / 1e6:.1f} MB on disk, fp32 tensors were {before / 1e6:.1f} MB")

@@ -258,6 +258,7 @@ def add_chat_args(p: argparse.ArgumentParser) -> None:
 def cmd_chat(args: argparse.Namespace) -> None:
     """Load the model and its chat template and chat on stdin/stdout."""
     from lmstack.infer.engine import Engine
+    from lmstack.models.installed import model_name
 
     engine = Engine.load(args.model, dtype=args.dtype)
     template = ChatTemplate.from_model(args.model)
@@ -269,5 +270,6 @@ def cmd_chat(args: argparse.Namespace) -> None:
     if not session.turn_end:
         session.notify("[warning: the tokenizer has none of the template's end-of-turn tokens; "
                        "replies end only at max_new_tokens or a stop string]")
-    session.notify(f"lmstack chat with {args.model}; /help lists the commands")
+    session.notify(f"lmstack chat with {model_name(args.model)} ({args.model}); /help lists "
+                   "the commands")
     run_chat(session)
