@@ -12,6 +12,10 @@ from typing import Any
 
 __version__ = "0.1.0"
 
+# The --model help of every command that takes any model (here: --help must not import torch).
+MODEL_HELP = ("model: a directory (lmstack, quantized, Hugging Face), a .gguf file, or a short "
+              "name (`lmstack models`)")
+
 
 def lazy_exports(package: str,
                  exports: dict[str, list[str]]) -> tuple[list[str], Callable, Callable]:

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import argparse
 
+from lmstack import MODEL_HELP
+
 
 def add_eval_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="model directory, .gguf file or short name (smollm2)")
+    p.add_argument("--model", required=True, help=MODEL_HELP)
     p.add_argument("--data", required=True, help="UTF-8 text file")
     p.add_argument("--block-size", type=int, default=None,
                    help="window (default: the context, at most 2048)")

@@ -21,6 +21,7 @@ import textwrap
 import typing
 from dataclasses import MISSING, fields
 
+from lmstack import MODEL_HELP
 from lmstack.errors import ConfigError
 from lmstack.infer.config import GenerationConfig
 
@@ -55,7 +56,7 @@ def _bias(text: str) -> tuple[int, float]:
 
 
 def add_generate_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="model directory")
+    p.add_argument("--model", required=True, help=MODEL_HELP)
     p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default=None,
                    help="run the model in this precision (default: as stored)")
     p.add_argument("--prompt", help="the prompt (\\n for newlines; default: stdin)")
@@ -65,7 +66,7 @@ def add_generate_args(p: argparse.ArgumentParser) -> None:
 
 
 def add_sample_compare_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="model directory")
+    p.add_argument("--model", required=True, help=MODEL_HELP)
     p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default=None,
                    help="run the model in this precision (default: as stored)")
     p.add_argument("--prompt", help="the prompt (default: stdin)")
@@ -269,7 +270,9 @@ def cmd_sample_compare(args: argparse.Namespace) -> None:
 def add_quantize_args(p: argparse.ArgumentParser) -> None:
     """Flags of `lmstack quantize` (run by infer/quantize.py's cmd_quantize, which checks them
     against its BITS and GROUP_SIZES; a test holds the choices here equal to those)."""
-    p.add_argument("--model", required=True, help="model directory to quantize (fp32 weights)")
+    p.add_argument("--model", required=True,
+                   help="model to quantize: a float directory, a .gguf file (dequantized "
+                        "first) or a short name")
     p.add_argument("--out", required=True, help="directory to write the quantized model to")
     p.add_argument("--bits", type=int, required=True, choices=(4, 8),
                    help="8: int8 per output channel; 4: int4 in groups with scales and zero points")

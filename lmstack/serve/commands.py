@@ -21,13 +21,14 @@ import ipaddress
 import socket
 import sys
 
+from lmstack import MODEL_HELP
 from lmstack.errors import ConfigError
 from lmstack.infer.commands import add_speculation_flags
 
 
 def add_serve_args(p: argparse.ArgumentParser) -> None:
     """The flags of `lmstack serve`."""
-    p.add_argument("--model", required=True, help="model directory (lmstack or Hugging Face)")
+    p.add_argument("--model", required=True, help=MODEL_HELP)
     p.add_argument("--host", default="127.0.0.1",
                    help="address to bind (127.0.0.1: this machine only; 0.0.0.0: every interface)")
     p.add_argument("--port", type=int, default=8000, help="TCP port to listen on")

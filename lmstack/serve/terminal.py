@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import fields
 from typing import Any
 
+from lmstack import MODEL_HELP
 from lmstack.errors import ConfigError
 from lmstack.infer.commands import add_speculation_flags, speculative_from_args
 from lmstack.infer.config import GenerationConfig
@@ -244,7 +245,7 @@ def run_chat(session: ChatSession, read: Callable[[str], str] = input) -> None:
 
 def add_chat_args(p: argparse.ArgumentParser) -> None:
     """The flags of `lmstack chat`."""
-    p.add_argument("--model", required=True, help="model directory (ours or a local HF one)")
+    p.add_argument("--model", required=True, help=MODEL_HELP)
     p.add_argument("--system", help="system message that starts the conversation")
     p.add_argument("--temperature", type=float, help="0 = greedy (default 1.0)")
     p.add_argument("--top-p", type=float, help="nucleus sampling mass (default 1.0 = off)")
