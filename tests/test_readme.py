@@ -54,6 +54,8 @@ RUN = {
     "lmstack train": TRAIN_SMALL,
     "torchrun --nproc_per_node 2 -m lmstack.cli train": TRAIN_SMALL,
     "lmstack eval": "",
+    "lmstack eval --model smollm2": "--block-size 256 --stride 256",  # a 30-layer model: short windows
+    "lmstack models": "",
     "lmstack plot": "",
     "lmstack generate": "--max-new-tokens 8",
     "lmstack sample-compare": "--max-new-tokens 6",
