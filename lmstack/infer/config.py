@@ -64,6 +64,13 @@ class GenerationConfig:
     num_return_sequences: int = 1
     force_words: list[str] = field(default_factory=list)    # constrained beam search
     best_of: int = 1
+    # Structured output (structured/): the reply is a sentence of the one language given.
+    json_object: bool = False         # OpenAI's JSON mode: a JSON object
+    json_schema: dict | str | None = None   # a JSON Schema (dict or its JSON text)
+    regex: str | None = None          # the whole reply matches it
+    grammar: str | None = None        # Lark EBNF (`start: ...`) or llama.cpp GBNF (`root ::= ...`)
+    choices: list[str] = field(default_factory=list)        # exactly one of these strings
+    constraint_engine: str = "fast"   # "reference": the readable engine (slow; for tests)
     # Reproducibility and reporting.
     seed: int | None = None
     logprobs: bool = False            # per-token log-probabilities of the generated tokens
@@ -116,6 +123,7 @@ class GenerationConfig:
             raise ConfigError(f"seed must be an integer from 0 to {SEED_MAX} (2**63 - 1), got "
                               f"{self.seed!r}; pass a smaller seed")
         self.stop = check_stops(self.stop)
+        self._check_constraint()
         for name in ("stop_token_ids", "banned_token_ids"):
             bad = [i for i in getattr(self, name)
                    if not isinstance(i, int) or i < 0 or (vocab_size is not None and i >= vocab_size)]
@@ -123,6 +131,16 @@ class GenerationConfig:
                 raise ConfigError(f"{name} holds ids outside the vocabulary (0..{(vocab_size or 0) - 1}): {bad}")
         self.processor_settings().validate(vocab_size)
         return self
+
+    def _check_constraint(self) -> None:
+        from lmstack.infer.structured.compile import ENGINES, constraint_from
+
+        if self.constraint_engine not in ENGINES:
+            raise ConfigError(f"constraint_engine must be one of {', '.join(ENGINES)}, got "
+                              f"{self.constraint_engine!r}")
+        if constraint_from(self) is not None and self.ignore_eos:
+            raise ConfigError("ignore_eos cannot be combined with a constraint: the constraint "
+                              "decides where the reply ends")
 
     @classmethod
     def from_kwargs(cls, base: GenerationConfig | None = None, **settings: Any) -> GenerationConfig:

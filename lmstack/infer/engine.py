@@ -24,6 +24,7 @@ finish_reason "length" when the context fills up.
 from __future__ import annotations
 
 import os
+from functools import cached_property
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Union
 
@@ -134,9 +135,30 @@ class Engine:
         return out
 
     def plan(self, cfg: GenerationConfig) -> DecodePlan:
-        """The one-step plan of a validated config (step.py): processors, stop ids, reports."""
+        """The one-step plan of a validated config (step.py): processors, stop ids, reports,
+        and the compiled structured-output constraint."""
         return DecodePlan.compile(cfg, self.stop_ids(cfg), self.word_sequences(cfg.banned_words),
-                                  context_length(self.model))
+                                  context_length(self.model), self.constraint(cfg))
+
+    def constraint(self, cfg: GenerationConfig):
+        """The config's structured-output constraint compiled against this model's vocabulary
+        (structured/compile.py), or None; errors name the problem before any decoding."""
+        from lmstack.infer.structured.compile import compile_constraint, constraint_from
+
+        constraint = constraint_from(cfg)
+        if constraint is None:
+            return None
+        return compile_constraint(constraint, self.token_vocab, cfg.constraint_engine)
+
+    @cached_property
+    def token_vocab(self):
+        """The vocabulary as constraint engines see it: each id's bytes, the end ids."""
+        from lmstack.infer.structured.vocab import TokenVocab
+
+        if self.tokenizer is None:
+            raise ConfigError("structured output (json_schema, regex, grammar, choices) needs "
+                              "the model's tokenizer")
+        return TokenVocab.from_tokenizer(self.tokenizer, self.vocab_size, self.eos_ids or None)
 
     def new_decoder(self):
         """A fresh incremental text decoder for one row (None without a tokenizer)."""

@@ -9,6 +9,10 @@ scores are `DecodePlan.process`ed) and the samples a training run prints.
 
 A step, for rows that share one plan:
 
+0. constrain: a row with a structured-output constraint (structured/) gets -inf on every token
+   its matcher forbids, its stop ids allowed only once its text is complete; first, before
+   any processor, as a -inf commutes with all of them (each row has its own matcher, so rows
+   under different constraints share a step);
 1. process: the logits processors (processors.py) in their documented order, each row with
    its own history; skipped when every processor is off (`passthrough`), since validating and
    copying the logits costs as much as a small model's forward;
@@ -16,8 +20,9 @@ A step, for rows that share one plan:
    own seeded generator (`draw`: one vectorized inverse-CDF search for the batch);
 3. report: the model's own log-probabilities of the chosen tokens (log_softmax of the raw
    logits, before any processor, as vLLM reports them), and the `top_logprobs` alternatives;
-4. record: `Row.take` appends the token, or ends the row on a stop id, a stop string,
-   `max_new_tokens` or a full context, and returns the text that became safe to show.
+4. record: `Row.take` appends the token (advancing the row's matcher), or ends the row on a
+   stop id, a stop string, a complete constrained value, `max_new_tokens` or a full context,
+   and returns the text that became safe to show.
 
 Determinism: row i of a call with `seed` s draws from a generator seeded with s + (its sample
 index), never from a shared stream, so the same prompt and seed give the same text whatever
@@ -35,6 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from lmstack.infer.config import GenerationConfig
+from lmstack.infer.structured.constraint import CompiledConstraint, Matcher
 from lmstack.infer.processors import ProcessorSettings, process
 from lmstack.infer.stopping import find_stop, safe_length
 from lmstack.tokenizer.decoder import IncrementalDecoder
@@ -54,6 +60,8 @@ class Completion:
     top_logprobs: list[TopLogprobs] = field(default_factory=list)
     score: float | None = None         # best-of: mean log-probability; beam: the beam score
     index: int = 0                     # which prompt of the call this answers
+    complete: bool | None = None       # under a constraint: the text is a whole sentence of its
+                                       # language (False: max_new_tokens cut it short)
 
 
 @dataclass(eq=False)
@@ -70,16 +78,19 @@ class DecodePlan:
     longest_stop: int                  # characters of the longest stop string
     logprobs: bool                     # compute log-probabilities of the chosen tokens
     top_logprobs: int
+    constraint: CompiledConstraint | None = None   # structured output: each row gets a matcher
 
     @classmethod
     def compile(cls, cfg: GenerationConfig, stop_ids: Sequence[int] = (),
-                banned_sequences: list[list[int]] | None = None, ctx: int | None = None) -> DecodePlan:
+                banned_sequences: list[list[int]] | None = None, ctx: int | None = None,
+                constraint: CompiledConstraint | None = None) -> DecodePlan:
         """Derive the plan of `cfg` (already validated); `banned_sequences` are the token
-        sequences of its banned words (the tokenizer lives with the engine)."""
+        sequences of its banned words and `constraint` its compiled structured-output
+        constraint (the tokenizer, which both need, lives with the engine)."""
         settings = cfg.processor_settings(banned_sequences)
         return cls(cfg, settings, frozenset(stop_ids), ctx, is_passthrough(settings),
                    cfg.temperature == 0, max((len(s) for s in cfg.stop), default=0),
-                   cfg.logprobs or cfg.best_of > 1, cfg.top_logprobs)
+                   cfg.logprobs or cfg.best_of > 1, cfg.top_logprobs, constraint)
 
     def chooses_like(self, other: DecodePlan) -> bool:
         """Whether rows of both plans pick tokens by the same rules (so one `step` call can
@@ -123,11 +134,33 @@ def step(logits: torch.Tensor, rows: Sequence[Row]) -> list[str]:
     (`DecodePlan.chooses_like`); each row's own plan still decides when it stops. Raises
     `ConfigError` before recording anything when a row has no allowed token left."""
     plan = rows[0].plan
-    processed = logits if plan.passthrough else \
-        plan.process(logits, [r.prompt + r.tokens for r in rows], [r.tokens for r in rows])
+    masked = constrain(logits, rows)
+    processed = masked if plan.passthrough else \
+        plan.process(masked, [r.prompt + r.tokens for r in rows], [r.tokens for r in rows])
     chosen = plan.choose(processed, [r.generator for r in rows])
     reports = plan.report(logits, chosen)
     return [row.take(t, lp, top) for row, t, (lp, top) in zip(rows, chosen, reports)]
+
+
+def allowed_ids(row: Row, matcher: Matcher | None = None) -> torch.Tensor:
+    """The bool mask (V,) of the ids `row` may take next under its constraint: the matcher's
+    mask, plus the row's stop ids once the text is complete."""
+    matcher = matcher or row.matcher
+    mask = torch.from_numpy(matcher.allowed().copy())
+    if matcher.is_accepting() and row.plan.stop_ids:
+        mask[list(row.plan.stop_ids)] = True
+    return mask
+
+
+def constrain(logits: torch.Tensor, rows: Sequence[Row]) -> torch.Tensor:
+    """The logits (B, V) with -inf wherever a row's constraint forbids the token; the logits
+    themselves when no row has one. The mask comes before every processor: a -inf stays -inf
+    under all of them, so it commutes with each (processors.py)."""
+    if all(r.matcher is None for r in rows):
+        return logits
+    masks = torch.stack([allowed_ids(r) if r.matcher is not None
+                         else torch.ones(logits.size(-1), dtype=torch.bool) for r in rows])
+    return logits.masked_fill(~masks.to(logits.device), float("-inf"))
 
 
 @dataclass
@@ -148,6 +181,7 @@ class Row:
     emitted: int = 0                   # characters of `text` already streamed
     finish_reason: str | None = None
     stop_string: bool = False          # finished by a stop string (its text already cut)
+    matcher: Matcher | None = None     # the row's state in its plan's constraint
 
     def take(self, token: int, logprob: float | None = None, top: TopLogprobs | None = None) -> str:
         """Record the chosen `token`; set `finish_reason` if it ends the row; return the text
@@ -157,7 +191,11 @@ class Row:
         if token in plan.stop_ids:
             self.finish_reason, self.stop_token, self.stop_logprob = "stop", token, logprob or 0.0
         else:
+            if self.matcher is not None:
+                self.matcher.advance(token)
             self._append(token, logprob, top, cfg.stop, plan.longest_stop)
+            if self.finish_reason is None and self.matcher is not None and self.matcher.is_terminated():
+                self.finish_reason = "stop"  # a complete value: nothing may follow it
             if self.finish_reason is None and (
                     len(self.tokens) >= cfg.max_new_tokens
                     or (plan.ctx is not None and len(self.prompt) + len(self.tokens) >= plan.ctx)):
@@ -192,7 +230,8 @@ class Row:
         n = len(self.tokens) + (self.stop_token is not None)
         mean = (sum(self.logprobs) + self.stop_logprob) / max(n, 1) if scored else None
         return Completion(self.text, self.tokens, self.finish_reason or "length", len(self.prompt),
-                          self.logprobs, self.top_logprobs, mean, self.index)
+                          self.logprobs, self.top_logprobs, mean, self.index,
+                          None if self.matcher is None else self.matcher.is_accepting())
 
 
 def new_rows(prompts: Sequence[Sequence[int]], plan: DecodePlan, samples: int = 1,
@@ -200,7 +239,8 @@ def new_rows(prompts: Sequence[Sequence[int]], plan: DecodePlan, samples: int = 
     """One `Row` per (prompt, sample): sample j of every prompt draws from seed + j.
     `decoder()` makes each row's incremental text decoder (None: no text, ids only)."""
     return [Row(list(p), plan, None if plan.greedy else make_generator(plan.cfg.seed, j),
-                decoder() if decoder else None, index=i)
+                decoder() if decoder else None, index=i,
+                matcher=None if plan.constraint is None else plan.constraint.matcher())
             for i, p in enumerate(prompts) for j in range(samples)]
 
 

@@ -1,0 +1,88 @@
+"""Constraints through the engine's one decode step: whatever a random model prefers, the
+reply is a sentence of the language, under greedy and sampling, batched with rows under other
+constraints (or none), streamed, and cut short by max_new_tokens only with finish_reason
+"length" and `complete` False. The reference engine, so the test needs no fast library."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import torch
+
+from lmstack.errors import ConfigError
+from lmstack.infer import Engine
+from lmstack.models import GPT, GPTConfig
+
+jsonschema = pytest.importorskip("jsonschema")
+
+SCHEMA = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 6},
+                                           "age": {"type": "integer", "minimum": 0, "maximum": 120}},
+          "required": ["name", "age"], "additionalProperties": False}
+REF = {"constraint_engine": "reference"}
+
+
+@pytest.fixture(scope="module")
+def engine(tok):
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=256, n_layer=1, n_head=2, n_embd=32))
+    return Engine(model, tok)
+
+
+@pytest.mark.parametrize("settings", [dict(temperature=0), dict(temperature=1.0, seed=3)])
+def test_schema_replies_validate(engine, settings):
+    out = engine.generate("Person: ", json_schema=SCHEMA, max_new_tokens=80, **settings, **REF)
+    assert out.finish_reason == "stop" and out.complete is True, out
+    jsonschema.validate(json.loads(out.text), SCHEMA)
+
+
+def test_regex_choices_and_grammar(engine):
+    out = engine.generate("Number: ", regex=r"-?[1-9][0-9]{0,3}", max_new_tokens=10,
+                          temperature=1.0, seed=1, **REF)
+    assert re.fullmatch(r"-?[1-9][0-9]{0,3}", out.text), out.text
+    out = engine.generate("Verdict: ", choices=["yes", "no", "maybe later"], temperature=1.0,
+                          seed=2, max_new_tokens=10, **REF)
+    assert out.text in ("yes", "no", "maybe later") and out.finish_reason == "stop"
+    gbnf = 'root ::= "(" inner ")"\ninner ::= [0-9]{1,3} | "(" [0-9]{1,3} ")"  # depth <= 2'
+    out = engine.generate("Expr: ", grammar=gbnf, temperature=1.0, seed=0, max_new_tokens=30, **REF)
+    assert re.fullmatch(r"\(([0-9]{1,3}|\([0-9]{1,3}\))\)", out.text), out.text
+    lark = 'start: "[" ITEM ("," ITEM)~0..2 "]"\nITEM: /[a-z]{1,4}/'
+    out = engine.generate("List: ", grammar=lark, temperature=1.0, seed=0, max_new_tokens=30, **REF)
+    assert re.fullmatch(r"\[[a-z]{1,4}(,[a-z]{1,4}){0,2}\]", out.text), out.text
+
+
+def test_rows_under_other_constraints_share_a_batch(engine):
+    prompts = ["a", "b", "c"]
+    together = engine.generate(prompts, regex=r"[a-c]{3}", temperature=1.0, seed=5,
+                               max_new_tokens=8, **REF)
+    for prompt, out in zip(prompts, together):
+        alone = engine.generate(prompt, regex=r"[a-c]{3}", temperature=1.0, seed=5,
+                                max_new_tokens=8, **REF)
+        assert out.tokens == alone.tokens and re.fullmatch("[a-c]{3}", out.text)
+    free = engine.generate("a", temperature=0, max_new_tokens=8)
+    assert free.complete is None
+
+
+def test_stream_equals_generate(engine):
+    pieces = list(engine.stream("Person: ", json_schema=SCHEMA, temperature=0, max_new_tokens=80, **REF))
+    assert "".join(pieces) == engine.generate("Person: ", json_schema=SCHEMA, temperature=0,
+                                              max_new_tokens=80, **REF).text
+
+
+def test_max_new_tokens_cuts_a_value_short(engine):
+    out = engine.generate("Person: ", json_schema=SCHEMA, temperature=0, max_new_tokens=3, **REF)
+    assert out.finish_reason == "length" and out.complete is False
+
+
+@pytest.mark.parametrize("settings, words", [
+    (dict(regex="a(", **REF), "regex"),
+    (dict(json_schema={"type": "string", "contentEncoding": "base64"}, **REF), "contentEncoding"),
+    (dict(grammar='root ::= undefined-rule', **REF), "undefined"),
+    (dict(regex="a", choices=["b"]), "2 constraints"),
+    (dict(regex="a", ignore_eos=True), "ignore_eos"),
+    (dict(regex="a", constraint_engine="magic"), "constraint_engine"),
+])
+def test_bad_constraints_fail_before_decoding(engine, settings, words):
+    with pytest.raises(ConfigError, match=words):
+        engine.generate("x", max_new_tokens=4, **settings)
