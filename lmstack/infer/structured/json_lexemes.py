@@ -3,12 +3,14 @@ ranges, string formats, and regular expressions over the characters of a JSON st
 
 Strings. A character of a plain string is any code point but '"', '\\\\' and the controls
 U+0000-U+001F written raw (UTF-8), or an escape: \\" \\\\ \\/ \\b \\f \\n \\r \\t or \\uXXXX. A
-\\uXXXX escape of a surrogate is refused, so every unit of the string is exactly one code point
-and minLength/maxLength (which count code points) are exact. Where the characters are
+surrogate escape is allowed only as a high-low pair, so every unit of the string (a character,
+an escape, a pair) is exactly one code point and minLength/maxLength (which count code points)
+are exact. Where the characters are
 constrained (`pattern`, `format`, keys not to clash with declared properties) a character is
 written one way only: raw, or, if it must be escaped, as \\" \\\\ \\b \\f \\n \\r \\t or \\u00xx.
 
-Numbers: -?(0|[1-9][0-9]*)(\\.[0-9]+)?([eE][+-]?[0-9]+)?. Integers: 0 or -?[1-9][0-9]* (no -0).
+Numbers: -?(0|[1-9][0-9]*)(\\.[0-9]+)?([eE][+-]?[0-9]+)? (RFC 8259). Integers: 0 or -?[1-9][0-9]*
+(no -0).
 An integer range [lo, hi] is an exact grammar of its decimal strings, built digit by digit
 (the classic range-to-regex construction): 42..317 is 4[2-9] | [5-9][0-9] | [1-2][0-9]{2} |
 3(0[0-9] | 1[0-7]).
@@ -55,8 +57,12 @@ _HEX_NO_D = alt(DIGIT, Bytes.range(0x41, 0x43), Bytes.range(0x61, 0x63), literal
 _NOT_SURROGATE = alt(seq(_HEX_NO_D, _HEX, _HEX, _HEX),
                      seq(alt(literal(b"d"), literal(b"D")), Bytes.range(0x30, 0x37), _HEX, _HEX))
 RAW_CHAR = chars(_MUST_ESCAPE, negate=True)
+_D = alt(literal(b"d"), literal(b"D"))
+_PAIR = seq(_D, alt(Bytes.range(0x38, 0x39), Bytes.range(0x41, 0x42), Bytes.range(0x61, 0x62)),
+            _HEX, _HEX, literal(b"\\u"), _D, alt(Bytes.range(0x43, 0x46), Bytes.range(0x63, 0x66)),
+            _HEX, _HEX)  # \uD800-\uDBFF then \uDC00-\uDFFF: one code point above U+FFFF
 ESCAPE = seq(literal(b"\\"), alt(*(literal(c.encode()) for c in '"\\/bfnrt'),
-                                 seq(literal(b"u"), _NOT_SURROGATE)))
+                                 seq(literal(b"u"), alt(_NOT_SURROGATE, _PAIR))))
 STRING_CHAR = alt(RAW_CHAR, ESCAPE)
 
 
@@ -82,7 +88,7 @@ def number_expr() -> Expr:
     fraction = seq(literal(b"."), repeat(DIGIT, 1, None))
     exponent = seq(alt(literal(b"e"), literal(b"E")), optional(alt(literal(b"+"), literal(b"-"))),
                    repeat(DIGIT, 1, None))
-    return seq(integer_range(None, None), optional(fraction), optional(exponent))
+    return seq(optional(literal(b"-")), _naturals(0, None), optional(fraction), optional(exponent))
 
 
 def integer_range(lo: int | None, hi: int | None) -> Expr:
@@ -128,9 +134,13 @@ def _same_length(x: str, y: str) -> Expr:
 
 
 # Formats (JSON Schema 2020-12, section 7.3), as our own regular expressions over ASCII.
-# date: RFC 3339 full-date; the day is checked against the month, but February always has 29.
-_DATE = (r"[0-9]{4}-(?:(?:0[13578]|1[02])-(?:0[1-9]|[12][0-9]|3[01])"
-         r"|(?:0[469]|11)-(?:0[1-9]|[12][0-9]|30)|02-(?:0[1-9]|1[0-9]|2[0-9]))")
+# date: RFC 3339 full-date, years 0001-9999, days checked against the month, February 29 in
+# leap years only (divisible by 4, centuries by 400), so Python's date.fromisoformat takes it.
+_YEAR = r"(?:[1-9][0-9]{3}|0[1-9][0-9]{2}|00[1-9][0-9]|000[1-9])"
+_LEAP = r"(?:[0-9]{2}(?:0[48]|[2468][048]|[13579][26])|(?:0[48]|[2468][048]|[13579][26])00)"
+_DATE = (rf"(?:{_YEAR}-(?:(?:0[13578]|1[02])-(?:0[1-9]|[12][0-9]|3[01])"
+         r"|(?:0[469]|11)-(?:0[1-9]|[12][0-9]|30)|02-(?:0[1-9]|1[0-9]|2[0-8]))"
+         rf"|{_LEAP}-02-29)")
 # time: RFC 3339 full-time with upper-case T and Z only; seconds up to 59 (no leap second).
 _TIME = r"(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](?:\.[0-9]{1,9})?(?:Z|[+-](?:[01][0-9]|2[0-3]):[0-5][0-9])"
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
