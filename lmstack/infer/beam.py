@@ -59,7 +59,8 @@ from typing import Any
 import torch
 
 from lmstack.errors import ConfigError
-from lmstack.infer.step import DecodePlan
+from lmstack.infer.step import DecodePlan, constraint_mask
+from lmstack.infer.structured.constraint import Matcher
 from lmstack.models.protocol import model_device
 
 
@@ -189,6 +190,7 @@ class _Beam:
     token_logprobs: list[float] = field(default_factory=list)
     logprob: float = 0.0
     state: ConstraintState = field(default_factory=lambda: ConstraintState.start(()))
+    matcher: Matcher | None = None     # structured output (step.py): this beam's state
 
 
 class _Pool:
@@ -242,9 +244,14 @@ def beam_search(model: Any, prompt: Sequence[int], *, num_beams: int, max_new_to
             raise ConfigError(f"force[{i}] = {list(phrase)} has a token id outside the model's "
                               f"vocabulary 0..{vocab - 1}")
 
-    beams = [_Beam(state=ConstraintState.start(phrases))]
+    compiled = plan.constraint if plan is not None else None
+    beams = [_Beam(state=ConstraintState.start(phrases),
+                   matcher=None if compiled is None else compiled.matcher())]
     pool = _Pool(num_beams)
     for step in range(budget):
+        if compiled is not None:  # the mask first, as in step.py
+            masks = torch.stack([constraint_mask(b.matcher, stop) for b in beams])
+            logits = logits.masked_fill(~masks.to(logits.device), float("-inf"))
         if plan is not None:
             logits = plan.process(logits, [prompt + b.tokens for b in beams], [b.tokens for b in beams])
         logp = torch.log_softmax(logits.float(), dim=-1).double()
@@ -258,7 +265,16 @@ def beam_search(model: Any, prompt: Sequence[int], *, num_beams: int, max_new_to
                     pool.add(Hypothesis(list(parent.tokens), s, beam_score(s, step + 1, length_penalty), "stop",
                                         parent.token_logprobs + [lp], stop_token=t))
                 continue
-            chosen.append(_Beam(parent.tokens + [t], parent.token_logprobs + [lp], s, state))
+            matcher = None
+            if parent.matcher is not None:
+                matcher = parent.matcher.fork()
+                matcher.advance(t)
+                if matcher.is_terminated():  # a complete value: this beam is finished
+                    if rank < num_beams and state.complete:
+                        pool.add(Hypothesis(parent.tokens + [t], s, beam_score(s, step + 1, length_penalty),
+                                            "stop", parent.token_logprobs + [lp]))
+                    continue
+            chosen.append(_Beam(parent.tokens + [t], parent.token_logprobs + [lp], s, state, matcher))
             parents.append(r)
             if len(chosen) == num_beams:
                 break

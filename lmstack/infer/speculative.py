@@ -32,6 +32,11 @@ With a deterministic drafter (q one-hot at d) the rule reads: accept d with prob
 else sample from p with d removed. tests/infer/test_speculative.py checks this with a
 chi-square test on a toy model (and shows that the draft's own distribution fails it).
 
+Structured output: a constrained row's p_j is taken under the constraint's mask after the text
+and d1..d_{j-1} (`draft_masks`, on a fork of the row's matcher), so a draft the constraint
+forbids has p = 0 and is rejected, and greedy output equals plain constrained greedy; the
+accepted tokens advance the row's own matcher in `Row.take`.
+
 Processors. Both sides follow the request's one `DecodePlan` (step.py): the target's p_j is
 `plan.process(logits_j, history + d1..d_{j-1})` -- every processor (temperature, top-k, top-p, min-p,
 typical, penalties, banned words, min_new_tokens) applies to each position exactly as it would
@@ -91,7 +96,7 @@ from lmstack.infer.config import GenerationConfig
 from lmstack.infer.drafters import Drafter, Round
 from lmstack.infer.medusa_drafter import MedusaDrafter
 from lmstack.infer.sampling import as_prompts, check_prompts, context_length
-from lmstack.infer.step import Completion, Row, draw, new_rows
+from lmstack.infer.step import Completion, Row, constraint_mask, draw, new_rows
 
 # ---- the pure parts -------------------------------------------------------------------------
 
@@ -168,6 +173,8 @@ def verify_round(row: Row, logits: torch.Tensor, drafts: list[int],
     The speculative decoder and the server's scheduler (serve/scheduler.py) both call it."""
     plan = row.plan
     seq, m = row.prompt + row.tokens, len(drafts) + 1
+    if row.matcher is not None:  # structured output: position j under the mask after d1..dj
+        logits = logits.masked_fill(~draft_masks(row, drafts).to(logits.device), float("-inf"))
     processed = plan.process(logits, [seq + drafts[:j] for j in range(m)],
                              [row.tokens + drafts[:j] for j in range(m)])            # (m, V)
     if plan.greedy:
@@ -181,6 +188,22 @@ def verify_round(row: Row, logits: torch.Tensor, drafts: list[int],
         if row.finish_reason is not None:  # a stop id, a stop string or a limit: the rest is dropped
             break
     return n_acc, text
+
+
+def draft_masks(row: Row, drafts: list[int]) -> torch.Tensor:
+    """The constraint's masks (k+1, V) at each verified position: after the row's text, then
+    after each draft in turn (on a fork of the row's matcher). Past a draft the mask forbids,
+    which is rejected there, the positions are never used and repeat the last mask."""
+    matcher, masks = row.matcher.fork(), []
+    for j, d in enumerate([*drafts, None]):
+        masks.append(constraint_mask(matcher, row.plan.stop_ids))
+        if d is None:
+            break
+        if not masks[-1][d] or d in row.plan.stop_ids:
+            masks += [masks[-1]] * (len(drafts) - j)
+            break
+        matcher.advance(d)
+    return torch.stack(masks)
 
 
 def row_cache_length(row: Row, gamma: int) -> int:

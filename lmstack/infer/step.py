@@ -33,7 +33,7 @@ Run the tests: `pytest tests/infer/test_step.py lmstack/infer/step.py`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -142,13 +142,13 @@ def step(logits: torch.Tensor, rows: Sequence[Row]) -> list[str]:
     return [row.take(t, lp, top) for row, t, (lp, top) in zip(rows, chosen, reports)]
 
 
-def allowed_ids(row: Row, matcher: Matcher | None = None) -> torch.Tensor:
-    """The bool mask (V,) of the ids `row` may take next under its constraint: the matcher's
-    mask, plus the row's stop ids once the text is complete."""
-    matcher = matcher or row.matcher
+def constraint_mask(matcher: Matcher, stop_ids: Iterable[int]) -> torch.Tensor:
+    """The bool mask (V,) of the ids allowed next in `matcher`'s state: its own mask, plus the
+    stop ids once the text is complete (so a user's stop_token_ids end a finished value too)."""
     mask = torch.from_numpy(matcher.allowed().copy())
-    if matcher.is_accepting() and row.plan.stop_ids:
-        mask[list(row.plan.stop_ids)] = True
+    stops = list(stop_ids)
+    if stops and matcher.is_accepting():
+        mask[stops] = True
     return mask
 
 
@@ -158,7 +158,7 @@ def constrain(logits: torch.Tensor, rows: Sequence[Row]) -> torch.Tensor:
     under all of them, so it commutes with each (processors.py)."""
     if all(r.matcher is None for r in rows):
         return logits
-    masks = torch.stack([allowed_ids(r) if r.matcher is not None
+    masks = torch.stack([constraint_mask(r.matcher, r.plan.stop_ids) if r.matcher is not None
                          else torch.ones(logits.size(-1), dtype=torch.bool) for r in rows])
     return logits.masked_fill(~masks.to(logits.device), float("-inf"))
 

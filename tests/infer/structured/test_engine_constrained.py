@@ -86,3 +86,29 @@ def test_max_new_tokens_cuts_a_value_short(engine):
 def test_bad_constraints_fail_before_decoding(engine, settings, words):
     with pytest.raises(ConfigError, match=words):
         engine.generate("x", max_new_tokens=4, **settings)
+
+
+def test_beam_search_and_best_of_follow_the_constraint(engine):
+    beams = engine.generate("Person: ", json_schema=SCHEMA, num_beams=3, num_return_sequences=2,
+                            max_new_tokens=60, **REF)
+    for out in beams:
+        jsonschema.validate(json.loads(out.text), SCHEMA)
+    best = engine.generate("Number: ", regex=r"[1-9][0-9]?", best_of=3, temperature=1.0,
+                           seed=0, max_new_tokens=5, **REF)
+    assert re.fullmatch(r"[1-9][0-9]?", best.text)
+
+
+@pytest.mark.parametrize("drafter", [dict(prompt_lookup=2), "draft"])
+def test_speculative_greedy_equals_plain_constrained_greedy(engine, tok, drafter):
+    if drafter == "draft":
+        torch.manual_seed(1)
+        drafter = dict(draft=GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=256, n_layer=1,
+                                           n_head=1, n_embd=16)))
+    spec = engine.speculative(gamma=4, **drafter)
+    prompt = 'Person: {"name": "ab", "age": 1} Person: {"name": "ab", "age": 1} Person: '
+    for settings in (dict(json_schema=SCHEMA), dict(regex=r"[a-z]{2,8}"), dict(choices=["one", "two"])):
+        plain = engine.generate(prompt, temperature=0, max_new_tokens=60, **settings, **REF)
+        fast = spec.generate(prompt, temperature=0, max_new_tokens=60, **settings, **REF)
+        assert fast.tokens == plain.tokens and fast.finish_reason == plain.finish_reason
+    sampled = spec.generate(prompt, temperature=1.0, seed=0, max_new_tokens=60, json_schema=SCHEMA, **REF)
+    jsonschema.validate(json.loads(sampled.text), SCHEMA)
