@@ -7,7 +7,8 @@ to the terminal, and one prompt under several decoding strategies side by side.
 
 The flags are made from the fields of `GenerationConfig`, so a new setting is a new flag with no
 other change: `top_p` is `--top-p`, a list is given as repeated values (`--stop "\\n\\n" "###"`),
-`logit_bias` as ID=BIAS pairs, a boolean as a bare flag. `--medusa [DIR]`, `--draft DIR` and
+`logit_bias` as ID=BIAS pairs, a boolean as a bare flag; the structured-output settings take a
+file (`--json-schema FILE`, `--grammar FILE`) or text (`--regex`, `--choices A B C`). `--medusa [DIR]`, `--draft DIR` and
 `--prompt-lookup N` decode through `Engine.speculative` (speculative.py): the same text as without
 them (greedy) or the same distribution (sampling), in fewer forward passes of the model.
 """
@@ -74,6 +75,24 @@ def add_sample_compare_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
 
 
+def _file_text(path: str) -> str:
+    """The UTF-8 text of a file a flag names (--grammar FILE), with errors that say which."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except (OSError, UnicodeDecodeError) as e:
+        raise argparse.ArgumentTypeError(f"cannot read {path}: {e}") from None
+
+
+# Structured-output settings whose flags take a file, or text: (type, metavar, help).
+TEXT_FLAGS = {
+    "json_schema": (_file_text, "FILE", "the reply is JSON valid under this JSON Schema file"),
+    "grammar": (_file_text, "FILE", "the reply follows this grammar (Lark EBNF, or GBNF)"),
+    "regex": (str, "REGEX", "the whole reply matches this regular expression"),
+    "constraint_engine": (str, "NAME", "fast (default) or reference (readable, slow)"),
+}
+
+
 def add_generation_flags(p: argparse.ArgumentParser) -> None:
     """One flag per `GenerationConfig` field, defaulting to None (= the config's default)."""
     hints = typing.get_type_hints(GenerationConfig)
@@ -82,7 +101,10 @@ def add_generation_flags(p: argparse.ArgumentParser) -> None:
         default = f.default if f.default is not MISSING else f.default_factory()
         hint = str(hints[f.name])
         help_text = f"default {default!r}"
-        if f.name == "logit_bias":
+        if f.name in TEXT_FLAGS:
+            kind, metavar, text = TEXT_FLAGS[f.name]
+            p.add_argument(flag, type=kind, metavar=metavar, help=text)
+        elif f.name == "logit_bias":
             p.add_argument(flag, nargs="+", type=_bias, metavar="ID=BIAS", help=help_text)
         elif hint.startswith("list[int]"):
             p.add_argument(flag, nargs="+", type=int, metavar="ID", help=help_text)
@@ -197,17 +219,27 @@ def cmd_generate(args: argparse.Namespace) -> None:
         print()
         done = decoder.last
         print(f"[{len(done.tokens)} tokens, finish_reason={done.finish_reason}"
-              f"{'' if spec is None else format_spec_stats(spec.stats)}]", file=sys.stderr)
+              f"{'' if spec is None else format_spec_stats(spec.stats)}{_cut_short(done)}]",
+              file=sys.stderr)
         if cfg.logprobs:
             print(format_logprobs(engine, done), file=sys.stderr)
         return
     result = engine.generate(prompt, cfg)
     for i, c in enumerate(result if isinstance(result, list) else [result]):
         score = "" if c.score is None else f", score {c.score:.3f}"
-        print(f"--- {i} ({len(c.tokens)} tokens, finish_reason={c.finish_reason}{score})")
+        print(f"--- {i} ({len(c.tokens)} tokens, finish_reason={c.finish_reason}{score}"
+              f"{_cut_short(c)})")
         print((prompt if args.echo else "") + c.text)
         if cfg.logprobs and c.logprobs:
             print(format_logprobs(engine, c))
+
+
+def _cut_short(completion) -> str:
+    """The status line's warning when max_new_tokens ended a constrained reply mid-value."""
+    if completion.complete is False:
+        return ("; the reply is cut short of the constraint's language (not valid): raise "
+                "--max-new-tokens")
+    return ""
 
 
 def format_spec_stats(stats) -> str:

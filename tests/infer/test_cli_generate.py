@@ -60,3 +60,23 @@ def test_generate_in_bf16(model_dir, capsys):
                  "--temperature", "0", "--max-new-tokens", "6"]) == 0
     expected = Engine.load(model_dir, dtype="bf16").generate("import os", temperature=0, max_new_tokens=6)
     assert capsys.readouterr().out == expected.text + "\n"
+
+
+def test_generate_under_a_json_schema_file(model_dir, tmp_path, capsys):
+    import json
+
+    schema = {"type": "object", "properties": {"n": {"type": "integer", "minimum": 0,
+                                                     "maximum": 99}}, "required": ["n"]}
+    (tmp_path / "s.json").write_text(json.dumps(schema))
+    args = ["generate", "--model", str(model_dir), "--prompt", "x", "--temperature", "1",
+            "--seed", "0", "--max-new-tokens", "30", "--constraint-engine", "reference"]
+    assert main(args + ["--json-schema", str(tmp_path / "s.json")]) == 0
+    value = json.loads(capsys.readouterr().out)
+    assert isinstance(value["n"], int) and 0 <= value["n"] <= 99
+    assert main(args + ["--regex", "[ab]{40}", "--max-new-tokens", "3"]) == 0
+    assert "cut short of the constraint's language" in capsys.readouterr().err
+    assert main(args + ["--regex", "a("]) == 2
+    assert "regex" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # argparse: the file cannot be read
+        main(args + ["--grammar", str(tmp_path / "missing.gbnf")])
+    assert "cannot read" in capsys.readouterr().err
