@@ -18,6 +18,12 @@ mask as the reference engine's:
   spaces or newlines), none before or after the value. `max_whitespace=None` allows any run, 0
   none. A schema's own `"x-guidance"` options (llguidance's JSON options) override this.
 
+And one so that both engines generate the same instances: an object schema that lists
+properties or required but leaves additionalProperties out is closed (`close_objects`), as in
+the reference engine and OpenAI's strict mode; write `"additionalProperties": true` to allow
+extra keys. Known differences left: in strings llguidance allows no unescaped U+007F (DEL) and no `\\/`
+escape, both of which RFC 8259 permits.
+
     >>> from lmstack.tokenizer import Tokenizer
     >>> tok = Tokenizer("gpt2", [(97, 98, 256)], {"<|endoftext|>": 257})
     >>> vocab = TokenVocab.from_tokenizer(tok)
@@ -154,7 +160,7 @@ def to_lark(constraint: Constraint, max_whitespace: int | None = DEFAULT_MAX_WHI
     if kind == "json":
         return _HEADER + "start: %json " + json.dumps(_with_whitespace({}, max_whitespace))
     if kind == "json_schema":
-        schema = _with_whitespace(_parse_schema(value), max_whitespace)
+        schema = _with_whitespace(close_objects(_parse_schema(value)), max_whitespace)
         return _HEADER + "start: %json " + json.dumps(schema)
     if kind == "regex":
         if not isinstance(value, str):
@@ -171,15 +177,51 @@ def to_lark(constraint: Constraint, max_whitespace: int | None = DEFAULT_MAX_WHI
 
 
 def json_options(max_whitespace: int | None) -> dict[str, Any]:
-    """llguidance's JSON options for a bound on whitespace between tokens (None: unbounded)."""
-    if max_whitespace is None:
-        return {"whitespace_pattern": _WS + "+"}
-    if max_whitespace < 0:
+    """llguidance's JSON options: a bound on whitespace between tokens (None: unbounded), and
+    any \\uXXXX escape in strings (llguidance alone allows only \\u00XX)."""
+    if max_whitespace is not None and max_whitespace < 0:
         raise ConfigError(f"max_whitespace is {max_whitespace}; use None, 0 or a positive bound")
+    options: dict[str, Any] = {"json_allow_general_unicode_escapes": True}
     if max_whitespace == 0:
-        return {"whitespace_flexible": False, "item_separator": ",", "key_separator": ":"}
-    pattern = _WS if max_whitespace == 1 else _WS + f"{{1,{max_whitespace}}}"
-    return {"whitespace_pattern": pattern}
+        return {**options, "whitespace_flexible": False, "item_separator": ",",
+                "key_separator": ":"}
+    bound = "+" if max_whitespace is None else "" if max_whitespace == 1 \
+        else f"{{1,{max_whitespace}}}"
+    return {**options, "whitespace_pattern": _WS + bound}
+
+
+_SUBSCHEMA = ("additionalProperties", "items", "not", "contains", "propertyNames")
+_SUBSCHEMAS = ("anyOf", "oneOf", "prefixItems")
+_SCHEMA_MAPS = ("properties", "patternProperties", "$defs", "definitions")
+
+
+def close_objects(schema: Any, in_all_of: bool = False) -> Any:
+    """`schema` with additionalProperties false wherever an object schema lists properties or
+    required and leaves additionalProperties out (the reference engine's default, and OpenAI's
+    strict mode's); allOf and its parts stay as written, as their merge decides.
+
+    >>> close_objects({"properties": {"a": {"properties": {"b": {}}}}, "required": ["a"]})
+    {'properties': {'a': {'properties': {'b': {}}, 'additionalProperties': False}}, \
+'required': ['a'], 'additionalProperties': False}
+    """
+    if not isinstance(schema, dict):
+        return schema
+    out = dict(schema)
+    for key in _SUBSCHEMA:
+        if isinstance(out.get(key), dict):
+            out[key] = close_objects(out[key])
+    for key in _SUBSCHEMAS:
+        if isinstance(out.get(key), list):
+            out[key] = [close_objects(s) for s in out[key]]
+    for key in _SCHEMA_MAPS:
+        if isinstance(out.get(key), dict):
+            out[key] = {k: close_objects(s) for k, s in out[key].items()}
+    if isinstance(out.get("allOf"), list):
+        out["allOf"] = [close_objects(s, in_all_of=True) for s in out["allOf"]]
+    elif not in_all_of and ("properties" in out or "required" in out) \
+            and "additionalProperties" not in out and "patternProperties" not in out:
+        out["additionalProperties"] = False
+    return out
 
 
 def _with_whitespace(schema: dict, max_whitespace: int | None) -> dict:

@@ -244,3 +244,18 @@ def test_json_any_value_over_bytes():
 def test_the_empty_regex_is_the_empty_string():
     m = compile_fast(Constraint("regex", ""), VOCAB).matcher()
     assert np.flatnonzero(m.allowed()).tolist() == [END] and m.is_terminated()
+
+
+def test_objects_with_properties_are_closed_unless_the_schema_opens_them():
+    props = {"type": "object", "properties": {"a": {"const": 1}}}
+    closed = compile_fast(Constraint("json_schema", props), _ascii())
+    opened = compile_fast(Constraint("json_schema", {**props, "additionalProperties": True}),
+                          _ascii())
+    free = compile_fast(Constraint("json_schema", {"type": "object"}), _ascii())
+    assert _accepts(closed, '{"a": 1}') and not _accepts(closed, '{"a": 1, "b": 2}')
+    assert _accepts(opened, '{"a": 1, "b": 2}') and _accepts(free, '{"b": 2}')
+
+
+def test_unicode_escapes_in_strings():
+    compiled = compile_fast(Constraint("json_schema", {"type": "string"}), _ascii())
+    assert _accepts(compiled, '"caf\\u00e9 \\u2603"') and not _accepts(compiled, '"\\x41"')
