@@ -5,7 +5,8 @@ lazy-DFA regex automaton (nfa.py) for `regex` and `choices` (alternatives of lit
 Earley recognizer (earley.py) for grammars (`lark`, `gbnf`) and for JSON and JSON Schema, which
 json_schema.py translates to a grammar. The compiled constraint caches the mask of every
 recognizer state it has seen (states are interned, recognizer.py), so a state met again, by this
-row or another, costs a copy; a new state costs one walk of the vocabulary trie (trie.py).
+row or another, costs an unpacking of its bits; a new state costs one walk of the vocabulary
+trie (trie.py).
 
 An end id is allowed exactly when the text so far is complete (the state is accepting); after an
 end id nothing is allowed. A matcher keeps one state per token taken, so rollback pops and fork
@@ -114,7 +115,7 @@ class ReferenceConstraint:
 
     def __init__(self, recognizer: LazyRecognizer, vocab: TokenVocab) -> None:
         self.recognizer, self.vocab, self.trie = recognizer, vocab, vocab_trie(vocab)
-        self._masks: dict[State, np.ndarray] = {}
+        self._masks: dict[State, np.ndarray] = {}  # packed bits: 6 KiB a state at 49k ids
         self._ends = np.array(vocab.end_ids, dtype=np.int64)
 
     def matcher(self) -> ReferenceMatcher:
@@ -127,16 +128,15 @@ class ReferenceConstraint:
         return int(mask.sum()) > int(mask[self._ends].sum())
 
     def mask(self, state: State) -> np.ndarray:
-        """The (read-only, shared) mask of `state`."""
-        mask = self._masks.get(state)
-        if mask is None:
+        """The mask of `state` (a fresh array; the trie is walked once per state)."""
+        packed = self._masks.get(state)
+        if packed is None:
             mask = np.zeros(self.vocab.size, dtype=bool)
             ids = self.trie.allowed_ids(self.recognizer, state)
             mask[np.array(ids, dtype=np.int64)] = True
             mask[self._ends] = state.accepting
-            mask.flags.writeable = False
-            self._masks[state] = mask
-        return mask
+            packed = self._masks[state] = np.packbits(mask)
+        return np.unpackbits(packed, count=self.vocab.size).view(bool)
 
 
 class ReferenceMatcher:
@@ -151,7 +151,7 @@ class ReferenceMatcher:
         state = self._stack[-1]
         if state is None:
             return np.zeros(self.compiled.vocab.size, dtype=bool)
-        return self.compiled.mask(state).copy()
+        return self.compiled.mask(state)
 
     def advance(self, token_id: int) -> None:
         """Take one token; ConfigError if the mask did not allow it."""
