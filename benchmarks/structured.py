@@ -155,11 +155,11 @@ class LLGuidanceEngine:
     def __init__(self, vocab) -> None:
         import llguidance
 
-        from lmstack.infer.structured.fast import _VocabWrapper
+        from lmstack.infer.structured.fast import VocabWrapper
 
         self.llg = llguidance
         start = time.perf_counter()
-        self.tokenizer = llguidance.LLTokenizer(_VocabWrapper(vocab), n_vocab=vocab.size,
+        self.tokenizer = llguidance.LLTokenizer(VocabWrapper(vocab), n_vocab=vocab.size,
                                                 eos_token=list(vocab.end_ids))
         self.setup_s = time.perf_counter() - start
         self.bits = np.zeros((vocab.size + 31) // 32, dtype=np.int32)
@@ -415,7 +415,7 @@ def build_engines(names: list[str], vocab) -> dict:
         try:
             engine = ENGINES[key](vocab)
         except ImportError as e:
-            console.print(f"{key}: not yet ({e})")
+            console.print(f"{key}: {'not yet' if key == 'reference' else 'not installed'} ({e})")
             continue
         engines[engine.name] = engine
     return engines

@@ -298,7 +298,7 @@ def lltokenizer(vocab: TokenVocab) -> llguidance.LLTokenizer:
         return hit[1]
     if not vocab.end_ids:
         raise ConfigError("the vocabulary has no end id; a constrained row could never stop")
-    built = llguidance.LLTokenizer(_VocabWrapper(vocab), n_vocab=vocab.size,
+    built = llguidance.LLTokenizer(VocabWrapper(vocab), n_vocab=vocab.size,
                                    eos_token=list(vocab.end_ids))
     key = id(vocab)
     _TOKENIZERS[key] = (weakref.ref(vocab, lambda _: _TOKENIZERS.pop(key, None)), built)
@@ -308,7 +308,7 @@ def lltokenizer(vocab: TokenVocab) -> llguidance.LLTokenizer:
 _TOKENIZERS: dict[int, tuple[weakref.ref, llguidance.LLTokenizer]] = {}
 
 
-class _VocabWrapper:
+class VocabWrapper:
     """What llguidance.LLTokenizer reads from a tokenizer: the bytes of every id (specials
     start with 0xFF, which no UTF-8 text contains) and an encode function."""
 
