@@ -48,6 +48,7 @@ from lmstack.serve import protocol as P
 from lmstack.serve.chat_template import ChatTemplate, field_error, validate_messages
 from lmstack.serve.reply import Reply, sse
 from lmstack.serve.scheduler import Event, QueueFull, Scheduler
+from lmstack.serve.tools import ToolPlan, offer
 from lmstack.serve.security import BodyLimit, key_matches
 
 log = logging.getLogger("lmstack.serve")
@@ -248,15 +249,37 @@ async def completions(body: P.CompletionRequest, request: Request, server: Serve
 
 async def chat_completions(body: P.ChatRequest, request: Request, server: Server = Depends(server_of)):
     check_model(server, body.model)
+    plan = tool_plan(body)
     try:
         messages = validate_messages(body.messages)
         refuse_special_tokens(messages, server.engine.tokenizer)
-        prompt = server.template.render(messages)
+        tools = None
+        if plan is not None:
+            messages = offer(messages, plan, server.template.reads_tools)
+            tools = [t.model_dump(exclude_none=True) for t in body.tools] if server.template.reads_tools else None
+        prompt = server.template.render(messages, tools=tools)
         ids = server.engine.encode(prompt)
     except LMStackError as e:
         raise APIError(400, str(e), getattr(e, "param", "messages")) from None
-    cfg = settings(server, body, None, server.chat_stop_ids, "messages", len(ids))
-    return await respond(server, request, body, [ids], cfg, chat=True)
+    constraint = {"json_schema": plan.schema()} if plan is not None else None
+    cfg = settings(server, body, None, server.chat_stop_ids, "messages", len(ids), constraint)
+    return await respond(server, request, body, [ids], cfg, chat=True, tools=plan)
+
+
+def tool_plan(body: P.ChatRequest) -> ToolPlan | None:
+    """The request's function calling (tools.py), or None; 400 for what cannot be combined."""
+    try:
+        plan = ToolPlan.of(body.tools, body.tool_choice or "auto")
+    except ValueError as e:
+        raise APIError(400, f"tool_choice: {e}", "tool_choice") from None
+    if body.tool_choice not in (None, "none") and not body.tools:
+        raise APIError(400, "tool_choice: set, but no tools are given", "tool_choice")
+    if plan is not None and body.constraint_settings():
+        raise APIError(400, "response_format: tools and a response format (or a guided_* field) "
+                            "are two constraints on one reply; keep one", "response_format")
+    if plan is not None and body.n > 1:
+        raise APIError(400, "n: function calling answers with one choice; use n=1", "n")
+    return plan
 
 
 # ---- what the two generating routes share ------------------------------------------------------
@@ -269,8 +292,10 @@ def check_model(server: Server, name: str | None) -> None:
                             "(see GET /v1/models)", "model", "model_not_found")
 
 
-def settings(server: Server, body, default_max: int | None, stop_ids: list[int], what: str, longest: int):
-    """The request's generation config; 400 naming the field when the request cannot fit."""
+def settings(server: Server, body, default_max: int | None, stop_ids: list[int], what: str,
+             longest: int, constraint: dict | None = None):
+    """The request's generation config, its constraint compiled (so a bad schema is a 400
+    before any decoding); 400 naming the field when the request cannot fit."""
     max_tokens = getattr(body, "max_completion_tokens", None) or body.max_tokens or default_max
     ctx = server.ctx
     if max_tokens is None:  # chat: up to the end of the context, as OpenAI
@@ -282,17 +307,31 @@ def settings(server: Server, body, default_max: int | None, stop_ids: list[int],
     if body.n > max_batch:
         raise APIError(400, f"n: at most {max_batch} (the server's batch size), got {body.n}", "n")
     try:
-        return server.engine.config(body.generation_config(max_tokens, stop_ids))
+        cfg = server.engine.config(body.generation_config(max_tokens, stop_ids, constraint))
     except LMStackError as e:
         raise APIError(400, str(e), _param_of(str(e))) from None
+    try:
+        server.engine.constraint(cfg)  # compiled once here; the scheduler's plan reuses it
+    except LMStackError as e:
+        field = "tools" if constraint else constraint_field(body)
+        raise APIError(400, f"{field}: {e}", field) from None
+    return cfg
 
 
-async def respond(server: Server, request: Request, body, prompts: list[list[int]], cfg, chat: bool):
+def constraint_field(body) -> str:
+    """The request field that carries its structured-output constraint."""
+    if body.response_format is not None:
+        return "response_format"
+    return next(f for f in ("guided_regex", "guided_choice", "guided_grammar") if getattr(body, f))
+
+
+async def respond(server: Server, request: Request, body, prompts: list[list[int]], cfg, chat: bool,
+                  tools: ToolPlan | None = None):
     """Submit every prompt (n samples each); answer with the whole reply, or a stream."""
     queue: asyncio.Queue[tuple[int, Event]] = asyncio.Queue()
     submitted = submit(server.scheduler, prompts, cfg, body.n, queue)
     server.metrics.prompt_tokens.inc(sum(map(len, prompts)))
-    reply = Reply(server.engine.tokenizer, server.config.model_name, chat, body, prompts)
+    reply = Reply(server.engine.tokenizer, server.config.model_name, chat, body, prompts, tools)
     route = "/v1/chat/completions" if chat else "/v1/completions"
     if body.stream:
         return StreamingResponse(stream(server.metrics, queue, submitted, reply, route),

@@ -123,6 +123,8 @@ def validate_messages(messages: Any) -> list[dict]:
         role = message.get("role")
         if role not in ROLES:
             raise field_error(f"{where}.role", f"must be one of {', '.join(ROLES)}; got {role!r}")
+        if message.get("content") is None and role == "assistant" and message.get("tool_calls"):
+            message = {**message, "content": ""}  # a call, no text (tools.py writes it out)
         if message.get("content") is None:
             raise field_error(f"{where}.content", "is required")
         # Other keys (name, tool_call_id, ...) pass through: some templates read them.
@@ -182,14 +184,21 @@ class ChatTemplate:
                    bos_token=config.get("bos_token", ""),
                    eos_token=config.get("eos_token") or ENDOFTEXT)
 
-    def render(self, messages: Any, add_generation_prompt: bool = True, **variables: Any) -> str:
+    @property
+    def reads_tools(self) -> bool:
+        """Whether the template renders the `tools` of a function-calling request itself."""
+        return "tools" in self.source
+
+    def render(self, messages: Any, add_generation_prompt: bool = True,
+               tools: list[dict] | None = None, **variables: Any) -> str:
         """The prompt for `messages` (validated first); with add_generation_prompt it ends
-        where the assistant's reply begins."""
+        where the assistant's reply begins. `tools`: OpenAI's tool list, for templates that
+        read it."""
         messages = validate_messages(messages)
         try:
             return self._compiled.render(
                 messages=messages, add_generation_prompt=add_generation_prompt,
-                bos_token=self.bos_token, eos_token=self.eos_token, tools=None, **variables)
+                bos_token=self.bos_token, eos_token=self.eos_token, tools=tools, **variables)
         except ConfigError:
             raise  # raise_exception: already says what the template refused
         except (jinja2.TemplateError, TypeError, ValueError, KeyError, AttributeError, IndexError) as e:

@@ -11,9 +11,15 @@ Fields follow https://platform.openai.com/docs/api-reference (completions and ch
 completions); `top_k`, `min_p` and `repetition_penalty` are extensions, as in vLLM.
 Responses and stream chunks are built by the small functions at the end of this file.
 
-Differences from OpenAI, on purpose: `best_of`, `echo`, `suffix`, tools and response formats
-are rejected with a 400 rather than ignored; a reply that fills the model's context ends with
-finish_reason "length" instead of a 400.
+Structured output: `response_format` ({"type": "json_object"}, {"type": "json_schema",
+"json_schema": {"name", "schema", "strict"}}) on both routes, and function calling on chat
+(`tools`, `tool_choice`; tools.py) are constrained decoding (lmstack/infer/structured/): the
+reply always parses and fits the schema, `strict` or not. vLLM's `guided_regex`,
+`guided_choice` and `guided_grammar` are extensions under vLLM's names.
+
+Differences from OpenAI, on purpose: `best_of`, `echo` and `suffix` are rejected with a 400
+rather than ignored; a reply that fills the model's context ends with finish_reason "length"
+instead of a 400.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ import time
 import uuid
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from lmstack.infer.config import GenerationConfig
 
@@ -43,6 +49,36 @@ class StreamOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True)
     include_usage: bool = False
+
+
+class JSONSchemaFormat(BaseModel):
+    """`response_format.json_schema`: a named schema."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, populate_by_name=True)
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+    description: str | None = None
+    schema_: dict[str, Any] = Field(default_factory=dict, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(BaseModel):
+    """`response_format`: text (the default), any JSON object, or JSON under a schema."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JSONSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _schema_given(self) -> ResponseFormat:
+        if self.type == "json_schema" and self.json_schema is None:
+            raise ValueError('type "json_schema" needs a json_schema object with name and schema')
+        return self
+
+    def settings(self) -> dict:
+        """The GenerationConfig fields this format sets."""
+        if self.type == "json_schema":
+            return {"json_schema": self.json_schema.schema_ or {"type": "object"}}
+        return {"json_object": True} if self.type == "json_object" else {}
 
 
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
@@ -72,6 +108,10 @@ class _Sampling(BaseModel):
     min_p: Probability = 0.0
     repetition_penalty: Annotated[float, Field(gt=0.0, le=10.0)] = 1.0
     ignore_eos: bool = False
+    response_format: ResponseFormat | None = None
+    guided_regex: str | None = None
+    guided_choice: Annotated[list[str], Field(min_length=1)] | None = None
+    guided_grammar: str | None = None
 
     @field_validator("logit_bias")
     @classmethod
@@ -81,10 +121,20 @@ class _Sampling(BaseModel):
                 raise ValueError(f"keys must be token ids written as strings, like \"50256\"; got {key!r}")
         return value
 
-    def generation_config(self, max_new_tokens: int, stop_token_ids: list[int] | None = None) -> GenerationConfig:
-        """These settings as a `GenerationConfig` (validated by the engine afterwards)."""
+    def constraint_settings(self) -> dict:
+        """The structured-output fields of GenerationConfig this request sets."""
+        out = self.response_format.settings() if self.response_format is not None else {}
+        guided = {"regex": self.guided_regex, "choices": self.guided_choice,
+                  "grammar": self.guided_grammar}
+        return {**out, **{k: v for k, v in guided.items() if v is not None}}
+
+    def generation_config(self, max_new_tokens: int, stop_token_ids: list[int] | None = None,
+                          constraint: dict | None = None) -> GenerationConfig:
+        """These settings as a `GenerationConfig` (validated by the engine afterwards);
+        `constraint` replaces the request's own structured-output fields (tool calls)."""
         stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
         return GenerationConfig(
+            **(self.constraint_settings() if constraint is None else constraint),
             max_new_tokens=max_new_tokens, temperature=self.temperature, top_p=self.top_p,
             top_k=max(self.top_k, 0), min_p=self.min_p, repetition_penalty=self.repetition_penalty,
             presence_penalty=self.presence_penalty, frequency_penalty=self.frequency_penalty,
@@ -133,10 +183,44 @@ class CompletionRequest(_Sampling):
         return list(p)
 
 
+class FunctionDef(BaseModel):
+    """A tool's function: its name and the JSON Schema of its arguments."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class Tool(BaseModel):
+    """One entry of `tools`."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    type: Literal["function"]
+    function: FunctionDef
+
+
+class FunctionName(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    name: str
+
+
+class NamedToolChoice(BaseModel):
+    """`tool_choice` naming the function that must be called."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    type: Literal["function"]
+    function: FunctionName
+
+
 class ChatRequest(_Sampling):
     """POST /v1/chat/completions. Messages are checked by chat_template.validate_messages."""
 
     messages: Annotated[list[Any], Field(min_length=1, max_length=1024)]
+    tools: Annotated[list[Tool], Field(min_length=1, max_length=128)] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None
     max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
     logprobs: bool = False
     top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None

@@ -1,7 +1,10 @@
 """A request's reply in OpenAI's shapes: its samples' events collected into the final
 `text_completion` / `chat.completion` response, or turned into server-sent-event chunks as they
 arrive (chat streams open with the assistant role; usage last when asked for). The logprobs
-spellings are protocol.py's. Tests: tests/serve/test_api.py, test_openai_client.py.
+spellings are protocol.py's. A function-calling reply (tools.py) is JSON until it is complete,
+so it is held back and sent as one delta at the end: `tool_calls` (finish_reason
+"tool_calls") or the content of an "auto" answer in words. Tests: tests/serve/test_api.py,
+test_openai_client.py, test_tools.py.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ import json
 
 from lmstack.serve import protocol as P
 from lmstack.serve.scheduler import Event
+from lmstack.serve.tools import ToolPlan
 
 
 def sse(payload: dict) -> str:
@@ -20,8 +24,10 @@ def sse(payload: dict) -> str:
 class Reply:
     """Collects a request's events into the final response or into stream chunks."""
 
-    def __init__(self, tokenizer, model: str, chat: bool, body, prompts: list[list[int]]) -> None:
+    def __init__(self, tokenizer, model: str, chat: bool, body, prompts: list[list[int]],
+                 tools: ToolPlan | None = None) -> None:
         self.tokenizer, self.model, self.chat, self.body = tokenizer, model, chat, body
+        self.tools = tools
         self.n, self.prompt_tokens = body.n, sum(map(len, prompts))
         self.id = P.new_id("chatcmpl" if chat else "cmpl")
         self.object = "chat.completion" if chat else "text_completion"
@@ -50,12 +56,31 @@ class Reply:
         if not (event.text or event.finish_reason or (self.body.wants_logprobs and event.tokens)):
             return None
         lp = self._logprobs(event.tokens, event.logprobs, event.top_logprobs, offset)
+        if self.tools is not None:  # held back until the call is whole
+            if event.finish_reason is None:
+                return None
+            message, reason = self._message(i)
+            delta = {k: v for k, v in message.items() if k != "role" and v is not None}
+            if "tool_calls" in delta:
+                delta["tool_calls"] = [{"index": k, **c} for k, c in enumerate(delta["tool_calls"])]
+            return self._chunk([{"index": i, "delta": delta, "logprobs": lp, "finish_reason": reason}])
         if self.chat:
             delta = {"content": event.text} if event.text or not event.finish_reason else {}
             choice = {"index": i, "delta": delta, "logprobs": lp, "finish_reason": event.finish_reason}
         else:
             choice = {"index": i, "text": event.text, "logprobs": lp, "finish_reason": event.finish_reason}
         return self._chunk([choice])
+
+    def _message(self, i: int) -> tuple[dict, str | None]:
+        """Choice i's chat message and finish reason: its text, or under tools the call (or
+        answer) its JSON holds; a reply cut short by max_tokens stays text ("length")."""
+        text, reason = self.text[i], self.finish[i]
+        if self.tools is None or reason != "stop":
+            return {"role": "assistant", "content": text}, reason
+        content, calls = self.tools.reply(text)
+        if calls is None:
+            return {"role": "assistant", "content": content}, reason
+        return {"role": "assistant", "content": None, "tool_calls": calls}, "tool_calls"
 
     def _logprobs(self, tokens, logprobs, tops, offset) -> dict | None:
         if not self.body.wants_logprobs:
@@ -86,8 +111,8 @@ class Reply:
         for i, text in enumerate(self.text):
             lp = self._logprobs(self.tokens[i], self.logprobs[i], self.tops[i], 0)
             if self.chat:
-                choices.append({"index": i, "message": {"role": "assistant", "content": text},
-                                "logprobs": lp, "finish_reason": self.finish[i]})
+                message, reason = self._message(i)
+                choices.append({"index": i, "message": message, "logprobs": lp, "finish_reason": reason})
             else:
                 choices.append({"index": i, "text": text, "logprobs": lp, "finish_reason": self.finish[i]})
         return P.envelope(self.id, self.object, self.model, choices,
