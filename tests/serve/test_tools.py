@@ -7,6 +7,7 @@ random tiny GPT: whatever it prefers, the replies parse and fit."""
 from __future__ import annotations
 
 import json
+import re
 
 import httpx
 import pytest
@@ -147,3 +148,28 @@ def test_bad_constraints_are_400s_naming_the_field(live_server, extra, param, wo
     error = r.json()["error"]
     assert error["param"] == param and words in error["message"], error
     assert httpx.get(live_server.url + "/health").status_code == 200  # and it keeps serving
+
+
+def test_concurrent_requests_under_different_constraints_share_batches(client):
+    from concurrent.futures import ThreadPoolExecutor
+
+    formats = [("regex", r"[0-9]{3}-[0-9]{4}"), ("choice", ["red", "green", "blue"]),
+               ("schema", PERSON), ("free", None)] * 3
+
+    def ask(kind_value):
+        kind, value = kind_value
+        extra = {"regex": {"guided_regex": value}, "choice": {"guided_choice": value},
+                 "schema": {"response_format": schema_format(value)}, "free": {}}[kind]
+        done = client.chat.completions.create(model="tiny", messages=ASK, max_tokens=40,
+                                              temperature=1.0, seed=7, extra_body=extra)
+        return kind, value, done.choices[0]
+
+    with ThreadPoolExecutor(len(formats)) as pool:
+        for kind, value, choice in pool.map(ask, formats):
+            text = choice.message.content
+            if kind == "regex":
+                assert re.fullmatch(value, text), text
+            elif kind == "choice":
+                assert text in value
+            elif kind == "schema":
+                jsonschema.validate(json.loads(text), PERSON)
