@@ -93,8 +93,10 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 # ---- the reference: pure functions ------------------------------------------------------------
 
-def quantize_int8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Symmetric int8 per output channel: (q int8 (N, K), scales float32 (N,)), W ~ q * s[:, None].
+def quantize_int8(w: torch.Tensor, group_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric int8 per output channel: (q int8 (N, K), scales float32 (N,)), W ~ q * s[:, None];
+    with `group_size`, one scale per run of that many weights of a row (scales (N, K/g)): the
+    layout of GGUF's Q8_0 (g = 32).
 
     >>> w = torch.tensor([[0.5, -1.0, 0.25], [2.0, 0.0, -0.01]])
     >>> q, s = quantize_int8(w)
@@ -105,16 +107,23 @@ def quantize_int8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     tensor([0.0079, 0.0157])
     >>> bool(((dequantize_int8(q, s) - w).abs() <= s[:, None] / 2 + 1e-7).all())  # error <= s/2
     True
+    >>> q, s = quantize_int8(torch.tensor([[1.0, -2.0, 0.5, 0.25]]), group_size=2); s * 127
+    tensor([[2.0000, 0.5000]])
     """
     w = w.detach().float()
-    scales = (w.abs().amax(dim=1) / 127).clamp(min=1e-12)  # an all-zero row: any scale works
-    q = torch.round(w / scales[:, None]).clamp(-127, 127).to(torch.int8)
-    return q, scales
+    N, K = w.shape
+    g = w.reshape(N, -1, group_size) if group_size else w.reshape(N, 1, K)
+    scales = (g.abs().amax(dim=-1) / 127).clamp(min=1e-12)  # an all-zero row: any scale works
+    q = torch.round(g / scales[..., None]).clamp(-127, 127).to(torch.int8)
+    return q.reshape(N, K), scales if group_size else scales[:, 0]
 
 
 def dequantize_int8(q: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
-    """float32 (N, K) weights back from int8 `q` (N, K) and per-row `scales` (N,)."""
-    return q.float() * scales.float()[:, None]
+    """float32 (N, K) weights back from int8 `q` (N, K) and per-row scales (N,) or per-group
+    scales (N, K/g)."""
+    N, K = q.shape
+    s = scales.float().reshape(N, -1, 1)  # (N, groups, 1); one group spans the row
+    return (q.float().reshape(N, s.size(1), -1) * s).reshape(N, K)
 
 
 def check_group_size(in_features: int, group_size: int, name: str = "") -> None:
@@ -223,19 +232,28 @@ class QuantLinear(nn.Module, abc.ABC):
 
 
 class Int8Linear(QuantLinear):
-    """int8 weights (N, K) with one fp32 scale per output channel; `torch._weight_int8pack_mm`."""
+    """int8 weights (N, K) with one fp32 scale per output channel, or per group of
+    `group_size` along the input (GGUF's Q8_0: 32); `torch._weight_int8pack_mm`, whose
+    scales are per row: a grouped layer runs it once per group (a (N, g) slice of the weight,
+    scaled by that group's column of scales) and sums the results."""
 
     bits = 8
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, **kw) -> None:
+    def __init__(self, in_features: int, out_features: int, bias: bool = True,
+                 group_size: int | None = None, **kw) -> None:
+        if group_size is not None and in_features % group_size:
+            raise ConfigError(f"group_size {group_size} does not divide the input width {in_features}")
         super().__init__(in_features, out_features, bias, **kw)
+        self.group_size = group_size
         self.register_buffer("qweight", torch.zeros(out_features, in_features, dtype=torch.int8))
-        self.register_buffer("scales", torch.ones(out_features))
+        groups = () if group_size is None else (in_features // group_size,)
+        self.register_buffer("scales", torch.ones(out_features, *groups))
+        self._packed: tuple[torch.dtype, torch.Tensor, torch.Tensor] | None = None
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, **kw) -> Int8Linear:
-        m = cls(linear.in_features, linear.out_features, linear.bias is not None, **kw)
-        m.qweight, m.scales = quantize_int8(linear.weight)
+    def from_linear(cls, linear: nn.Linear, group_size: int | None = None, **kw) -> Int8Linear:
+        m = cls(linear.in_features, linear.out_features, linear.bias is not None, group_size, **kw)
+        m.qweight, m.scales = quantize_int8(linear.weight, group_size)
         if linear.bias is not None:
             m.bias.data = linear.bias.detach().float().clone()
         return m
@@ -243,8 +261,33 @@ class Int8Linear(QuantLinear):
     def dequantize(self) -> torch.Tensor:
         return dequantize_int8(self.qweight, self.scales)
 
+    def _load_from_state_dict(self, *args, **kwargs) -> None:
+        super()._load_from_state_dict(*args, **kwargs)
+        self._packed = None
+
+    def _kernel_weights(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """The weight as the kernel reads it ((N, K), or grouped (K/g, N, g), each group's
+        slice contiguous) and the scales in `dtype` ((N,), or (K/g, N)); made once per dtype."""
+        if self._packed is None or self._packed[0] != dtype:
+            q, s = self.qweight, self.scales
+            if self.group_size is not None:
+                q = q.reshape(self.out_features, -1, self.group_size).transpose(0, 1).contiguous()
+                s = s.t()
+            self._packed = (dtype, q, s.to(dtype).contiguous())
+        return self._packed[1], self._packed[2]
+
     def kernel(self, x: torch.Tensor) -> torch.Tensor:
-        return torch._weight_int8pack_mm(x, self.qweight, self.scales.to(x.dtype))
+        q, s = self._kernel_weights(x.dtype)
+        if self.group_size is None:
+            return torch._weight_int8pack_mm(x, q, s)
+        g = self.group_size
+        y = torch._weight_int8pack_mm(x[:, :g], q[0], s[0]).float()  # sum the groups in fp32
+        for i in range(1, q.size(0)):
+            y += torch._weight_int8pack_mm(x[:, i * g:(i + 1) * g], q[i], s[i])
+        return y
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + ("" if self.group_size is None else f", group_size={self.group_size}")
 
 
 class Int4Linear(QuantLinear):
@@ -302,6 +345,25 @@ class Int4Linear(QuantLinear):
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", group_size={self.group_size}"
+
+
+def fuse_quantized(layers: list[QuantLinear]) -> QuantLinear | None:
+    """One layer whose output is `layers`' outputs concatenated: their rows, scales (and
+    zeros, bias) stacked — each row keeps its own scales, so the numbers are the same. None
+    when they differ in kind, input width, group size, bias or settings (infer/fuse.py)."""
+    first = layers[0]
+    key = [(type(m), m.in_features, getattr(m, "group_size", None), m.bias is None, m.reference,
+            m.act_dtype, m.qweight.device) for m in layers]
+    if len(set(key)) != 1:
+        return None
+    kw = {"reference": first.reference, "act_dtype": first.act_dtype}
+    fused = type(first)(first.in_features, sum(m.out_features for m in layers), first.bias is not None,
+                        group_size=first.group_size, **kw).to(first.qweight.device)
+    for name, _ in fused.named_buffers(recurse=False):
+        setattr(fused, name, torch.cat([getattr(m, name) for m in layers]))
+    if first.bias is not None:
+        fused.bias.data = torch.cat([m.bias.data for m in layers])
+    return fused
 
 
 # ---- whole models ---------------------------------------------------------------------------
@@ -386,8 +448,25 @@ def prepare_quantized(model: nn.Module, quantization: dict) -> nn.Module:
     method = quantization.get("method", METHOD)
     if method != METHOD:
         raise ConfigError(f"quantization method {method!r} is unknown; this lmstack reads {METHOD!r}")
-    return quantize_model(model, int(quantization["bits"]), quantization.get("group_size") or 64,
-                          skip=quantization.get("skip", ()), empty=True)
+    quantize_model(model, int(quantization["bits"]), quantization.get("group_size") or 64,
+                   skip=quantization.get("skip", ()), empty=True)
+    if "head" in quantization:
+        _empty_int8_head(model, quantization["head"])
+    return model
+
+
+def _empty_int8_head(model: nn.Module, head: dict) -> None:
+    """The group-wise int8 head of `quantization["head"]` = {"bits": 8, "group_size": g} (a
+    GGUF file's Q8_0 head, interop/gguf_model.py), empty, in place of `model.lm_head`."""
+    lm_head = getattr(model, "lm_head", None)
+    g = head.get("group_size") if isinstance(head, dict) else None
+    if not (isinstance(head, dict) and head.get("bits") == 8 and isinstance(g, int) and g > 0
+            and isinstance(lm_head, nn.Linear) and lm_head.in_features % g == 0):
+        raise ConfigError(f"config.json's quantization head entry {head!r} is not {{'bits': 8, "
+                          "'group_size': N}} for this model's lm_head; the file is corrupt")
+    model.lm_head = Int8Linear(lm_head.in_features, lm_head.out_features, bias=False,
+                               group_size=g).to(lm_head.weight.device)
+    model.quantization["head"] = dict(head)
 
 
 def model_bytes(model: nn.Module) -> int:
@@ -415,6 +494,10 @@ def dequantize_model(model: nn.Module) -> nn.Module:
             if m.bias is not None:
                 linear.bias.copy_(m.bias)
         _set_module(model, name, linear.requires_grad_(False))
+    head, wte = getattr(model, "lm_head", None), getattr(model, "wte", None)
+    if (getattr(getattr(model, "config", None), "tie_embeddings", False) and head is not None
+            and wte is not None and torch.equal(head.weight, wte.weight)):
+        head.weight = wte.weight  # a GGUF Q8_0 head stood apart from its table: tied again
     if hasattr(model, "quantization"):
         del model.quantization
     return model

@@ -21,9 +21,14 @@ Two facts of the file format are undone here:
   q in 0..15, fp16 d and m: exactly our int4 group-32 with a float zero point (x = s q + z,
   lmstack/infer/quantize.py), so Q4_1 matrices load straight into `Int4Linear` (scales = d,
   zeros = m, the nibbles re-packed) — bit-exact on its reference path — unless
-  `keep_quantized=False`. Every other type (Q8_0: our int8 is per row, not per 32) is
-  dequantized to the dtype asked for (fp32 by default). A tied output (no `output.weight`)
-  ties our head to the embedding, which stays a float matrix.
+  `keep_quantized=False`. Every other type is dequantized to the dtype asked for (fp32 by
+  default). A tied output (no `output.weight`) ties our head to the embedding, which stays a
+  float matrix — except in a quantized model whose head (`output.weight`, or the tied
+  `token_embd.weight`) is Q8_0: x = d q in blocks of 32 is our group-wise int8 (Int8Linear,
+  group 32, scales = d), so the head reads the file's bytes (a quarter of fp32's: on SmolLM2
+  28 MB a token instead of 113) while the embedding lookup keeps the exact float table. The
+  head then stands apart from the table (`quantization["head"]` records it), as in any
+  quantized model with a quantized head.
 
 Which types are read: gguf_dequant.py. The file itself: gguf_file.py. Docs: docs/gguf.md.
 Tests: `pytest tests/interop/test_gguf_model.py`.
@@ -45,7 +50,7 @@ from torch.overrides import TorchFunctionMode
 
 from lmstack.atomic import output_dir
 from lmstack.errors import ConfigError, TokenizerError
-from lmstack.infer.quantize import pack_int4, quantize_model
+from lmstack.infer.quantize import Int8Linear, pack_int4, quantize_model
 from lmstack.interop.config import config_from_hf
 from lmstack.interop.gguf_dequant import check_supported, dequantize, q4_1_parts
 from lmstack.interop.gguf_file import GGUFFile, TensorInfo, is_gguf, read_gguf
@@ -60,6 +65,7 @@ from lmstack.tokenizer.gguf_vocab import chat_config_from_gguf, tokenizer_from_g
 ARCHITECTURES = {"llama": "llama", "mistral": "mistral", "qwen2": "qwen2"}
 PERMUTED = ("llama", "mistral")  # the architectures whose Q/K rows llama.cpp permutes
 INT4_TYPE = "Q4_1"  # the ggml type that is our Int4Linear (group 32)
+INT8_HEAD_TYPE = "Q8_0"  # the ggml type that is our group-wise Int8Linear (group 32)
 
 NAMES = [  # (GGUF name, HF name); {i} is the layer
     ("token_embd.weight", "model.embed_tokens.weight"),
@@ -237,6 +243,30 @@ def int4_from_q4_1(raw: np.ndarray) -> dict[str, torch.Tensor]:
             "zeros": torch.from_numpy(m.reshape(n, -1))}
 
 
+def int8_from_q8_0(raw: np.ndarray) -> dict[str, torch.Tensor]:
+    """Int8Linear buffers (qweight (N, K) int8, scales (N, K/32)) for Q8_0 rows (N, K/32 * 34):
+    each block is d (fp16) then 32 int8 q, x = d q."""
+    n = raw.shape[0]
+    blocks = np.ascontiguousarray(raw).reshape(-1, 34)
+    d = blocks[:, :2].copy().view(np.float16).astype(np.float32)  # exact: fp16 -> fp32
+    return {"qweight": torch.from_numpy(blocks[:, 2:].copy().view(np.int8).reshape(n, -1)),
+            "scales": torch.from_numpy(d.reshape(n, -1))}
+
+
+def int8_head(f: GGUFFile, model: GPT) -> None:
+    """Make a quantized model's head the file's Q8_0 head as a group-32 Int8Linear, in place
+    (no-op for another type, or a model without int4 layers)."""
+    name = "output.weight" if "output.weight" in f.tensors else "token_embd.weight"
+    if f.tensors[name].type.name != INT8_HEAD_TYPE or not getattr(model, "quantization", None):
+        return
+    cfg = model.config
+    head = Int8Linear(cfg.n_embd, cfg.vocab_size, bias=False, group_size=32).to(model.wte.weight.device)
+    for buf, t in int8_from_q8_0(f.raw(name)).items():
+        setattr(head, buf, t.to(head.scales.device))
+    model.lm_head = head
+    model.quantization["head"] = {"bits": 8, "group_size": 32}
+
+
 def _module(ours: str) -> str:
     return ours.rpartition(".")[0]
 
@@ -305,7 +335,10 @@ def load_gguf_model(path: str | os.PathLike, dtype: torch.dtype = torch.float32,
                               f"metadata implies {tuple(expected[ours].shape)}; the file is "
                               "inconsistent")
         loaded[ours] = tensor.to(device)
-    return _assemble(model, loaded, expected, cfg, f.path)
+    model = _assemble(model, loaded, expected, cfg, f.path)
+    if keep_quantized:
+        int8_head(f, model)
+    return model
 
 
 def _assemble(model: GPT, loaded: dict[str, torch.Tensor], expected: dict, cfg: GPTConfig,

@@ -5,6 +5,7 @@ round trips, greedy agreement on a trained model, and clear errors."""
 from __future__ import annotations
 
 import copy
+import json
 import math
 
 import pytest
@@ -50,12 +51,12 @@ def test_error_bounds(shape):
         assert ((dequantize_int4(q4, s4, z4) - w).abs() <= bound).all()
 
 
-@pytest.mark.parametrize("bits,group", [(8, None), (4, 32), (4, 64), (4, 128)])
+@pytest.mark.parametrize("bits,group", [(8, None), (8, 32), (4, 32), (4, 64), (4, 128)])
 @pytest.mark.parametrize("out_features", [48, 40])  # 40: int4 rows padded to 16 for the kernel
 def test_fast_kernel_equals_reference(bits, group, out_features):
     torch.manual_seed(1)
     lin = nn.Linear(256, out_features)
-    layer = (Int8Linear.from_linear(lin) if bits == 8 else Int4Linear.from_linear(lin, group)).eval()
+    layer = (Int8Linear.from_linear(lin, group) if bits == 8 else Int4Linear.from_linear(lin, group)).eval()
     x = torch.randn(3, 5, 256)
     layer.reference = True
     ref = layer(x)
@@ -104,6 +105,48 @@ def test_save_load_round_trip_gives_identical_logits(bits, group, tmp_path):
     engine = Engine.load(d)  # what `lmstack generate --model DIR` does
     out = engine.generate(x[0].tolist(), temperature=0, max_new_tokens=5, ignore_eos=True)
     assert len(out.tokens) == 5
+
+
+def test_group_wise_int8_scales_and_error_bound():
+    w = torch.randn(24, 128) * torch.logspace(-2, 1, 128)  # columns of very different sizes
+    q, s = quantize_int8(w, group_size=32)
+    assert q.dtype == torch.int8 and s.shape == (24, 4)
+    err = (dequantize_int8(q, s) - w).abs()
+    assert (err <= s.repeat_interleave(32, dim=1) / 2 + 1e-6).all()
+    q1, s1 = quantize_int8(w)  # one scale a row: the small columns lose more
+    assert err[:, :32].max() < (dequantize_int8(q1, s1) - w).abs()[:, :32].max() / 10
+    with pytest.raises(ConfigError, match="group_size 48 does not divide the input width 128"):
+        Int8Linear(128, 8, group_size=48)
+
+
+def test_a_group_wise_int8_head_saves_and_loads(tmp_path):
+    model = quantize_model(tiny_gpt(), 4, 32, skip=["lm_head"])
+    model.lm_head = Int8Linear.from_linear(model.lm_head, group_size=32)  # as from a Q8_0 file
+    model.quantization["head"] = {"bits": 8, "group_size": 32}
+    x = torch.randint(0, 96, (2, 12))
+    with torch.no_grad():
+        before = model(x)
+    d = save_model(tmp_path / "q", model)
+    loaded = load_model(d)
+    assert isinstance(loaded.lm_head, Int8Linear) and loaded.lm_head.group_size == 32
+    assert loaded.quantization["head"] == {"bits": 8, "group_size": 32}
+    with torch.no_grad():
+        assert torch.equal(loaded(x), before)
+    config = json.loads((d / "config.json").read_text())
+    config["quantization"]["head"] = {"bits": 4, "group_size": 32}
+    (d / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ConfigError, match="quantization head entry"):
+        load_model(d)
+
+
+def test_int8_layers_cache_their_kernel_scales():
+    layer = Int8Linear.from_linear(nn.Linear(64, 16))
+    x = torch.randn(2, 64)
+    y = layer(x)
+    packed = layer._packed
+    assert torch.equal(layer(x), y) and layer._packed is packed  # made once, reused
+    layer.load_state_dict(layer.state_dict())
+    assert layer._packed is None  # new weights: made again on the next call
 
 
 def test_quantize_command(tmp_path):

@@ -99,11 +99,12 @@ def stored(w: np.ndarray, qtype: str, rng: np.random.Generator) -> np.ndarray:
 
 
 def write_gguf(path: Path, model, arch: str, qtype: str, *, seed: int = 0,
-               extra: dict | None = None, tensors: dict | None = None) -> dict[str, torch.Tensor]:
+               extra: dict | None = None, tensors: dict | None = None,
+               types: dict[str, str] | None = None) -> dict[str, torch.Tensor]:
     """Write `model` as a GGUF file of architecture `arch` with every matrix in `qtype` (norms
-    and biases F32), plus `extra` metadata {key: (value, GGUFValueType[, item type])} and `tensors`
-    {name: float32 array}; return the HF state dict the file holds (gguf-dequantized,
-    un-permuted)."""
+    and biases F32) but those `types` names {GGUF name: type}, plus `extra` metadata {key:
+    (value, GGUFValueType[, item type])} and `tensors` {name: float32 array}; return the HF
+    state dict the file holds (gguf-dequantized, un-permuted)."""
     cfg = model.config
     rng = np.random.default_rng(seed)
     w = gguf.GGUFWriter(str(path), arch)
@@ -131,7 +132,8 @@ def write_gguf(path: Path, model, arch: str, qtype: str, *, seed: int = 0,
         head = next((h for k, h in heads.items() if f".{k}." in name), None)
         if head and arch in ("llama", "mistral"):
             a = permute(a, head)
-        data, kind = (stored(a, qtype, rng), qtype) if a.ndim == 2 else (a, "F32")
+        kind = (types or {}).get(gguf_name(name), qtype) if a.ndim == 2 else "F32"
+        data = stored(a, kind, rng) if a.ndim == 2 else a
         w.add_tensor(gguf_name(name), data, raw_dtype=Q[kind])
         back = gguf.quants.dequantize(data, Q[kind]).reshape(a.shape)
         if head and arch in ("llama", "mistral"):

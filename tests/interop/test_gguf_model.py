@@ -17,7 +17,7 @@ from tests.interop.gguf_fixtures import (TYPES, V, gguf, hf_model, reference_mod
 from lmstack.cli import main  # noqa: E402
 from lmstack.errors import ConfigError  # noqa: E402
 from lmstack.infer import Engine  # noqa: E402
-from lmstack.infer.quantize import Int4Linear  # noqa: E402
+from lmstack.infer.quantize import Int4Linear, Int8Linear  # noqa: E402
 from lmstack.interop import gguf_model  # noqa: E402
 from lmstack.interop.gguf_model import load_gguf_model  # noqa: E402
 from lmstack.interop.gguf_model import gguf_chat_config  # noqa: E402
@@ -96,6 +96,32 @@ def test_model_flag_opens_a_gguf_file_and_decodes_as_transformers_does(tmp_path)
     out = theirs.generate(torch.tensor([prompt]), max_new_tokens=24, min_new_tokens=24,
                           do_sample=False, pad_token_id=0, eos_token_id=None)
     assert engine.generate(prompt, temperature=0, max_new_tokens=24).tokens == out[0, 8:].tolist()
+
+
+@pytest.mark.parametrize("arch, head", [("llama", "token_embd.weight"), ("qwen2", "output.weight")])
+def test_a_q8_0_head_loads_as_group_wise_int8_bit_exactly(arch, head, tmp_path):
+    """Q4_1 layers and a Q8_0 head (tied: token_embd; untied: output): the head is an
+    Int8Linear of groups of 32 holding exactly the floats, the token table stays float."""
+    model = hf_model(arch)
+    path = tmp_path / f"{arch}-mixed.gguf"
+    theirs = reference_model(model, write_gguf(path, model, arch, "Q4_1", types={head: "Q8_0"}))
+    q4, fp = load_gguf_model(path), load_gguf_model(path, keep_quantized=False)
+    assert isinstance(q4.lm_head, Int8Linear) and q4.lm_head.group_size == 32
+    assert q4.quantization["head"] == {"bits": 8, "group_size": 32}
+    assert torch.equal(q4.lm_head.dequantize(), fp.lm_head.weight)
+    assert torch.equal(q4.wte.weight, fp.wte.weight) and type(fp.lm_head) is torch.nn.Linear
+    with torch.no_grad():
+        expected = theirs(IDS).logits
+        fast = q4(IDS)  # bf16 activations in the int8/int4 kernels
+        for m in q4.modules():
+            if isinstance(m, Int4Linear | Int8Linear):
+                m.reference = True
+        torch.testing.assert_close(q4(IDS), expected, atol=1e-4, rtol=0)
+        torch.testing.assert_close(fast, expected, atol=0.05 * expected.abs().max().item(), rtol=0)
+    assert main(["convert", "--src", str(path), "--dst", str(tmp_path / "q4")]) == 0
+    loaded = load_model(tmp_path / "q4")
+    assert isinstance(loaded.lm_head, Int8Linear)
+    assert torch.equal(loaded.lm_head.qweight, q4.lm_head.qweight)
 
 
 def test_convert_writes_an_int4_directory_and_a_float_one(tmp_path, capsys):

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lmstack.infer.quantize import Int4Linear
+from lmstack.infer.quantize import Int4Linear, Int8Linear
 from lmstack.interop.gguf_file import read_gguf
 from lmstack.interop.gguf_model import load_gguf_model
 
@@ -48,9 +48,13 @@ def fp32():
 
 def test_int4_layers_hold_exactly_the_dequantized_weights(fp32):
     q4 = load_gguf_model(smollm2())
-    assert q4.quantization == {"bits": 4, "group_size": 32, "method": "rtn", "skip": ["lm_head"]}
+    assert q4.quantization == {"bits": 4, "group_size": 32, "method": "rtn", "skip": ["lm_head"],
+                               "head": {"bits": 8, "group_size": 32}}
     layers = {n: m for n, m in q4.named_modules() if isinstance(m, Int4Linear)}
-    assert len(layers) == 210 and q4.lm_head.weight is q4.wte.weight  # the tied head stays float
+    assert len(layers) == 210
+    # the Q8_0 table: the head reads it as int8 in groups of 32, the lookup as exact floats
+    assert isinstance(q4.lm_head, Int8Linear) and torch.equal(q4.lm_head.dequantize(), fp32.wte.weight)
+    assert torch.equal(q4.wte.weight, fp32.wte.weight)
     reference = fp32.state_dict()
     for name in ("layers.0.attn.q_proj", "layers.0.attn.k_proj", "layers.29.mlp.down_proj"):
         assert torch.equal(layers[name].dequantize(), reference[name + ".weight"]), name
