@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from lmstack.errors import ConfigError
 from lmstack.infer.beam import beam_search
 from lmstack.infer.config import GenerationConfig
+from lmstack.infer.fuse import decode_layout, prepare_decode  # noqa: F401 (decode_layout: re-exported)
 from lmstack.infer.sampling import as_prompts, check_prompts, context_length, decode
 from lmstack.infer.scoring import Score, score_continuation
 from lmstack.infer.step import Completion, DecodePlan, new_rows
@@ -42,24 +43,6 @@ from lmstack.tokenizer import ENDOFTEXT, Tokenizer
 
 Prompt = Union[str, Sequence[int]]
 Scorer = Callable[[str, Completion], float]
-
-
-def decode_layout(model: torch.nn.Module) -> None:
-    """Store each fp32 CPU `nn.Linear` weight (out, in) as the transpose of an (in, out)
-    contiguous matrix, in place: the same values and shape, another memory order.
-
-    At batch 1 a decode step is one (1, in) x (in, out) product per layer, and the CPU BLAS
-    streams a weight stored (in, out) faster than one stored (out, in): on SmolLM2's 576-wide
-    layers and its 49152-row head, 1.3x and 1.75x (benchmarks/real_model.py, AMD EPYC Zen 4).
-    Only fp32: bf16's kernel is the other way round. A tied head keeps its tie (the parameter
-    object is unchanged); the embedding lookup reads one strided row. `Engine.load` applies
-    it to the model it loads (that model is the engine's own); a model handed to `Engine(...)`
-    is left as it is, because safetensors cannot save a weight stored this way."""
-    for module in model.modules():
-        w = getattr(module, "weight", None)
-        if (isinstance(module, torch.nn.Linear) and w is not None and w.dtype == torch.float32
-                and w.device.type == "cpu" and w.dim() == 2 and w.is_contiguous()):
-            w.data = w.data.t().contiguous().t()  # (out, in) view of (in, out) memory
 
 
 class Engine:
@@ -93,7 +76,7 @@ class Engine:
             if dtype not in DTYPES:
                 raise ConfigError(f"dtype {dtype!r} is not one of {sorted(DTYPES)}")
             model = model.to(DTYPES[dtype])
-        decode_layout(model)
+        prepare_decode(model)  # fused projections, fp32 weights laid out (fuse.py)
         return cls(model, load_tokenizer(directory), eos_ids=model_eos_ids(directory),
                    prefix_cache=prefix_cache)
 

@@ -104,6 +104,9 @@ class CausalSelfAttention(nn.Module):
         self.k_proj = nn.Linear(config.n_embd, self.n_kv_head * self.head_dim, bias=qkv_bias)
         self.v_proj = nn.Linear(config.n_embd, self.n_kv_head * self.head_dim, bias=qkv_bias)
         self.o_proj = nn.Linear(self.n_head * self.head_dim, config.n_embd, bias=config.bias)
+        # q, k and v stacked in one layer for decoding, set by lmstack/infer/fuse.py (which
+        # removes the three): one product instead of three, the same numbers.
+        self.qkv_proj: nn.Module | None = None
         norm = NORMS[config.norm]
         self.q_norm = norm(self.head_dim, eps=config.norm_eps) if config.qk_norm else nn.Identity()
         self.k_norm = norm(self.head_dim, eps=config.norm_eps) if config.qk_norm else nn.Identity()
@@ -119,11 +122,16 @@ class CausalSelfAttention(nn.Module):
         cache: KVCache | None = None,
     ) -> torch.Tensor:
         """(B, T, C) -> (B, T, C); reads and extends `cache` if given."""
-        B, T, C = x.shape
+        B, T, _ = x.shape
+        if self.qkv_proj is None:
+            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        else:
+            kv = self.n_kv_head * self.head_dim
+            q, k, v = self.qkv_proj(x).split([self.n_head * self.head_dim, kv, kv], dim=-1)
         # (B, T, heads·d) -> (B, heads, T, d): heads become a batch dimension.
-        q = self.q_proj(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)
-        k = self.k_proj(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
-        v = self.v_proj(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
+        q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)
+        k = k.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
+        v = v.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
         q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
             q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)

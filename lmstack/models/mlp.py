@@ -76,9 +76,15 @@ class SwiGLU(nn.Module):
         self.up_proj = nn.Linear(n_embd, hidden, bias=bias)
         self.down_proj = nn.Linear(hidden, n_embd, bias=bias)
         self.dropout = nn.Dropout(dropout)
+        # gate and up stacked in one layer for decoding, set by lmstack/infer/fuse.py
+        self.gate_up_proj: nn.Module | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x)))
+        if self.gate_up_proj is None:
+            gate, up = self.gate_proj(x), self.up_proj(x)
+        else:
+            gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+        return self.dropout(self.down_proj(F.silu(gate) * up))
 
 
 MLPS = {

@@ -1,6 +1,6 @@
-"""engine.decode_layout: fp32 Linear weights re-laid out (in, out) in memory keep their values,
-shape and tie, and the engine's greedy tokens are unchanged; bf16 and int4 layers are left as
-they are."""
+"""decode_layout (infer/fuse.py, re-exported by engine.py): fp32 Linear weights re-laid out
+(in, out) in memory keep their values, shape and tie, and the engine's greedy tokens are
+unchanged; bf16 and int4 layers are left as they are. What Engine.load does: test_fuse.py."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ from lmstack.infer import Engine
 from lmstack.infer.engine import decode_layout
 from lmstack.infer.quantize import quantize_model
 from lmstack.models import GPT, GPTConfig
-from lmstack.models.directory import save_model
 
 
 def tiny(seed: int = 0) -> GPT:
@@ -50,16 +49,6 @@ def test_greedy_tokens_unchanged():
         torch.testing.assert_close(laid_out(x), tiny()(x), rtol=1e-5, atol=1e-5)
     assert greedy(laid_out, prompt) == tokens
     assert greedy(tiny(seed=1), prompt) != tokens  # negative control: another model's tokens differ
-
-
-def test_engine_load_lays_out_its_own_model_only(tmp_path):
-    model = tiny()
-    save_model(tmp_path / "m", model)
-    Engine(model)
-    assert model.wte.weight.is_contiguous()  # a caller's model is not changed (it may be saved)
-    loaded = Engine.load(tmp_path / "m").model
-    assert not loaded.layers[0].mlp.up_proj.weight.is_contiguous()
-    assert loaded.lm_head.weight is loaded.wte.weight
 
 
 def test_bf16_and_quantized_layers_untouched():

@@ -1,0 +1,106 @@
+"""The decode-time form of a loaded model: fused projections and oneDNN matrix-vector products.
+
+A decode step at batch 1 multiplies one vector by each weight matrix. On a small model (SmolLM2:
+30 layers 576 wide) that is ~200 small products a token, and two things decide their speed:
+how many there are (each costs a fixed few microseconds around the arithmetic), and which
+library runs them. `prepare_decode(model)` changes the first, in place, without changing the
+numbers beyond float rounding:
+
+- **Fused projections.** q_proj, k_proj and v_proj read the same input, so their weights are
+  stacked into one `qkv_proj` ((H + 2 KV)·d, C) whose output is split back; likewise SwiGLU's
+  gate_proj and up_proj into one `gate_up_proj` (2·hidden, C) — the "fused QKV" of vLLM and
+  gpt-fast. Each output row is the same dot product as before. int8/int4 layers fuse too:
+  their rows and per-row (or per-group) scales are stacked the same way (quantize.py).
+- **Weights laid out for MKL.** fp32 weights get `decode_layout`: stored (in, out) in
+  memory, which MKL's gemv streams faster than (out, in).
+
+The result is for decoding: the fused modules replace the originals, so its state_dict names
+differ (save a model before preparing it, never after). `Engine.load` prepares the model it
+loads; a model handed to `Engine(...)` is left as it is.
+
+    >>> from lmstack.models import GPT, GPTConfig
+    >>> model = GPT(GPTConfig(n_layer=1, n_head=4, n_kv_head=2, n_embd=64, mlp="swiglu",
+    ...                       position="rope", norm="rmsnorm", bias=False))
+    >>> _ = prepare_decode(model)
+    >>> attn, mlp = model.layers[0].attn, model.layers[0].mlp
+    >>> tuple(attn.qkv_proj.weight.shape), hasattr(attn, "q_proj"), tuple(mlp.gate_up_proj.weight.shape)
+    ((128, 64), False, (384, 64))
+
+Tests: `pytest lmstack/infer/fuse.py tests/infer/test_fuse.py`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from lmstack.infer.quantize import QuantLinear, fuse_quantized
+
+# (fused name, the modules it replaces, in output order)
+FUSIONS = (("qkv_proj", ("q_proj", "k_proj", "v_proj")), ("gate_up_proj", ("gate_proj", "up_proj")))
+
+
+def decode_layout(model: torch.nn.Module) -> None:
+    """Store each fp32 CPU `nn.Linear` weight (out, in) as the transpose of an (in, out)
+    contiguous matrix, in place: the same values and shape, another memory order.
+
+    At batch 1 a decode step is one (1, in) x (in, out) product per layer, and MKL's gemv
+    streams a weight stored (in, out) faster than one stored (out, in): on SmolLM2's 576-wide
+    layers and its 49152-row head, 1.3x and 1.75x (benchmarks/real_model.py, AMD EPYC Zen 4).
+    Only fp32: bf16's kernel is the other way round. A tied head keeps its tie (the parameter
+    object is unchanged); the embedding lookup reads one strided row. Safetensors cannot
+    save a weight stored this way."""
+    for module in model.modules():
+        w = getattr(module, "weight", None)
+        if (isinstance(module, nn.Linear) and w is not None and w.dtype == torch.float32
+                and w.device.type == "cpu" and w.dim() == 2 and w.is_contiguous()):
+            w.data = w.data.t().contiguous().t()  # (out, in) view of (in, out) memory
+
+
+def fuse_linears(layers: list[nn.Module]) -> nn.Module | None:
+    """One layer computing `torch.cat([layer(x) for layer in layers], -1)`, or None when they
+    cannot be stacked (different kinds, input widths, dtypes or quantization settings)."""
+    first = layers[0]
+    if any(type(m) is not type(first) or m.in_features != first.in_features for m in layers):
+        return None
+    if isinstance(first, QuantLinear):
+        return fuse_quantized(layers)
+    if type(first) is not nn.Linear or len({(m.weight.dtype, m.weight.device) for m in layers}) != 1:
+        return None
+    if len({m.bias is None for m in layers}) != 1:
+        return None
+    out = sum(m.out_features for m in layers)
+    fused = nn.Linear(first.in_features, out, bias=first.bias is not None, device="meta")
+    with torch.no_grad():
+        fused.weight = nn.Parameter(torch.cat([m.weight for m in layers]), requires_grad=False)
+        if first.bias is not None:
+            fused.bias = nn.Parameter(torch.cat([m.bias for m in layers]), requires_grad=False)
+    return fused
+
+
+def fuse_projections(model: nn.Module) -> int:
+    """Replace each module's q/k/v (and gate/up) projections by one fused layer, in place:
+    the module must declare the fused slot (`qkv_proj = None`, `gate_up_proj = None`, as
+    attention.py and mlp.py do) and run it when set. Returns how many were fused."""
+    n = 0
+    for module in list(model.modules()):
+        for fused_name, parts in FUSIONS:
+            if getattr(module, fused_name, False) is not None or not all(hasattr(module, p) for p in parts):
+                continue  # no slot for a fused layer, already fused, or not this kind of module
+            fused = fuse_linears([getattr(module, p) for p in parts])
+            if fused is None:
+                continue
+            setattr(module, fused_name, fused)
+            for p in parts:
+                delattr(module, p)
+            n += 1
+    return n
+
+
+def prepare_decode(model: nn.Module, fuse: bool = True) -> nn.Module:
+    """The decode-time form of `model`, in place (returned too): fused projections (`fuse`),
+    then fp32 linears laid out for MKL (`decode_layout`)."""
+    if fuse:
+        fuse_projections(model)
+    decode_layout(model)
+    return model
