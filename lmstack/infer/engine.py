@@ -76,7 +76,7 @@ class Engine:
             if dtype not in DTYPES:
                 raise ConfigError(f"dtype {dtype!r} is not one of {sorted(DTYPES)}")
             model = model.to(DTYPES[dtype])
-        prepare_decode(model)  # fused projections, fp32 weights laid out (fuse.py)
+        prepare_decode(model)  # fused projections, oneDNN fp32 linears (fuse.py)
         return cls(model, load_tokenizer(directory), eos_ids=model_eos_ids(directory),
                    prefix_cache=prefix_cache)
 

@@ -1,5 +1,5 @@
 """infer/fuse.py, the decode-time form: fused q/k/v and gate/up (float, int8, int4) give the
-logits of the unfused model, the tie survives, the
+logits of the unfused model, oneDNN fp32 linears give F.linear's, the tie survives, the
 engine's greedy tokens are unchanged, and what cannot be fused is left alone."""
 
 from __future__ import annotations
@@ -8,13 +8,16 @@ import copy
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from lmstack.infer import Engine
 from lmstack.infer.fuse import (
+    OneDNNLinear,
     decode_layout,
     fuse_linears,
     fuse_projections,
+    onednn_available,
     prepare_decode,
 )
 from lmstack.infer.quantize import Int4Linear, Int8Linear, quantize_model
@@ -96,10 +99,33 @@ def test_fused_layer_output_is_the_parts_concatenated():
     torch.testing.assert_close(fuse_linears(q)(x), torch.cat([p(x) for p in q], -1))
 
 
-def test_fp32_weights_are_laid_out_for_mkl():
+@pytest.mark.skipif(not onednn_available(), reason="torch built without oneDNN")
+def test_onednn_linear_equals_f_linear_and_keeps_autograd():
+    torch.manual_seed(0)
+    lin = nn.Linear(48, 40)
+    fast = OneDNNLinear.from_linear(lin)
+    assert fast.weight is lin.weight and fast.bias is lin.bias
+    x = torch.randn(2, 3, 48)
+    with torch.inference_mode():
+        torch.testing.assert_close(fast(x), F.linear(x, lin.weight, lin.bias), rtol=1e-5, atol=1e-5)
+    fast(x).sum().backward()  # with gradients it is F.linear: autograd works
+    assert lin.weight.grad is not None and lin.weight.grad.shape == (40, 48)
+
+
+@pytest.mark.skipif(not onednn_available(), reason="torch built without oneDNN")
+def test_prepare_decode_keeps_the_tie_and_the_tokens():
     model = tiny()
     tokens = greedy(model)
     prepare_decode(model)
+    assert isinstance(model.lm_head, OneDNNLinear) and model.lm_head.weight is model.wte.weight
+    assert all(p.is_contiguous() for p in model.parameters())  # (out, in): what oneDNN reads fastest
+    assert greedy(model) == tokens
+
+
+def test_without_onednn_fp32_weights_are_laid_out_for_mkl():
+    model = tiny()
+    tokens = greedy(model)
+    prepare_decode(model, onednn=False)
     w = model.layers[0].attn.qkv_proj.weight
     assert not w.is_contiguous() and w.t().is_contiguous()
     assert type(model.lm_head) is nn.Linear and model.lm_head.weight is model.wte.weight
@@ -111,6 +137,7 @@ def test_bf16_and_int4_are_fused_but_not_laid_out():
     decode_layout(model)
     prepare_decode(model)
     assert all(p.is_contiguous() for p in model.parameters())
+    assert type(model.lm_head) is nn.Linear  # bf16: F.linear already runs oneDNN
     assert isinstance(model.layers[0].attn.qkv_proj, Int4Linear)
 
 
