@@ -335,23 +335,31 @@ def print_ratios(summaries: dict[str, dict], base: str) -> None:
                           f"mask p99 x{s['mask_us_p99'] / b['mask_us_p99']:.2f}")
 
 
-def print_agreement(cases: list[Case], all_results: dict[str, dict[str, Result]]) -> dict:
-    """How many masks along the valid walks are identical in our two engines."""
+def print_agreement(cases: list[Case], all_results: dict[str, dict[str, Result]], vocab) -> dict:
+    """How many masks along the valid walks are identical in our two engines, and how many
+    once the ids whose bytes hold U+007F are left out (llguidance never allows a raw DEL in a
+    string; RFC 8259 and the reference do)."""
     a, b = all_results.get("fast (ours)"), all_results.get("reference (ours)")
     if a is None or b is None:
         return {}
-    same = total = 0
+    keep = np.array([t is None or 0x7F not in t for t in vocab.token_bytes])
+    same = same_but_del = total = 0
     differ = []
     for case in cases:
         pa, pb = a[case.name].packed, b[case.name].packed
         n = min(len(pa), len(pb))
         k = sum(x == y for x, y in zip(pa[:n], pb[:n]))
-        same, total = same + k, total + n
-        if k < n:
-            differ.append(case.name)
-    console.print(f"fast vs reference: {same}/{total} masks identical along the valid walks; "
-                  f"schemas with a difference: {', '.join(differ) or 'none'}")
-    return {"identical": same, "compared": total, "differ": differ}
+        unpack = [np.unpackbits(np.frombuffer(x, np.uint8), count=vocab.size).view(bool)
+                  for x in (*pa[:n], *pb[:n])]
+        k_del = sum(np.array_equal(unpack[i][keep], unpack[n + i][keep]) for i in range(n))
+        same, same_but_del, total = same + k, same_but_del + k_del, total + n
+        if k_del < n:
+            differ.append(f"{case.name} ({n - k_del})")
+    console.print(f"fast vs reference: {same}/{total} masks identical along the valid walks, "
+                  f"{same_but_del}/{total} leaving out the {int((~keep).sum())} ids with a DEL "
+                  f"byte; masks that still differ: {', '.join(differ) or 'none'}")
+    return {"identical": same, "identical_but_del": same_but_del, "compared": total,
+            "differ": differ}
 
 
 PROMPT = ("<|im_start|>user\nReply with only a JSON value for this JSON Schema ({description})."
@@ -448,7 +456,7 @@ def run(args) -> dict:
         print_ratios(shared, "fast (ours)")
     for name, engine in engines.items():
         console.print(f"{name}: vocabulary setup {engine.setup_s * 1e3:.0f} ms")
-    agreement = print_agreement(cases, all_results)
+    agreement = print_agreement(cases, all_results, vocab)
     out = {"agreement": agreement, "vocab_size": vocab.size, "schemas": len(cases), "machine": platform.processor(),
            "own": own, "common": shared, "support": support,
            "unsupported": {n: {c: r.error or ("refuses valid" if not r.accepts else "accepts invalid")
