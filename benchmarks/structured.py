@@ -276,6 +276,11 @@ def measure(engine, case: Case, tok, end_id: int) -> Result:
     return r
 
 
+def why(r: Result) -> str:
+    """Why an engine does not support a case."""
+    return r.error or ("refuses the valid instance" if not r.accepts else "accepts the invalid")
+
+
 def summarize(results: dict[str, Result], names: list[str] | None = None) -> dict:
     """Compile and mask figures over the cases in `names` (default: the supported ones)."""
     names = names if names is not None else [n for n, r in results.items() if r.supported]
@@ -330,7 +335,8 @@ def print_ratios(summaries: dict[str, dict], base: str) -> None:
     b = summaries[base]
     for name, s in summaries.items():
         if name != base:
-            console.print(f"  {name} / {base}: compile x{s['compile_ms_mean'] / b['compile_ms_mean']:.2f}, "
+            ratio = s["compile_ms_mean"] / b["compile_ms_mean"]
+            console.print(f"  {name} / {base}: compile x{ratio:.2f}, "
                           f"mask mean x{s['mask_us_mean'] / b['mask_us_mean']:.2f}, "
                           f"mask p99 x{s['mask_us_p99'] / b['mask_us_p99']:.2f}")
 
@@ -376,7 +382,8 @@ def generate_all(args, cases: list[Case], supported: set[str]) -> dict:
     torch.set_num_threads(args.threads)
     engine = Engine.load(args.model)
     counts = {"greedy": [0, 0, 0], "temperature 1": [0, 0, 0]}  # valid, cut by length, total
-    failures, timed = [], {"constrained": [0, 0.0], "unconstrained": [0, 0.0]}
+    failures, cut_short = [], []
+    timed = {"constrained": [0, 0.0], "unconstrained": [0, 0.0]}  # tokens, seconds
     for case in track([c for c in cases if c.name in supported], description="generate",
                       console=console):
         prompt = PROMPT.format(description=case.description, schema=json.dumps(case.schema))
@@ -385,12 +392,19 @@ def generate_all(args, cases: list[Case], supported: set[str]) -> dict:
             start = time.perf_counter()
             out = engine.generate(prompt, json_schema=case.schema, temperature=temperature,
                                   seed=seed, max_new_tokens=args.max_new_tokens)
-            timed["constrained"][0] += len(out.tokens)
-            timed["constrained"][1] += time.perf_counter() - start
+            if label == "greedy":  # against as many unconstrained tokens from the same prompt
+                timed["constrained"][0] += len(out.tokens)
+                timed["constrained"][1] += time.perf_counter() - start
+                start = time.perf_counter()
+                plain = engine.generate(prompt, temperature=0.0, ignore_eos=True,
+                                        max_new_tokens=max(1, len(out.tokens)))
+                timed["unconstrained"][0] += len(plain.tokens)
+                timed["unconstrained"][1] += time.perf_counter() - start
             c = counts[label]
             c[2] += 1
             if out.finish_reason == "length":
                 c[1] += 1
+                cut_short.append(f"{case.name} ({label})")
                 continue
             try:
                 errors = validate(case.schema, json.loads(out.text))
@@ -399,22 +413,18 @@ def generate_all(args, cases: list[Case], supported: set[str]) -> dict:
             c[0] += not errors
             if errors:
                 failures.append((case.name, label, out.text[:80], errors[0][:80]))
-            if label == "greedy":  # the same number of tokens, unconstrained
-                start = time.perf_counter()
-                plain = engine.generate(prompt, temperature=0.0, ignore_eos=True,
-                                        max_new_tokens=max(1, len(out.tokens)))
-                timed["unconstrained"][0] += len(plain.tokens)
-                timed["unconstrained"][1] += time.perf_counter() - start
     for label, (valid, cut, total) in counts.items():
         console.print(f"{label}: {valid}/{total - cut} finished outputs valid "
                       f"({cut} cut short by max_new_tokens={args.max_new_tokens})")
-    for name, text, out, err in failures:
-        console.print(f"  invalid: {name} [{text}] {out!r}: {err}")
+    console.print(f"  cut short: {', '.join(cut_short) or 'none'}")
+    for name, label, text, err in failures:
+        console.print(f"  invalid: {name} [{label}] {text!r}: {err}")
     speed = {k: n / t if t else float("nan") for k, (n, t) in timed.items()}
+    ratio = speed["constrained"] / speed["unconstrained"]
     console.print(f"decode: constrained {speed['constrained']:.1f} tok/s, unconstrained "
-                  f"{speed['unconstrained']:.1f} tok/s (x{speed['constrained'] / speed['unconstrained']:.2f}"
-                  "; both include their prefill)")
-    return {"counts": counts, "failures": failures, "tok_per_s": speed}
+                  f"{speed['unconstrained']:.1f} tok/s (x{ratio:.2f}; greedy, the same prompts "
+                  "and token counts, prefill included)")
+    return {"counts": counts, "failures": failures, "cut_short": cut_short, "tok_per_s": speed}
 
 
 def build_engines(names: list[str], vocab) -> dict:
@@ -457,10 +467,10 @@ def run(args) -> dict:
     for name, engine in engines.items():
         console.print(f"{name}: vocabulary setup {engine.setup_s * 1e3:.0f} ms")
     agreement = print_agreement(cases, all_results, vocab)
-    out = {"agreement": agreement, "vocab_size": vocab.size, "schemas": len(cases), "machine": platform.processor(),
+    out = {"agreement": agreement, "vocab_size": vocab.size, "schemas": len(cases),
+           "machine": platform.processor(),
            "own": own, "common": shared, "support": support,
-           "unsupported": {n: {c: r.error or ("refuses valid" if not r.accepts else "accepts invalid")
-                               for c, r in res.items() if not r.supported}
+           "unsupported": {n: {c: why(r) for c, r in res.items() if not r.supported}
                            for n, res in all_results.items()}}
     if args.generate:
         fast = all_results.get("fast (ours)", {})
