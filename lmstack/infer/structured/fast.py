@@ -21,8 +21,8 @@ mask as the reference engine's:
 And one so that both engines generate the same instances: an object schema that lists
 properties or required but leaves additionalProperties out is closed (`close_objects`), as in
 the reference engine and OpenAI's strict mode; write `"additionalProperties": true` to allow
-extra keys. Known differences left: in strings llguidance allows no unescaped U+007F (DEL) and no `\\/`
-escape, both of which RFC 8259 permits.
+extra keys. Known differences left (docs/structured.md lists them): in strings llguidance
+allows no raw U+007F (DEL) and no `\\/` escape, both of which RFC 8259 permits.
 
     >>> from lmstack.tokenizer import Tokenizer
     >>> tok = Tokenizer("gpt2", [(97, 98, 256)], {"<|endoftext|>": 257})
