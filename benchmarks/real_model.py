@@ -4,7 +4,7 @@ file we export), same thread count, taking turns (issue 14, "the peer is llama.c
 
     flock /tmp/lmstack-cpu.lock .venv/bin/python benchmarks/real_model.py [--model smollm2]
         [--threads 2] [--repeats 3] [--new-tokens 128] [--prefill-len 512] [--rows all]
-        [--no-layout]
+        [--plain | --no-fuse | --no-onednn]
 
 Per row: decode tokens/s of a whole greedy generate call (--new-tokens new tokens after a
 ChatML chat prompt; every row is fed the same prompt ids), prefill seconds of one
@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 from lmstack.infer import Engine
-from lmstack.infer.engine import decode_layout
+from lmstack.infer.fuse import prepare_decode
 from lmstack.infer.quantize import quantize_model
 from lmstack.interop.gguf_file import read_gguf
 from lmstack.interop.gguf_model import load_gguf_model
@@ -52,10 +52,11 @@ BASE_HF, BASE_LLAMA = "transformers fp32", "llama.cpp Q4_1"
 
 # ---- the models -----------------------------------------------------------------------------
 
-def lmstack_models(path: Path, names: list[str], layout: bool = True) -> dict[str, torch.nn.Module]:
+def lmstack_models(path: Path, names: list[str], form: dict | None = None) -> dict[str, torch.nn.Module]:
     """lmstack's rows: fp32 and bf16 dequantized from the file, int8 quantized from fp32,
-    int4 with the file's Q4_1 matrices kept as Int4Linear; each in the decode layout that
-    `Engine.load` gives the models it loads (engine.decode_layout), unless not `layout`."""
+    int4 with the file's Q4_1 matrices kept as Int4Linear (and its Q8_0 head as a group-wise
+    Int8Linear); each in the decode-time form `Engine.load` gives the models it loads
+    (fuse.prepare_decode with the `form` keywords), unless `form` is None."""
     fp32 = load_gguf_model(path, keep_quantized=False)
     out = {"lmstack fp32": fp32}
     if "lmstack bf16" in names:
@@ -64,8 +65,8 @@ def lmstack_models(path: Path, names: list[str], layout: bool = True) -> dict[st
         out["lmstack int8"] = quantize_model(copy.deepcopy(fp32), 8)
     if "lmstack int4 (Q4_1)" in names:
         out["lmstack int4 (Q4_1)"] = load_gguf_model(path, keep_quantized=True)
-    for model in out.values() if layout else ():
-        decode_layout(model)
+    for model in out.values() if form is not None else ():
+        prepare_decode(model, **form)
     return out
 
 
@@ -206,7 +207,8 @@ def measure(path: Path, args: argparse.Namespace, work: Path) -> dict[str, dict]
     """Load every row, check it, time it; per row its figures."""
     names = ROWS if args.rows == "all" else [n.strip() for n in args.rows.split(";")]
     names = ["lmstack fp32", *[n for n in names if n != "lmstack fp32"]]
-    models = {**lmstack_models(path, names, not args.no_layout), **hf_models(path, names),
+    form = None if args.plain else {"fuse": not args.no_fuse, "onednn": not args.no_onednn}
+    models = {**lmstack_models(path, names, form), **hf_models(path, names),
               **llama_models(path, names, args.threads, work)}
     names = [n for n in names if n in models]
     prompt = chat_prompt(path, {n: m for n, m in models.items() if n.startswith("llama")})
@@ -258,8 +260,11 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--prefill-len", type=int, default=512)
     ap.add_argument("--rows", default="all", help="'all' or names separated by ';': " + "; ".join(ROWS))
-    ap.add_argument("--no-layout", action="store_true", help="lmstack rows without "
-                    "engine.decode_layout (the figures before it)")
+    ap.add_argument("--plain", action="store_true", help="lmstack rows as loaded, without "
+                    "fuse.prepare_decode (the figures before it)")
+    ap.add_argument("--no-fuse", action="store_true", help="prepare_decode without fused projections")
+    ap.add_argument("--no-onednn", action="store_true", help="prepare_decode without oneDNN "
+                    "fp32 linears (MKL on weights laid out (in, out): engine.decode_layout)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     import transformers

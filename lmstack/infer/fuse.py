@@ -15,7 +15,7 @@ numbers beyond float rounding:
   MKL's gemv; `torch.ops.mkldnn._linear_pointwise` (oneDNN's inner product, the op torch's
   own compiler emits for CPU linears) reads the weight stored (N, K) ~1.3-1.8x faster on an AMD
   Zen 4 (AVX-512): 25 GB/s against 15-19 over a decode step's matrices, the 49152-row head 3.0
-  ms against 5.0 (benchmarks/real_model.py, docs/benchmarks.md). `OneDNNLinear` is an
+  ms against 5.0 (2 threads, every matrix of a step in turn). `OneDNNLinear` is an
   nn.Linear that runs it when no gradient is wanted and falls back to `F.linear` otherwise.
   Only fp32: for bf16 weights `F.linear` is as fast (it runs oneDNN already). Without oneDNN
   in the torch build, fp32 weights get `decode_layout` instead: stored (in, out) in memory,
