@@ -31,6 +31,7 @@ LAYERS = {
     "lmstack.train": 4, "lmstack.eval": 4,
     "lmstack.infer": 5,
     "lmstack.interop": 6, "lmstack.posttrain": 6, "lmstack.retrieval": 6,
+    "lmstack.program": 6,   # the public name of lmstack/infer/program/: a re-export
     "lmstack.serve": 7, "lmstack.apps": 7,
     "lmstack.cli": 8, "lmstack.quickstart": 8,
 }
