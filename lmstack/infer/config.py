@@ -71,6 +71,7 @@ class GenerationConfig:
     grammar: str | None = None        # Lark EBNF (`start: ...`) or llama.cpp GBNF (`root ::= ...`)
     choices: list[str] = field(default_factory=list)        # exactly one of these strings
     constraint_engine: str = "fast"   # "reference": the readable engine (slow; for tests)
+    json_whitespace: int = 1          # JSON: most spaces/newlines between tokens (-1: any)
     # Reproducibility and reporting.
     seed: int | None = None
     logprobs: bool = False            # per-token log-probabilities of the generated tokens
@@ -138,6 +139,7 @@ class GenerationConfig:
         if self.constraint_engine not in ENGINES:
             raise ConfigError(f"constraint_engine must be one of {', '.join(ENGINES)}, got "
                               f"{self.constraint_engine!r}")
+        _int_at_least("json_whitespace", self.json_whitespace, -1)
         if constraint_from(self) is not None and self.ignore_eos:
             raise ConfigError("ignore_eos cannot be combined with a constraint: the constraint "
                               "decides where the reply ends")

@@ -131,7 +131,8 @@ class Engine:
         constraint = constraint_from(cfg)
         if constraint is None:
             return None
-        return compile_constraint(constraint, self.token_vocab, cfg.constraint_engine)
+        bound = None if cfg.json_whitespace < 0 else cfg.json_whitespace
+        return compile_constraint(constraint, self.token_vocab, cfg.constraint_engine, bound)
 
     @cached_property
     def token_vocab(self):

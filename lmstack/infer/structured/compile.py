@@ -56,15 +56,17 @@ def constraint_from(cfg) -> Constraint | None:
     return Constraint(name, value)
 
 
-def compile_constraint(constraint: Constraint, vocab: TokenVocab,
-                       engine: str = "fast") -> CompiledConstraint:
-    """`constraint` compiled against `vocab` by the engine named; ConfigError for a constraint
-    that is invalid, unsupported or allows no output at all."""
+def compile_constraint(constraint: Constraint, vocab: TokenVocab, engine: str = "fast",
+                       max_whitespace: int | None = 1) -> CompiledConstraint:
+    """`constraint` compiled against `vocab` by the engine named (JSON with at most
+    `max_whitespace` spaces or newlines between tokens; None: any); ConfigError for a
+    constraint that is invalid, unsupported or allows no output at all."""
     if engine not in ENGINES:
         raise ConfigError(f"constraint_engine {engine!r} is unknown; use one of "
                           f"{', '.join(ENGINES)}")
     module, function = ENGINES[engine].split(":")
-    compiled = getattr(importlib.import_module(module), function)(constraint, vocab)
+    compile_ = getattr(importlib.import_module(module), function)
+    compiled = compile_(constraint, vocab, max_whitespace=max_whitespace)
     if not compiled.matcher().allowed().any():
         raise ConfigError(f"the {constraint.kind} constraint allows no output: no token of this "
                           "vocabulary can start a reply in its language")

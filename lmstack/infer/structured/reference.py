@@ -38,7 +38,7 @@ from lmstack.infer.structured.constraint import Constraint
 from lmstack.infer.structured.earley import EarleyRecognizer
 from lmstack.infer.structured.gbnf import parse_gbnf
 from lmstack.infer.structured.grammar import Grammar, alt, text
-from lmstack.infer.structured.json_schema import json_grammar, schema_grammar
+from lmstack.infer.structured.json_schema import JsonOptions, json_grammar, schema_grammar
 from lmstack.infer.structured.lark_grammar import parse_lark
 from lmstack.infer.structured.nfa import NfaRecognizer
 from lmstack.infer.structured.recognizer import LazyRecognizer, State, feed
@@ -59,8 +59,9 @@ def vocab_trie(vocab: TokenVocab) -> VocabTrie:
     return hit[1]
 
 
-def recognizer_for(constraint: Constraint) -> LazyRecognizer:
-    """The recognizer of the constraint's language; ConfigError for a bad or empty one."""
+def recognizer_for(constraint: Constraint, options: JsonOptions = JsonOptions()) -> LazyRecognizer:
+    """The recognizer of the constraint's language (JSON written as `options` say);
+    ConfigError for a bad or empty one."""
     kind, value = constraint.kind, constraint.value
     if kind == "regex":
         return NfaRecognizer(regex_expr(_text(value, kind)))
@@ -72,9 +73,9 @@ def recognizer_for(constraint: Constraint) -> LazyRecognizer:
         return NfaRecognizer(alt(*(text(c) for c in value)))
     grammar: Grammar
     if kind == "json":
-        grammar = json_grammar()
+        grammar = json_grammar(options)
     elif kind == "json_schema":
-        grammar = schema_grammar(_schema(value))
+        grammar = schema_grammar(_schema(value), options)
     elif kind == "lark":
         grammar = parse_lark(_text(value, kind))
     else:
@@ -97,14 +98,17 @@ def _schema(value) -> dict | bool:
     return value
 
 
-def compile_reference(constraint: Constraint, vocab: TokenVocab) -> ReferenceConstraint:
-    """The constraint compiled against `vocab`, cached by its key and the vocabulary."""
-    key = (constraint.key(), id(vocab))
+def compile_reference(constraint: Constraint, vocab: TokenVocab, *,
+                      max_whitespace: int | None = 1) -> ReferenceConstraint:
+    """The constraint compiled against `vocab` (JSON with at most `max_whitespace` spaces or
+    newlines between tokens, None: any), cached by its key, the bound and the vocabulary."""
+    key = (constraint.key(), max_whitespace, id(vocab))
     hit = _compiled.get(key)
     if hit is not None and hit.vocab is vocab:
         _compiled.move_to_end(key)
         return hit
-    compiled = _compiled[key] = ReferenceConstraint(recognizer_for(constraint), vocab)
+    recognizer = recognizer_for(constraint, JsonOptions(max_whitespace=max_whitespace))
+    compiled = _compiled[key] = ReferenceConstraint(recognizer, vocab)
     if len(_compiled) > _CACHE_SIZE:
         _compiled.popitem(last=False)
     return compiled

@@ -112,3 +112,18 @@ def test_speculative_greedy_equals_plain_constrained_greedy(engine, tok, drafter
         assert fast.tokens == plain.tokens and fast.finish_reason == plain.finish_reason
     sampled = spec.generate(prompt, temperature=1.0, seed=0, max_new_tokens=60, json_schema=SCHEMA, **REF)
     jsonschema.validate(json.loads(sampled.text), SCHEMA)
+
+
+@pytest.mark.parametrize("engine_name", ["reference", "fast"])
+def test_json_whitespace_bounds_the_gaps(engine, engine_name):
+    pytest.importorskip("llguidance")
+    settings = dict(json_schema=SCHEMA, temperature=1.0, max_new_tokens=80,
+                    constraint_engine=engine_name)
+    for seed in range(3):
+        compact = engine.generate("Person: ", json_whitespace=0, seed=seed, **settings)
+        value = json.loads(compact.text)
+        assert compact.text == json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+        loose = engine.generate("Person: ", json_whitespace=-1, seed=seed, **settings)
+        jsonschema.validate(json.loads(loose.text), SCHEMA)
+    with pytest.raises(ConfigError, match="json_whitespace"):
+        engine.generate("x", regex="a", json_whitespace=-2)
