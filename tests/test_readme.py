@@ -56,6 +56,9 @@ RUN = {
     "lmstack eval": "",
     "lmstack eval --model smollm2": "--block-size 256 --stride 256",  # a 30-layer model: short windows
     "lmstack models": "",
+    "lmstack generate --model smollm2 --prompt \"A US phone number: \"": "--max-new-tokens 20",
+    "lmstack generate --model smollm2 --prompt 'Paris as JSON": "--max-new-tokens 30",
+    "lmstack generate --model smollm2 --prompt \"Person: \"": "--max-new-tokens 60 --seed 0",
     "lmstack plot": "",
     "lmstack generate": "--max-new-tokens 8",
     "lmstack sample-compare": "--max-new-tokens 6",
@@ -163,6 +166,10 @@ def _user_files(cwd: Path) -> None:
     (cwd / "papers").mkdir()
     (cwd / "papers" / "p.txt").write_text(docs[3])
     (cwd / "held_out.txt").write_text(docs[4])
+    (cwd / "person.json").write_text(json.dumps({  # the README's --json-schema file
+        "type": "object", "properties": {"name": {"type": "string", "maxLength": 20},
+                                         "age": {"type": "integer", "minimum": 0, "maximum": 120}},
+        "required": ["name", "age"]}))
     _hf_models(cwd / "home" / "models", docs)
 
 
