@@ -305,12 +305,12 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     from lmstack.infer import Engine
-    from lmstack.serve.chat_template import ChatTemplate
+    from lmstack.models.directory import model_chat_template
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
     schemas, examples = load_schemas(args.schemas), load_examples(args.data)
     examples = examples[:args.limit] if args.limit else examples
-    engine, template = Engine.load(args.model), ChatTemplate.from_model(args.model)
+    engine, template = Engine.load(args.model), model_chat_template(args.model)
     load_before = os.getloadavg()
     print(f"{platform.processor() or platform.machine()}, torch threads {torch.get_num_threads()}, "
           f"load average {load_before[0]:.2f}; schema compile ms: "

@@ -53,6 +53,7 @@ from lmstack.models.installed import resolve_model
 from lmstack.models.ngram import NGramLM
 from lmstack.models.registry import build_model
 from lmstack.tokenizer import Tokenizer
+from lmstack.tokenizer.chat_template import ChatTemplate
 
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
@@ -247,6 +248,11 @@ def model_chat_config(directory: str | os.PathLike) -> dict:
              "bos_token": _token_text(config.get("bos_token")),
              "eos_token": _token_text(config.get("eos_token"))}
     return {k: v for k, v in found.items() if v}
+
+
+def model_chat_template(directory: str | os.PathLike) -> ChatTemplate:
+    """The model's chat template (`model_chat_config`), ready to render; ChatML when it has none."""
+    return ChatTemplate.from_config(model_chat_config(directory))
 
 
 def _token_text(value: object) -> str | None:

@@ -57,9 +57,9 @@ def cmd_serve(args: argparse.Namespace) -> None:
     from lmstack.infer import Engine
     from lmstack.infer.commands import speculative_from_args
     from lmstack.infer.prefix_cache import PrefixCache
+    from lmstack.models.directory import model_chat_template
     from lmstack.models.installed import model_name
     from lmstack.serve.app import ServerConfig, create_app
-    from lmstack.serve.chat_template import ChatTemplate
     from lmstack.serve.security import access_log_config, load_api_keys
 
     if not 0 < args.port < 65536:
@@ -81,7 +81,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
     config = ServerConfig(model_name=name, max_batch=args.max_batch, max_queue=args.max_queue,
                           max_body_bytes=args.max_body_bytes, body_timeout_s=args.body_timeout,
                           api_keys=keys, host=args.host, port=args.port)
-    app = create_app(engine, config, ChatTemplate.from_model(args.model), speculative)
+    app = create_app(engine, config, model_chat_template(args.model), speculative)
     print(f"serving {name} on http://{args.host}:{args.port}  (web chat at /, API at /v1)", file=sys.stderr)
     if speculative is not None:
         print(f"speculating with {speculative.drafter}, up to {speculative.gamma} tokens a round: "

@@ -26,7 +26,7 @@ from lmstack import MODEL_HELP
 from lmstack.errors import ConfigError
 from lmstack.infer.commands import add_speculation_flags, speculative_from_args
 from lmstack.infer.config import GenerationConfig
-from lmstack.serve.chat_template import ChatTemplate
+from lmstack.tokenizer.chat_template import ChatTemplate
 
 HELP = """commands:
   /set NAME VALUE   change a generation setting, e.g. /set temperature 0.7, /set stop ### "\\n\\n"
@@ -259,10 +259,11 @@ def add_chat_args(p: argparse.ArgumentParser) -> None:
 def cmd_chat(args: argparse.Namespace) -> None:
     """Load the model and its chat template and chat on stdin/stdout."""
     from lmstack.infer.engine import Engine
+    from lmstack.models.directory import model_chat_template
     from lmstack.models.installed import model_name
 
     engine = Engine.load(args.model, dtype=args.dtype)
-    template = ChatTemplate.from_model(args.model)
+    template = model_chat_template(args.model)
     settings = {k: v for k, v in (("temperature", args.temperature), ("top_p", args.top_p),
                                   ("max_new_tokens", args.max_new_tokens), ("seed", args.seed))
                 if v is not None}

@@ -6,7 +6,7 @@ from __future__ import annotations
 import openai
 import pytest
 
-from lmstack.serve.chat_template import ChatTemplate
+from lmstack.tokenizer.chat_template import ChatTemplate
 
 
 @pytest.fixture(scope="module")

@@ -12,10 +12,14 @@ import torch
 from lmstack.eval import evaluate_text
 from lmstack.infer import Engine
 from lmstack.interop.gguf_model import load_gguf_model
-from lmstack.models.directory import load_tokenizer, model_chat_config, model_eos_ids
+from lmstack.models.directory import (
+    load_tokenizer,
+    model_chat_config,
+    model_chat_template,
+    model_eos_ids,
+)
 from lmstack.models.installed import model_name, resolve_model
 from lmstack.serve.app import ServerConfig
-from lmstack.serve.chat_template import ChatTemplate
 
 from .conftest import serve
 
@@ -32,7 +36,7 @@ def path():
 
 
 def test_template_and_default_system_prompt_come_from_the_file(path):
-    template = ChatTemplate.from_model("smollm2")
+    template = model_chat_template("smollm2")
     assert (template.bos_token, template.eos_token) == ("<|im_start|>", "<|im_end|>")
     text = template.render(MESSAGES)
     assert text.startswith(f"<|im_start|>system\n{SYSTEM}<|im_end|>\n<|im_start|>user\n")
@@ -48,7 +52,7 @@ def test_served_under_its_short_name(path):
     assert model_name("smollm2") == model_name(path) == "smollm2"
     openai = pytest.importorskip("openai")
     engine = Engine.load(path)
-    template = ChatTemplate.from_model(path)
+    template = model_chat_template(path)
     with serve(engine, ServerConfig(model_name=model_name(path)), template=template) as live:
         client = openai.OpenAI(base_url=live.url + "/v1", api_key="unused")
         assert [m.id for m in client.models.list().data] == ["smollm2"]
@@ -73,7 +77,7 @@ def test_chat_greedy_tokens_equal_transformers(path, theirs):
     ours = Engine(load_gguf_model(path, keep_quantized=False), load_tokenizer(path),
                   eos_ids=model_eos_ids(path))
     poem = [{"role": "user", "content": "Write a short poem about the sea."}]
-    prompt = ours.encode(ChatTemplate.from_model(path).render(poem))
+    prompt = ours.encode(model_chat_template(path).render(poem))
     got = ours.generate(prompt, max_new_tokens=32, temperature=0).tokens
     with torch.no_grad():
         out = theirs.generate(torch.tensor([prompt]), max_new_tokens=32, do_sample=False,

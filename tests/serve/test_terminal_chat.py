@@ -12,8 +12,7 @@ import torch
 
 from lmstack.infer import Engine
 from lmstack.models import GPT, GPTConfig
-from lmstack.models.directory import save_model
-from lmstack.serve.chat_template import ChatTemplate
+from lmstack.models.directory import model_chat_template, save_model
 from lmstack.serve.terminal import ChatSession, add_chat_args, cmd_chat, run_chat
 
 CONTEXT = 64
@@ -53,7 +52,7 @@ def reader(lines: list[str], session: ChatSession, prompts: list[str | None]):
 def test_reply_is_what_the_engine_generates_greedily(model_dir, monkeypatch, capsys):
     chat(model_dir, monkeypatch, "hello there\n/quit\n", "--temperature", "0", "--max-new-tokens", "8")
     out = capsys.readouterr().out
-    engine, template = Engine.load(model_dir), ChatTemplate.from_model(model_dir)
+    engine, template = Engine.load(model_dir), model_chat_template(model_dir)
     prompt = template.render([{"role": "user", "content": "hello there"}])
     assert prompt == "<|im_start|>user\nhello there<|im_end|>\n<|im_start|>assistant\n"
     expected = engine.generate(prompt, temperature=0, max_new_tokens=8,
@@ -85,7 +84,7 @@ def test_bad_set_prints_an_error_and_continues(model_dir, monkeypatch, capsys):
 
 
 def test_reset_clears_history(model_dir):
-    engine, template = Engine.load(model_dir), ChatTemplate.from_model(model_dir)
+    engine, template = Engine.load(model_dir), model_chat_template(model_dir)
     session = ChatSession(engine, template, system="Be brief.", temperature=0, max_new_tokens=3)
     prompts: list[str | None] = []
     run_chat(session, reader(["first", "second", "/reset", "third", "/quit", "never"], session, prompts))
@@ -99,7 +98,7 @@ def test_reset_clears_history(model_dir):
 def test_long_chats_drop_the_oldest_turns_but_keep_the_system_message(model_dir, capsys):
     engine = Engine.load(model_dir)
     notes: list[str] = []
-    session = ChatSession(engine, ChatTemplate.from_model(model_dir), system="Sys.",
+    session = ChatSession(engine, model_chat_template(model_dir), system="Sys.",
                           notify=notes.append, temperature=0, max_new_tokens=4)
     lines = [f"message number {i} about the standard library" for i in range(6)]
     run_chat(session, reader(lines, session, []))
@@ -116,7 +115,7 @@ def test_long_chats_drop_the_oldest_turns_but_keep_the_system_message(model_dir,
 def test_the_end_of_turn_token_stops_a_reply(model_dir, tok, capsys):
     engine = Engine.load(model_dir)
     im_end = tok.special_tokens["<|im_end|>"]
-    session = ChatSession(engine, ChatTemplate.from_model(model_dir), temperature=0,
+    session = ChatSession(engine, model_chat_template(model_dir), temperature=0,
                           max_new_tokens=6, logit_bias={im_end: 100.0})
     assert im_end in session.turn_end and tok.special_tokens["<|endoftext|>"] in session.turn_end
     run_chat(session, reader(["hi", "/quit"], session, []))
@@ -126,7 +125,7 @@ def test_the_end_of_turn_token_stops_a_reply(model_dir, tok, capsys):
 
 def test_ctrl_c_stops_the_reply_and_keeps_the_chat(model_dir, monkeypatch, capsys):
     engine = Engine.load(model_dir)
-    session = ChatSession(engine, ChatTemplate.from_model(model_dir), temperature=0, max_new_tokens=3)
+    session = ChatSession(engine, model_chat_template(model_dir), temperature=0, max_new_tokens=3)
     real_stream = engine.stream
 
     def interrupted(prompt, cfg):

@@ -8,7 +8,12 @@ import json
 import pytest
 
 from lmstack.errors import ConfigError
-from lmstack.serve.chat_template import DEFAULT_TEMPLATE, ChatTemplate, validate_messages
+from lmstack.models.directory import model_chat_template
+from lmstack.tokenizer.chat_template import (
+    DEFAULT_TEMPLATE,
+    ChatTemplate,
+    validate_messages,
+)
 
 # A Llama-2/Zephyr-style template written for this test: the system message folded into the
 # first user turn, bos/eos around each exchange, alternation enforced with raise_exception,
@@ -97,16 +102,16 @@ def test_from_model_reads_template_and_tokens(tmp_path):
     (tmp_path / "tokenizer_config.json").write_text(json.dumps({
         "chat_template": ZEPHYR_STYLE, "bos_token": {"content": "<s>", "lstrip": False},
         "eos_token": "</s>"}))
-    t = ChatTemplate.from_model(tmp_path)
+    t = model_chat_template(tmp_path)
     assert (t.source, t.bos_token, t.eos_token) == (ZEPHYR_STYLE, "<s>", "</s>")
     assert t.render([{"role": "user", "content": "Hi"}]) == "<|user|>\nHi</s>\n<|assistant|>\n"
 
 
 def test_from_model_without_config_is_chatml(tmp_path):
     model_dir(tmp_path)
-    assert ChatTemplate.from_model(tmp_path).source == DEFAULT_TEMPLATE
+    assert model_chat_template(tmp_path).source == DEFAULT_TEMPLATE
     (tmp_path / "chat_template.jinja").write_text(ZEPHYR_STYLE)  # newer HF saves it on its own
-    assert ChatTemplate.from_model(tmp_path).source == ZEPHYR_STYLE
+    assert model_chat_template(tmp_path).source == ZEPHYR_STYLE
 
 
 def test_stop_tokens_end_the_assistant_turn(tok):

@@ -19,17 +19,16 @@ rendered with the variables `messages`, `add_generation_prompt`, `bos_token`, `e
 with a downloaded model it is untrusted code, so it is rendered in Jinja's immutable sandbox,
 which refuses attribute tricks and mutation of the objects passed in.
 
-    template = ChatTemplate.from_model("runs/sft")        # the model's template, else ChatML
+    template = model_chat_template("runs/sft")   # lmstack.models.directory: the model's, else ChatML
     prompt = template.render([{"role": "user", "content": "Hi"}])
     engine.generate(prompt, stop_token_ids=template.stop_tokens(engine.tokenizer))
 
-Run the tests: `pytest tests/serve/test_chat_template.py`.
+Run the tests: `pytest tests/tokenizer/test_chat_template.py`.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -174,12 +173,9 @@ class ChatTemplate:
                               f"{e.message}; fix chat_template in tokenizer_config.json") from None
 
     @classmethod
-    def from_model(cls, model: str | os.PathLike) -> ChatTemplate:
-        """The template of a model (a directory's tokenizer_config.json or chat_template.jinja,
-        a GGUF file's metadata, a short name's file), else ChatML."""
-        from lmstack.models.directory import model_chat_config
-
-        config = model_chat_config(model)
+    def from_config(cls, config: dict) -> ChatTemplate:
+        """The template of a tokenizer_config.json-style dict ({"chat_template", "bos_token",
+        "eos_token"}; a model's: `lmstack.models.directory.model_chat_template`), else ChatML."""
         return cls(source=config.get("chat_template") or DEFAULT_TEMPLATE,
                    bos_token=config.get("bos_token", ""),
                    eos_token=config.get("eos_token") or ENDOFTEXT)
