@@ -45,10 +45,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from lmstack.errors import LMStackError
 from lmstack.infer.sampling import context_length
 from lmstack.serve import protocol as P
-from lmstack.serve.chat_template import ChatTemplate, field_error, validate_messages
 from lmstack.serve.reply import Reply, sse
 from lmstack.serve.scheduler import Event, QueueFull, Scheduler
 from lmstack.serve.tools import ToolPlan, offer
+from lmstack.tokenizer.chat_template import ChatTemplate, field_error, validate_messages
 from lmstack.serve.security import BodyLimit, key_matches
 
 log = logging.getLogger("lmstack.serve")
