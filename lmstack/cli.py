@@ -120,6 +120,11 @@ COMMANDS: dict[str, Command | Group] = {
                               "one prompt under greedy/temperature/top-k/top-p/beam",
                               "Continue the same prompt with several decoding strategies (same "
                               "seed) and print them side by side.", threads="decode"),
+    "query": Command("infer.program.commands:add_query_args", "infer.program.commands:cmd_query",
+                     "run a prompt program written in the query language (.lmql)",
+                     "Run an LMQL-style query file: a decoder, a prompt with [HOLES] and "
+                     "{expressions}, `from` a model and `where` constraints "
+                     "(docs/programs.md).", threads="decode"),
     "serve": Command("serve.commands:add_serve_args", "serve.commands:cmd_serve",
                      "OpenAI-compatible HTTP server with a web chat page",
                      "Serve a model directory over the OpenAI API (/v1/completions, "

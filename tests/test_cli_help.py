@@ -87,7 +87,8 @@ def test_every_help_shows_defaults(capsys):
 
 def test_models_take_threads_and_the_others_do_not():
     kinds = {"train": "compute", "eval": "compute", "train-heads": "compute", "quickstart": "compute",
-             "generate": "decode", "sample-compare": "decode", "chat": "decode", "serve": "decode"}
+             "generate": "decode", "sample-compare": "decode", "chat": "decode", "serve": "decode",
+             "query": "decode"}
     for argv, command in _leaves():
         flags = {s for a in _subparser(argv)._actions for s in a.option_strings}
         name = " ".join(argv)
