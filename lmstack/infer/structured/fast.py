@@ -18,11 +18,11 @@ mask as the reference engine's:
   spaces or newlines), none before or after the value. `max_whitespace=None` allows any run, 0
   none. A schema's own `"x-guidance"` options (llguidance's JSON options) override this.
 
-And one so that both engines generate the same instances: an object schema that lists
-properties or required but leaves additionalProperties out is closed (`close_objects`), as in
-the reference engine and OpenAI's strict mode; write `"additionalProperties": true` to allow
-extra keys. Known differences left (docs/structured.md lists them): in strings llguidance
-allows no raw U+007F (DEL) and no `\\/` escape, both of which RFC 8259 permits.
+And so that both engines generate the same language, a JSON Schema is rewritten first
+(fast_schema.py: allOf merged, objects closed, types made explicit, formats and patterns as the
+reference reads them, integers without -0) and a regex constraint is handed over as the
+reference parses it (rust_regex.py); tests/infer/structured/test_engines_agree.py holds the two
+engines' masks equal. What is left is in docs/structured.md ("Known differences").
 
     >>> from lmstack.tokenizer import Tokenizer
     >>> tok = Tokenizer("gpt2", [(97, 98, 256)], {"<|endoftext|>": 257})
@@ -50,6 +50,8 @@ from llguidance.gbnf_to_lark import any_to_lark
 
 from lmstack.errors import ConfigError
 from lmstack.infer.structured.constraint import Constraint
+from lmstack.infer.structured.fast_schema import for_llguidance
+from lmstack.infer.structured.rust_regex import rust_regex
 from lmstack.infer.structured.vocab import TokenVocab
 
 DEFAULT_MAX_WHITESPACE = 1
@@ -160,12 +162,20 @@ def to_lark(constraint: Constraint, max_whitespace: int | None = DEFAULT_MAX_WHI
     if kind == "json":
         return _HEADER + "start: %json " + json.dumps(_with_whitespace({}, max_whitespace))
     if kind == "json_schema":
-        schema = _with_whitespace(close_objects(_parse_schema(value)), max_whitespace)
+        schema = _parse_schema(value)
+        options = schema.pop("x-guidance", {})
+        schema = for_llguidance(schema)
+        if schema is False:
+            raise ConfigError("the json_schema's allOf admits no value (its parts conflict)")
+        schema = _with_whitespace({**schema, "x-guidance": options}, max_whitespace)
         return _HEADER + "start: %json " + json.dumps(schema)
     if kind == "regex":
         if not isinstance(value, str):
             raise ConfigError(f"a regex constraint is a string, not {type(value).__name__}")
-        return _HEADER + "start: /" + _lark_regex(value) + "/"
+        try:  # the reference's reading of the pattern (rust_regex.py), else Rust's own
+            return _HEADER + "start: /" + rust_regex(value) + "/"
+        except ConfigError:
+            return _HEADER + "start: /" + _lark_regex(value) + "/"
     if kind == "lark":
         return _HEADER + _text(kind, value)
     if kind == "gbnf":
@@ -190,40 +200,6 @@ def json_options(max_whitespace: int | None) -> dict[str, Any]:
     return {**options, "whitespace_pattern": _WS + bound}
 
 
-_SUBSCHEMA = ("additionalProperties", "items", "not", "contains", "propertyNames")
-_SUBSCHEMAS = ("anyOf", "oneOf", "prefixItems")
-_SCHEMA_MAPS = ("properties", "patternProperties", "$defs", "definitions")
-
-
-def close_objects(schema: Any, in_all_of: bool = False) -> Any:
-    """`schema` with additionalProperties false wherever an object schema lists properties or
-    required and leaves additionalProperties out (the reference engine's default, and OpenAI's
-    strict mode's); allOf and its parts stay as written, as their merge decides.
-
-    >>> close_objects({"properties": {"a": {"properties": {"b": {}}}}, "required": ["a"]})
-    {'properties': {'a': {'properties': {'b': {}}, 'additionalProperties': False}}, \
-'required': ['a'], 'additionalProperties': False}
-    """
-    if not isinstance(schema, dict):
-        return schema
-    out = dict(schema)
-    for key in _SUBSCHEMA:
-        if isinstance(out.get(key), dict):
-            out[key] = close_objects(out[key])
-    for key in _SUBSCHEMAS:
-        if isinstance(out.get(key), list):
-            out[key] = [close_objects(s) for s in out[key]]
-    for key in _SCHEMA_MAPS:
-        if isinstance(out.get(key), dict):
-            out[key] = {k: close_objects(s) for k, s in out[key].items()}
-    if isinstance(out.get("allOf"), list):
-        out["allOf"] = [close_objects(s, in_all_of=True) for s in out["allOf"]]
-    elif not in_all_of and ("properties" in out or "required" in out) \
-            and "additionalProperties" not in out and "patternProperties" not in out:
-        out["additionalProperties"] = False
-    return out
-
-
 def _with_whitespace(schema: dict, max_whitespace: int | None) -> dict:
     options = {**json_options(max_whitespace), **schema.get("x-guidance", {})}
     return {**schema, "x-guidance": options}
@@ -237,6 +213,8 @@ def _parse_schema(value: Any) -> dict:
             raise ConfigError(f"json_schema is not valid JSON: {e}") from None
     if value is True:
         return {}
+    if isinstance(value, dict):
+        value = dict(value)  # for_llguidance and the x-guidance options work on a copy
     if value is False:
         raise ConfigError("the json_schema is `false`, which no value satisfies")
     if not isinstance(value, dict):

@@ -1,13 +1,15 @@
 """The lexical pieces of JSON (RFC 8259) as grammar expressions: strings, numbers, integer
 ranges, string formats, and regular expressions over the characters of a JSON string.
 
-Strings. A character of a plain string is any code point but '"', '\\\\' and the controls
-U+0000-U+001F written raw (UTF-8), or an escape: \\" \\\\ \\/ \\b \\f \\n \\r \\t or \\uXXXX. A
-surrogate escape is allowed only as a high-low pair, so every unit of the string (a character,
-an escape, a pair) is exactly one code point and minLength/maxLength (which count code points)
-are exact. Where the characters are
-constrained (`pattern`, `format`, keys not to clash with declared properties) a character is
-written one way only: raw, or, if it must be escaped, as \\" \\\\ \\b \\f \\n \\r \\t or \\u00xx.
+Strings. A character of a plain string is any code point but '"', '\\\\', the controls
+U+0000-U+001F and DEL (U+007F) written raw (UTF-8), or an escape: \\" \\\\ \\b \\f \\n \\r \\t or
+\\uXXXX. RFC 8259 also allows a raw DEL and \\/; we never write them, as the fast engine
+(llguidance) does not, so that both engines generate one language. A surrogate escape is allowed
+only as a high-low pair, so every unit of the string (a character, an escape, a pair) is exactly
+one code point and minLength/maxLength (which count code points) are exact. Where the characters
+are constrained (`pattern`, `format`, keys not to clash with declared properties) a character is
+written raw if it may be, else, as llguidance writes it: '"' and '\\\\' as \\" and \\\\, a control
+or DEL as its short escape (\\b \\f \\n \\r \\t) or as \\u00XX with hex digits of either case.
 
 Numbers: -?(0|[1-9][0-9]*)(\\.[0-9]+)?([eE][+-]?[0-9]+)? (RFC 8259). Integers: 0 or -?[1-9][0-9]*
 (no -0).
@@ -45,10 +47,11 @@ from lmstack.infer.structured.grammar import (
 from lmstack.infer.structured.regex import Ranges, regex_expr
 from lmstack.infer.structured.utf8 import complement
 
-_MUST_ESCAPE = [(0x00, 0x1F), (0x22, 0x22), (0x5C, 0x5C)]
+_MUST_ESCAPE = [(0x00, 0x1F), (0x22, 0x22), (0x5C, 0x5C)]  # RFC 8259
+_NOT_RAW = [*_MUST_ESCAPE, (0x7F, 0x7F)]  # and DEL, which llguidance never writes raw
 _SHORT = {0x22: '\\"', 0x5C: "\\\\", 0x08: "\\b", 0x0C: "\\f", 0x0A: "\\n", 0x0D: "\\r",
           0x09: "\\t"}
-_ESCAPED = [*range(0x20), 0x22, 0x5C]
+_ESCAPED = [*range(0x20), 0x22, 0x5C, 0x7F]
 DIGIT = Bytes.range(0x30, 0x39)
 NONZERO = Bytes.range(0x31, 0x39)
 _HEX = alt(DIGIT, Bytes.range(0x41, 0x46), Bytes.range(0x61, 0x66))
@@ -56,12 +59,12 @@ _HEX_NO_D = alt(DIGIT, Bytes.range(0x41, 0x43), Bytes.range(0x61, 0x63), literal
                 literal(b"F"), literal(b"e"), literal(b"f"))
 _NOT_SURROGATE = alt(seq(_HEX_NO_D, _HEX, _HEX, _HEX),
                      seq(alt(literal(b"d"), literal(b"D")), Bytes.range(0x30, 0x37), _HEX, _HEX))
-RAW_CHAR = chars(_MUST_ESCAPE, negate=True)
+RAW_CHAR = chars(_NOT_RAW, negate=True)
 _D = alt(literal(b"d"), literal(b"D"))
 _PAIR = seq(_D, alt(Bytes.range(0x38, 0x39), Bytes.range(0x41, 0x42), Bytes.range(0x61, 0x62)),
             _HEX, _HEX, literal(b"\\u"), _D, alt(Bytes.range(0x43, 0x46), Bytes.range(0x63, 0x66)),
             _HEX, _HEX)  # \uD800-\uDBFF then \uDC00-\uDFFF: one code point above U+FFFF
-ESCAPE = seq(literal(b"\\"), alt(*(literal(c.encode()) for c in '"\\/bfnrt'),
+ESCAPE = seq(literal(b"\\"), alt(*(literal(c.encode()) for c in '"\\bfnrt'),
                                  seq(literal(b"u"), alt(_NOT_SURROGATE, _PAIR))))
 STRING_CHAR = alt(RAW_CHAR, ESCAPE)
 
@@ -72,10 +75,19 @@ def string_expr(min_length: int = 0, max_length: int | None = None) -> Expr:
 
 
 def json_chars(ranges: Ranges) -> Expr:
-    """One character of `ranges` as written inside a JSON string, one way only (module doc)."""
-    raw = complement(complement(ranges) + _MUST_ESCAPE)  # ranges minus what must be escaped
+    """One character of `ranges` as written inside a JSON string (module doc)."""
+    raw = complement(complement(ranges) + _NOT_RAW)  # ranges minus what is never raw
     forced = [c for c in _ESCAPED if any(lo <= c <= hi for lo, hi in ranges)]
-    return alt(chars(raw), *(text(_SHORT.get(c, f"\\u{c:04x}")) for c in forced))
+    return alt(chars(raw), *(_escapes(c) for c in forced))
+
+
+def _escapes(c: int) -> Expr:
+    """The escapes of a character that is never raw: \\" or \\\\, else its short escape if
+    it has one or \\u00XX, the hex digits in either case."""
+    if c in (0x22, 0x5C):
+        return text(_SHORT[c])
+    hex_pair = seq(*(alt(*(text(d) for d in sorted({f"{n:x}", f"{n:X}"}))) for n in (c >> 4, c & 15)))
+    return alt(*([text(_SHORT[c])] if c in _SHORT else []), seq(text("\\u00"), hex_pair))
 
 
 def pattern_string(pattern: str) -> Expr:

@@ -157,26 +157,39 @@ class _Builder:
         if "$ref" in schema:
             return self.reference(schema, path)
         if "allOf" in schema:
-            return self.value(merge_all(schema, self.root, path), path + "/allOf")
+            return self.merged(schema, path + "/allOf")
         for key in ("anyOf", "oneOf"):
             if key in schema:
-                rest = {k: v for k, v in schema.items() if k != key}
-                branches = schema[key]
-                if not isinstance(branches, list) or not branches:
-                    raise ConfigError(f"{key} at {path} must be a non-empty list of schemas")
-                return alt(*(self.value(merge_all({"allOf": [rest, b]}, self.root, path),
-                                        f"{path}/{key}/{i}") for i, b in enumerate(branches)))
+                return self.branches(schema, key, path)
         if "enum" in schema or "const" in schema:
             return self.enum(schema, path)
-        return alt(*(self.typed(t, schema, path) for t in _types(schema, path)))
+        return alt(*(self.typed(t, schema, path) for t in schema_types(schema, path)))
+
+    def branches(self, schema: dict, key: str, path: str) -> Expr:
+        """anyOf/oneOf: each branch, merged with the sibling keywords if there are any (a
+        branch alone keeps its $ref a rule, so a recursive schema stays finite)."""
+        rest = {k: v for k, v in schema.items() if k != key}
+        branches = schema[key]
+        if not isinstance(branches, list) or not branches:
+            raise ConfigError(f"{key} at {path} must be a non-empty list of schemas")
+        if not set(rest) - ANNOTATIONS - {"$defs", "definitions"}:
+            return alt(*(self.value(b, f"{path}/{key}/{i}") for i, b in enumerate(branches)))
+        return alt(*(self.merged({"allOf": [rest, b]}, f"{path}/{key}/{i}")
+                     for i, b in enumerate(branches)))
+
+    def merged(self, schema: dict, path: str) -> Expr:
+        """`schema` with its allOf merged (schema_merge.py), as a rule named by the merged
+        schema: a $ref the merge inlined that leads back here meets the rule, not a new copy."""
+        merged = merge_all(schema, self.root, path)
+        name = "merged " + json.dumps(merged, sort_keys=True)
+        return self.rule(name, lambda: self.value(merged, path))
 
     def reference(self, schema: dict, path: str) -> Expr:
         """$ref alone: a rule per target (so recursion works); with siblings: merged."""
         ref = schema["$ref"]
         siblings = {k: v for k, v in schema.items() if k not in ANNOTATIONS and k != "$ref"}
         if siblings:
-            return self.value(merge_all({"allOf": [{"$ref": ref}, siblings]}, self.root, path),
-                              path)
+            return self.merged({"allOf": [{"$ref": ref}, siblings]}, path)
         target = resolve_pointer(self.root, ref)
         return self.rule(f"ref {ref}", lambda: self.value(target, ref))
 
@@ -189,10 +202,26 @@ class _Builder:
         if others:
             raise ConfigError(f"enum/const at {path} together with {sorted(others)} is not "
                               "supported; list only the allowed values")
-        types = _types(schema, path) if "type" in schema else TYPES
-        return alt(*(text(json.dumps(v, ensure_ascii=False, separators=(",", ":")))
-                     for v in values if _json_type(v) in types
+        types = schema_types(schema, path) if "type" in schema else TYPES
+        return alt(*(self.literal_value(v) for v in values if _json_type(v) in types
                      or (_json_type(v) == "integer" and "number" in types)))
+
+    def literal_value(self, v) -> Expr:
+        """One JSON value as written: whitespace gaps as anywhere, a string's characters as in
+        a pattern (json_chars), an integral float as its integer (1.0 is 1)."""
+        sep = seq(self.ws, literal(b","), self.ws)
+        if isinstance(v, str):
+            return seq(literal(b'"'), *(json_chars([(ord(c), ord(c))]) for c in v),
+                       literal(b'"'))
+        if isinstance(v, list):
+            body = _join([self.literal_value(x) for x in v], sep)
+            return self.bracketed(b"[", body if v else NOTHING, b"]", empty_ok=not v)
+        if isinstance(v, dict):
+            body = _join([seq(self.key(k), self.literal_value(x)) for k, x in v.items()], sep)
+            return self.bracketed(b"{", body if v else NOTHING, b"}", empty_ok=not v)
+        if isinstance(v, float) and v.is_integer():
+            v = int(v)
+        return text(json.dumps(v))
 
     def typed(self, t: str, schema: dict, path: str) -> Expr:
         """The instances of type t that satisfy the type's keywords in `schema`."""
@@ -203,7 +232,7 @@ class _Builder:
         if t == "string":
             return self.string(schema, path)
         if t == "integer":
-            return integer_range(*_integer_bounds(schema, path))
+            return integer_range(*integer_bounds(schema, path))
         if t == "number":
             for key in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
                 if key in schema:
@@ -337,7 +366,7 @@ def _not_in(names: list[str]) -> Expr:
     return below(trie)
 
 
-def _types(schema: dict, path: str) -> list[str]:
+def schema_types(schema: dict, path: str) -> list[str]:
     """The types to generate: `type` (one or a list), else those whose keywords appear, else all."""
     if "type" in schema:
         given = schema["type"] if isinstance(schema["type"], list) else [schema["type"]]
@@ -350,7 +379,7 @@ def _types(schema: dict, path: str) -> list[str]:
     return implied or list(TYPES)
 
 
-def _integer_bounds(schema: dict, path: str) -> tuple[int | None, int | None]:
+def integer_bounds(schema: dict, path: str) -> tuple[int | None, int | None]:
     """[lo, hi] of an integer from minimum/maximum/exclusiveMinimum/exclusiveMaximum."""
     lo = hi = None
     for key, bound in (("minimum", math.ceil), ("exclusiveMinimum", lambda v: math.floor(v) + 1),

@@ -93,8 +93,8 @@ def _merge_two(a: dict, b: dict, path: str) -> dict:
         if key == "type":
             out[key] = _intersect_types(va, vb)
         elif key == "properties":
-            out[key] = {**va, **{k: ({"allOf": [va[k], v]} if k in va else v)
-                                 for k, v in vb.items()}}
+            out[key] = {**va, **{k: ({"allOf": [va[k], v]} if k in va and not same_json(va[k], v)
+                                     else v) for k, v in vb.items()}}
         elif key == "required":
             out[key] = list(dict.fromkeys(list(va) + list(vb)))
         elif key in _LOWER or key in _UPPER:
@@ -102,7 +102,7 @@ def _merge_two(a: dict, b: dict, path: str) -> dict:
         elif key == "enum":
             out[key] = [v for v in va if any(same_json(v, w) for w in vb)]
         elif key in ("items", "additionalProperties") and isinstance(va, dict) \
-                and isinstance(vb, dict):
+                and isinstance(vb, dict) and not same_json(va, vb):
             out[key] = {"allOf": [va, vb]}
         elif not same_json(va, vb):
             raise ConfigError(f"allOf at {path}: cannot merge the two different values of "
