@@ -207,7 +207,7 @@ def test_typed_holes(engine):
     with pytest.raises(ConfigError, match="not supported"):
         gen("x", type=list)
     s += "\nq = " + select("q", ["1", "2"])
-    with pytest.raises(ProgramError, match="does not parse as Point") as e:  # cut short
+    with pytest.raises(ProgramError, match="before its constraint was satisfied") as e:
         s += "\nr = " + gen("r", type=Point, max_tokens=3)
     assert e.value.state.values["q"] in ("1", "2") and "r" not in e.value.state.values
 
@@ -247,3 +247,12 @@ def test_bad_holes_name_the_problem(engine):
         s += gen("x")
     with pytest.raises(ConfigError, match="appends text and holes"):
         s += 3
+
+
+def test_constrained_hole_cut_short_is_an_error_with_its_text(engine):
+    s = new_state(engine)
+    with pytest.raises(ProgramError, match="before its constraint was satisfied") as e:
+        s += "x = " + gen("x", regex="[a-z]{30}", max_tokens=4)
+    state = e.value.state
+    assert "x" not in state.values and state.text == "x = " + state.texts["x"]
+    assert_branch_holds_text(state, engine)

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from lmstack.errors import ConfigError
 from lmstack.infer.program.healing import heal_split, healing_mask
 from lmstack.infer.program.holes import Gen, Select
-from lmstack.infer.program.state import Stats
+from lmstack.infer.program.state import CutShort, Stats
 from lmstack.infer.sampling import context_length, right_pad
 from lmstack.infer.step import constraint_mask, make_generator, new_rows, step
 from lmstack.models.kv_cache import KVCache
@@ -154,6 +154,10 @@ class LocalBranch:
         if not text.startswith(prefix):  # a stop string cut into the backed-up text
             text = prefix
         self._settle(row.tokens, len(row.tokens) - len(unfed), text)
+        if row.matcher is not None and not row.matcher.is_accepting():
+            raise CutShort(f"{len(row.tokens)} tokens (max_tokens {cfg.max_new_tokens}) ended "
+                           "it before its constraint was satisfied: "
+                           f"{text[:60]!r}...; raise max_tokens", text[len(prefix):])
         return text[len(prefix):]
 
     @torch.inference_mode()

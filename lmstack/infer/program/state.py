@@ -39,6 +39,15 @@ class ProgramError(ConfigError):
         self.state = state
 
 
+class CutShort(ConfigError):
+    """A backend wrote `.text` for a hole but stopped (max_tokens, the context) before the
+    hole's constraint was satisfied: the text is in the branch, the hole has no value."""
+
+    def __init__(self, message: str, text: str) -> None:
+        super().__init__(message)
+        self.text = text
+
+
 @dataclass
 class Stats:
     """Tokens the model computed for a run (shared by all its branches): `prefill` tokens of
@@ -124,13 +133,15 @@ class ProgramState:
             settings.setdefault("seed", self._seed())
         try:
             text = self.branch.gen(hole, settings)
+        except CutShort as e:
+            self._partial(hole.name, e.text)
+            raise ProgramError(f"hole {hole.name!r}: {e}", self) from e
         except LMStackError as e:
             raise ProgramError(f"hole {hole.name!r}: {e}", self) from e
         try:
             value = hole.parse(text)
-        except LMStackError as e:  # the text stays (the branch has read it); no value
-            self.text += text
-            self.texts[hole.name] = text
+        except LMStackError as e:
+            self._partial(hole.name, text)
             raise ProgramError(f"hole {hole.name!r}: {e}", self) from e
         self._fill(hole.name, text, value)
 
@@ -143,6 +154,11 @@ class ProgramState:
         except LMStackError as e:
             raise ProgramError(f"select {hole.name!r}: {e}", self) from e
         self._fill(hole.name, hole.options[index], hole.options[index])
+
+    def _partial(self, name: str, text: str) -> None:
+        """A hole's text the branch has read, though it has no value."""
+        self.text += text
+        self.texts[name] = text
 
     def _fill(self, name: str, text: str, value: Any) -> None:
         self.text += text
