@@ -141,7 +141,7 @@ def assistant_spans(template: ChatTemplate, messages: list[dict],
             raise DataError(f"{at}the chat template does not render messages[{i}] as an "
                             "extension of the conversation before it (a template that rewrites "
                             "earlier turns), so its span cannot be found")
-        start, end = len(before), _reply_end(after, len(before), message["content"])
+        start, end = len(before), _reply_end(after, len(before))
         if end <= start:
             raise DataError(f"{at}the chat template renders no text for assistant "
                             f"messages[{i}]; nothing of it could be trained")
@@ -152,12 +152,11 @@ def assistant_spans(template: ChatTemplate, messages: list[dict],
     return text, spans
 
 
-def _reply_end(after: str, start: int, content: str) -> int:
-    """Where a reply's span ends: after its end-of-turn marker, before trailing layout space."""
-    body = content.strip()  # some templates trim the content
-    found = after.rfind(body, start) if body else -1
-    content_end = found + len(body) if found >= 0 else start
-    return content_end + len(after[content_end:].rstrip())
+def _reply_end(after: str, start: int) -> int:
+    """Where a reply's span ends: at the last non-space character the template wrote for it
+    (its end-of-turn marker, or the reply itself when the template writes none), so the
+    layout newline after the marker is not trained."""
+    return max(start, len(after.rstrip()))
 
 
 def segments(text: str, spans: Sequence[tuple[int, int]]) -> list[tuple[str, bool]]:
