@@ -36,8 +36,10 @@ LAYERS = {
     "lmstack.cli": 8, "lmstack.quickstart": 8,
 }
 # Same-layer imports the table allows: apps use serve's keys, limits and protocol helpers; the
-# CLI's `run` subcommand calls the quickstart.
-ALLOWED_SIDEWAYS = {("lmstack.apps", "lmstack.serve"), ("lmstack.cli", "lmstack.quickstart")}
+# CLI's `run` subcommand calls the quickstart; posttrain's PEFT adapters use interop's Hugging
+# Face name table and config mapping (one place for each fact; interop imports no posttrain).
+ALLOWED_SIDEWAYS = {("lmstack.apps", "lmstack.serve"), ("lmstack.cli", "lmstack.quickstart"),
+                    ("lmstack.posttrain", "lmstack.interop")}
 # Plain-Python layers: a learner reads them without PyTorch.
 NO_TORCH = {"lmstack.tokenizer", "lmstack.data"}
 
