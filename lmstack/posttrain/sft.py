@@ -1,0 +1,83 @@
+"""Supervised fine-tuning batches for the trainer's loop (a sketch: the loop does not take them yet).
+
+`lmstack/train/loop.py` pulls `(x, y)` from a `TokenLoader` (`next_batch`, `epoch_batches`,
+`state_dict`/`load_state_dict` for resume) and scores `next_token_loss(model(x), y)`. SFT
+batches carry two more tensors, position ids and segment ids (sft_data.py), so the loop needs
+one hook: a batch function `loss_fn(model, batch) -> (loss_sum, n_targets)` that it calls in
+`train_step` and `evaluate` instead of `model(x)` + `next_token_loss`, with the step's loss the
+sum over micro-batches divided by the step's trained-target count (a mean of micro-batch means
+weighs a micro-batch with few trained tokens as much as a full one). `evaluate` must count
+targets as `(y != -100).sum()` and must not index byte lengths with -100. The model side
+(attention reading `block_diagonal_mask(segment_ids)` and positions from `position_ids`) is a
+change to lmstack/models/attention.py.
+
+    rows = pack(truncate(load_sft_examples(path, tok, template), max_len)[0], max_len)
+    loader = SFTLoader(rows, batch_size=8, max_len=max_len, pad_id=tok.eos_id or 0, seed=0)
+    input_ids, labels, position_ids, segment_ids = loader.next_batch()
+
+Run the tests: `pytest lmstack/posttrain/sft.py --doctest-modules`.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+
+import torch
+
+from lmstack.errors import ConfigError
+from lmstack.posttrain.sft_data import IGNORE, PackedRow, collate
+
+
+class SFTLoader:
+    """Packed rows in a seeded order per epoch, dealt to ranks, resumable from its state.
+
+    >>> from lmstack.posttrain.sft_data import Example, pack
+    >>> rows = pack([Example([1, 2, 3], [0, 1, 1], f"e{i}") for i in range(5)], max_len=2)
+    >>> a = SFTLoader(rows, batch_size=2, max_len=2, seed=1)
+    >>> _ = a.next_batch(); state = a.state_dict(); x = a.next_batch()[0]
+    >>> b = SFTLoader(rows, batch_size=2, max_len=2, seed=1); b.load_state_dict(state)
+    >>> bool((b.next_batch()[0] == x).all())
+    True
+    """
+
+    def __init__(self, rows: Sequence[PackedRow], batch_size: int, max_len: int, pad_id: int = 0,
+                 seed: int = 0, rank: int = 0, world_size: int = 1) -> None:
+        if len(rows) < batch_size * world_size:
+            raise ConfigError(f"{len(rows)} packed rows are fewer than one batch "
+                              f"({batch_size} x {world_size} ranks); lower batch_size")
+        self.rows, self.batch_size, self.max_len, self.pad_id = list(rows), batch_size, max_len, pad_id
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.epoch, self.position = 0, 0  # the next batch: its epoch and index within it
+
+    def _order(self, epoch: int) -> list[int]:
+        order = list(range(len(self.rows)))
+        random.Random(self.seed * 1_000_003 + epoch).shuffle(order)  # same on every rank
+        return order
+
+    def next_batch(self) -> tuple[torch.Tensor, ...]:
+        """(input_ids, labels, position_ids, segment_ids), (B, max_len) each; epochs wrap."""
+        per_step = self.batch_size * self.world_size
+        if (self.position + 1) * per_step > len(self.rows):
+            self.epoch, self.position = self.epoch + 1, 0  # the incomplete tail is skipped
+        start = self.position * per_step + self.rank * self.batch_size
+        picked = self._order(self.epoch)[start:start + self.batch_size]
+        self.position += 1
+        return collate([self.rows[i] for i in picked], self.max_len, self.pad_id)
+
+    def state_dict(self) -> dict:
+        """Where the loader is, for a checkpoint."""
+        return {"epoch": self.epoch, "position": self.position, "seed": self.seed}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from a checkpoint's state."""
+        self.epoch, self.position, self.seed = state["epoch"], state["position"], state["seed"]
+
+
+def count_targets(labels: torch.Tensor) -> int:
+    """The trained targets in a batch: what a step's summed loss is divided by.
+
+    >>> count_targets(torch.tensor([[-100, 5, 6], [-100, -100, 7]]))
+    3
+    """
+    return int((labels != IGNORE).sum())
