@@ -93,6 +93,20 @@ def test_training_changes_output_then_merge_and_unmerge_round_trip():
     torch.testing.assert_close(model(x), tuned, atol=1e-5, rtol=0)
 
 
+def test_dropout_acts_on_the_lora_branch_only_while_training():
+    model, x = gpt(), ids()
+    base = model(x)
+    apply_lora(model, LoraConfig(r=4, dropout=0.5)).train()
+    torch.testing.assert_close(model(x), base, atol=0, rtol=0)  # B = 0: dropout cannot show
+    randomize_b(model)
+    model.eval()
+    tuned = model(x)
+    model.train()
+    assert not torch.allclose(model(x), tuned, atol=1e-4)  # inputs of the branch dropped
+    merge_lora(model)  # merged: the update sits in W, no dropout on it
+    torch.testing.assert_close(model(x), tuned, atol=1e-5, rtol=0)
+
+
 def test_save_and_load_round_trip(tmp_path):
     model, x = gpt(), ids()
     apply_lora(model, LoraConfig(r=2, alpha=4, target_modules=("v_proj", "o_proj")))
@@ -166,24 +180,22 @@ def test_adapter_for_another_base_is_refused(tmp_path):
 
 # ---- Hugging Face PEFT, both ways ---------------------------------------------------------------
 
-transformers = pytest.importorskip("transformers")  # the dev extra, as are peft and below
-peft = pytest.importorskip("peft")
-
-
 def hf_llama(tmp_path):
-    """A tiny random transformers Llama saved to tmp_path/hf, and our GPT loaded from it."""
+    """(peft, a tiny random transformers Llama saved to tmp_path/hf, our GPT loaded from it);
+    skips where the dev extra (transformers, peft) is not installed."""
     from lmstack.interop import load_hf_model
+    transformers, peft = pytest.importorskip("transformers"), pytest.importorskip("peft")
     torch.manual_seed(0)
     cfg = transformers.LlamaConfig(vocab_size=V, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
                                    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
                                    tie_word_embeddings=False)
     theirs = transformers.LlamaForCausalLM(cfg).eval()
     theirs.save_pretrained(tmp_path / "hf")
-    return theirs, load_hf_model(tmp_path / "hf")
+    return peft, theirs, load_hf_model(tmp_path / "hf")
 
 
 def test_our_adapter_loads_in_peft_with_the_same_logits(tmp_path):
-    theirs, ours = hf_llama(tmp_path)
+    peft, theirs, ours = hf_llama(tmp_path)
     x = ids()
     apply_lora(ours, LoraConfig(r=4, alpha=8, target_modules=("q_proj", "v_proj", "gate_proj")))
     randomize_b(ours)
@@ -197,7 +209,7 @@ def test_our_adapter_loads_in_peft_with_the_same_logits(tmp_path):
 
 
 def test_peft_adapter_loads_here_with_the_same_logits(tmp_path):
-    theirs, ours = hf_llama(tmp_path)
+    peft, theirs, ours = hf_llama(tmp_path)
     x = ids()
     config = peft.LoraConfig(r=4, lora_alpha=16, lora_dropout=0.0, target_modules=["q_proj", "k_proj", "down_proj"],
                              task_type="CAUSAL_LM")
