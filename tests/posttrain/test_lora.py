@@ -23,6 +23,7 @@ from lmstack.posttrain.peft import (
     lora_summary,
     merge_lora,
     save_adapter,
+    unload_lora,
     unmerge_lora,
 )
 
@@ -90,6 +91,11 @@ def test_training_changes_output_then_merge_and_unmerge_round_trip():
     unmerge_lora(model)
     for k, v in base_state.items():
         assert torch.allclose(model.state_dict()[k], v, atol=1e-6, rtol=0), k
+    torch.testing.assert_close(model(x), tuned, atol=1e-5, rtol=0)
+
+    unload_lora(model)  # merged into plain nn.Linear layers: the base's names, the tuned function
+    assert not lora_layers(model) and set(model.state_dict()) == set(base_state)
+    assert type(model.layers[0].attn.q_proj) is torch.nn.Linear
     torch.testing.assert_close(model(x), tuned, atol=1e-5, rtol=0)
 
 

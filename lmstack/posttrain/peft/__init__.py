@@ -11,6 +11,6 @@ from lmstack import lazy_exports
 # Module -> the public names it defines, each imported on first use.
 __all__, __getattr__, __dir__ = lazy_exports(__name__, {
     "lora": ["LoraConfig", "LoraLinear", "apply_lora", "lora_layers", "lora_parameters",
-             "lora_state_dict", "lora_summary", "merge_lora", "unmerge_lora"],
+             "lora_state_dict", "lora_summary", "merge_lora", "unload_lora", "unmerge_lora"],
     "adapter": ["load_adapter", "save_adapter"],
 })

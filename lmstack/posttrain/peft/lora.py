@@ -214,6 +214,18 @@ def unmerge_lora(model: nn.Module) -> nn.Module:
     return model
 
 
+def unload_lora(model: nn.Module) -> nn.Module:
+    """Merge every LoRA update and put plain nn.Linear layers back (same parameter objects), in
+    place: a model with the base's state-dict names, for save_model, export_hf or fusing."""
+    for name, layer in lora_layers(model).items():
+        layer.merge()
+        plain = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None, device="meta")
+        plain.weight, plain.bias = layer.weight, layer.bias
+        parent_name, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent_name) if parent_name else model, child, plain)
+    return model
+
+
 def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """The LoRA tensors alone, by our names: `{module}.lora_A.weight`, `{module}.lora_B.weight`."""
     out: dict[str, torch.Tensor] = {}
