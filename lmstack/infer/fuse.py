@@ -16,7 +16,8 @@ numbers beyond float rounding:
   own compiler emits for CPU linears) reads the weight stored (N, K) ~1.3-1.8x faster on an AMD
   Zen 4 (AVX-512): 25 GB/s against 15-19 over a decode step's matrices, the 49152-row head 3.0
   ms against 5.0 (2 threads, every matrix of a step in turn). `OneDNNLinear` is an
-  nn.Linear that runs it when no gradient is wanted and falls back to `F.linear` otherwise.
+  nn.Linear that runs it for a one-row input when no gradient is wanted (a batch-1 decode
+  step) and falls back to `F.linear` otherwise.
   Only fp32: for bf16 weights `F.linear` is as fast (it runs oneDNN already). Without oneDNN
   in the torch build, fp32 weights get `decode_layout` instead: stored (in, out) in memory,
   which MKL's gemv streams faster than (out, in).
@@ -53,12 +54,18 @@ def onednn_available() -> bool:
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 
+# Only a one-row product (a batch-1 decode step) goes through oneDNN: that is where it is faster,
+# and oneDNN keeps memory for each other shape it sees — a server's batched steps and prefills
+# grew its resident memory by ~70 MB over 200 requests (tests/serve/test_reliability.py).
+DECODE_ROWS = 1
+
+
 class OneDNNLinear(nn.Linear):
     """An nn.Linear whose inference forward is oneDNN's inner product (same parameters and
     state_dict; `F.linear` whenever autograd may need the graph, which oneDNN's op lacks)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.is_grad_enabled() or x.device.type != "cpu":
+        if torch.is_grad_enabled() or x.device.type != "cpu" or x.numel() > DECODE_ROWS * x.shape[-1]:
             return F.linear(x, self.weight, self.bias)
         return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [], "")
 

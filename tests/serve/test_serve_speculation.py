@@ -19,7 +19,7 @@ from lmstack.infer import Engine
 from lmstack.infer import speculative as S
 from lmstack.infer.medusa_drafter import MedusaDrafter
 from lmstack.models import GPT, GPTConfig
-from lmstack.models.directory import save_model
+from lmstack.models.directory import load_model, save_model
 from lmstack.models.medusa_heads import MedusaHeads
 from lmstack.serve.scheduler import Scheduler
 from tests.infer.test_speculative import chi_square_p, gpt, noisy_copy
@@ -53,7 +53,8 @@ def engine(dirs):
 
 def drafters(engine: Engine, dirs) -> dict:
     """The three kinds of drafter, as `lmstack serve` builds them."""
-    draft = Engine(noisy_copy(engine.model, 0.3, seed=1), engine.tokenizer)  # agrees often, not always
+    # from the saved weights: the engine's own model has fused decode projections (infer/fuse.py)
+    draft = Engine(noisy_copy(load_model(dirs["target"]), 0.3, seed=1), engine.tokenizer)  # agrees often
     return {"draft": dict(draft=draft), "prompt-lookup": dict(prompt_lookup=2, gamma=3),
             "medusa": dict(medusa=dirs["target"])}
 

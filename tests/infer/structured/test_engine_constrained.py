@@ -127,3 +127,15 @@ def test_json_whitespace_bounds_the_gaps(engine, engine_name):
         jsonschema.validate(json.loads(loose.text), SCHEMA)
     with pytest.raises(ConfigError, match="json_whitespace"):
         engine.generate("x", regex="a", json_whitespace=-2)
+
+
+def test_the_prefix_cache_changes_nothing(engine):
+    from lmstack.infer.prefix_cache import PrefixCache
+
+    cached = Engine(engine.model, engine.tokenizer, prefix_cache=PrefixCache(block_size=4))
+    prompt = "A long shared system prompt, then the person: "
+    for seed in range(2):  # the second call reuses the first one's prefix blocks
+        settings = dict(json_schema=SCHEMA, temperature=1.0, seed=seed, max_new_tokens=80, **REF)
+        assert cached.generate(prompt, **settings).tokens == engine.generate(prompt, **settings).tokens
+    stats = cached.prefix_cache.stats()
+    assert stats["hit_tokens"] > 0, stats
