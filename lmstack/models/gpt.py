@@ -184,21 +184,30 @@ class GPT(nn.Module):
                        dtype=weight.dtype, device=weight.device)
 
     def forward(self, idx: torch.Tensor, cache: KVCache | None = None,
-                lengths: torch.Tensor | None = None, last_only: bool = False) -> torch.Tensor:
+                lengths: torch.Tensor | None = None, last_only: bool = False,
+                segment_ids: torch.Tensor | None = None,
+                position_ids: torch.Tensor | None = None) -> torch.Tensor:
         """Logits (B, T, vocab_size) for ids (B, T), continuing from `cache` if given.
 
         `lengths` (B,) marks right padding: row b's real tokens are its first lengths[b]; the
         cache advances each row by its own length (logits at padded positions are meaningless).
         `last_only` returns (B, 1, vocab_size): the logits of each row's last real token only,
-        all a decoder's prefill needs (the head over every position of a long prompt is waste)."""
-        x = self.hidden(idx, cache, lengths, last_only)
+        all a decoder's prefill needs (the head over every position of a long prompt is waste).
+        `segment_ids` and `position_ids` (B, T) read a packed row (several examples one after
+        another, as fine-tuning packs them): a token attends only to earlier tokens of its own
+        segment, and positions restart per example, so each example computes what it would alone."""
+        x = self.hidden(idx, cache, lengths, last_only, segment_ids, position_ids)
         return self.lm_head(x)
 
     def hidden(self, idx: torch.Tensor, cache: KVCache | None = None,
-               lengths: torch.Tensor | None = None, last_only: bool = False) -> torch.Tensor:
+               lengths: torch.Tensor | None = None, last_only: bool = False,
+               segment_ids: torch.Tensor | None = None,
+               position_ids: torch.Tensor | None = None) -> torch.Tensor:
         """The last hidden state (B, T, n_embd): the final norm's output that `lm_head` maps
         to logits (`forward` is `lm_head(hidden(...))`); Medusa heads read it
         (lmstack/infer/medusa_drafter.py). Arguments as in `forward`."""
+        if segment_ids is not None:
+            return self._packed_hidden(idx, segment_ids, position_ids)
         B, T = check_idx(idx)
         start, row_pos = 0, None
         if cache is not None:
@@ -216,6 +225,31 @@ class GPT(nn.Module):
             cache.advance(T, None if lengths is None else torch.as_tensor(lengths))
         if last_only:
             x = last_positions(x, lengths)  # (B, 1, C): the head runs on these alone
+        return self.ln_f(x)
+
+    def _packed_hidden(self, idx: torch.Tensor, segment_ids: torch.Tensor,
+                       position_ids: torch.Tensor | None) -> torch.Tensor:
+        """`hidden` of packed rows (no cache): block-diagonal causal attention, own positions."""
+        B, T = check_idx(idx)
+        if segment_ids.shape != idx.shape or (position_ids is not None and position_ids.shape != idx.shape):
+            raise ConfigError(f"segment_ids and position_ids must have the shape of the ids {tuple(idx.shape)}, "
+                              f"got {tuple(segment_ids.shape)} and "
+                              f"{None if position_ids is None else tuple(position_ids.shape)}")
+        pos = position_ids if position_ids is not None else torch.arange(T, device=idx.device).expand(B, T)
+        self.check_length(int(pos.max()) + 1)
+        x = self.drop(self.position.embed(self.wte(idx), pos))
+        rope = self.position.rotary(pos)
+        at = torch.arange(T, device=idx.device)
+        allowed = (segment_ids[:, :, None] == segment_ids[:, None, :]) & (at[:, None] >= at[None, :])
+        if self.config.sliding_window is not None:
+            allowed &= (at[:, None] - at[None, :]) < self.config.sliding_window
+        bias = torch.zeros(allowed.shape, dtype=x.dtype, device=idx.device)
+        bias = bias.masked_fill(~allowed, float("-inf")).unsqueeze(1)     # (B, 1, T, T)
+        alibi = self.position.attn_bias(pos, pos)                          # (B, H, T, T) or None
+        if alibi is not None:
+            bias = bias + alibi.to(x.dtype)
+        for block in self.layers:
+            x = block(x, rope, bias)
         return self.ln_f(x)
 
     def check_length(self, length: int, cached: int = 0) -> None:
