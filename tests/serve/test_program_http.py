@@ -43,3 +43,10 @@ def test_server_down_is_a_clear_error():
     backend = CompletionBackend.http("http://127.0.0.1:9/v1")
     with pytest.raises(ProgramError, match="did not answer"):
         run(lambda s: s.__iadd__("a" + gen("x")), backend)
+
+
+def test_a_constrained_hole_the_server_cuts_short_is_an_error(live_server):
+    backend = CompletionBackend.http(live_server.url + "/v1", live_server.model)
+    with pytest.raises(ProgramError, match="before its constraint was satisfied") as e:
+        run(lambda s: s.__iadd__("Code: " + gen("code", regex="[a-z]{30}", max_tokens=3)), backend)
+    assert e.value.state.text.startswith("Code: ") and len(e.value.state.text) > len("Code: ")

@@ -18,20 +18,22 @@ Tests: `pytest tests/infer/test_program_remote.py`.
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Callable
 from typing import Any
 
 from lmstack.errors import ConfigError
 from lmstack.infer.program.holes import Gen, Select
-from lmstack.infer.program.state import Stats
+from lmstack.infer.program.state import CutShort, Stats
 
 # GenerationConfig setting -> the completion API's field.
 API_FIELDS = {"max_new_tokens": "max_tokens", "temperature": "temperature", "stop": "stop",
               "seed": "seed", "top_p": "top_p"}
 GUIDED = {"regex": "guided_regex", "grammar": "guided_grammar", "choices": "guided_choice"}
 
-# complete(prompt, fields) -> (text, prompt tokens, completion tokens)
-Complete = Callable[[str, dict[str, Any]], tuple[str, int, int]]
+# complete(prompt, fields) -> (text, prompt tokens, completion tokens, finish_reason)
+Complete = Callable[[str, dict[str, Any]], tuple[str, int, int, str | None]]
 # score(prompt, option) -> (log-probability, its tokens, tokens computed)
 Score = Callable[[str, str], tuple[float, int, int]]
 
@@ -63,8 +65,9 @@ class CompletionBackend:
                                   f"{r.status_code} {r.text[:300]}")
             reply = r.json()
             usage = reply.get("usage") or {}
-            return (reply["choices"][0]["text"], usage.get("prompt_tokens", 0),
-                    usage.get("completion_tokens", 0))
+            choice = reply["choices"][0]
+            return (choice["text"], usage.get("prompt_tokens", 0),
+                    usage.get("completion_tokens", 0), choice.get("finish_reason"))
 
         return cls(complete, None, guided, f"the server at {url}")
 
@@ -82,7 +85,7 @@ class CompletionBackend:
             if fmt is not None:
                 settings["json_schema"] = fmt["json_schema"]["schema"]
             c = engine.generate(prompt, **settings)
-            return c.text, c.prompt_tokens, len(c.tokens)
+            return c.text, c.prompt_tokens, len(c.tokens), c.finish_reason
 
         def score(prompt: str, option: str) -> tuple[float, int, int]:
             s = engine.score(prompt, option)
@@ -121,6 +124,28 @@ class CompletionBackend:
         return out
 
 
+def whole(fields: dict[str, Any], text: str) -> bool:
+    """Whether a reply that a server ended at max_tokens still fits the hole's constraint (the
+    API does not say): a regex or choice checked here, JSON parsed; a grammar cannot be told.
+
+    >>> whole({"guided_regex": "[0-9]+"}, "123"), whole({"guided_choice": ["ab"]}, "a")
+    (True, False)
+    >>> whole({}, "anything"), whole({"guided_grammar": 'root ::= "a"'}, "a")
+    (True, False)
+    """
+    if "guided_regex" in fields:
+        return re.fullmatch(fields["guided_regex"], text) is not None
+    if "guided_choice" in fields:
+        return text in fields["guided_choice"]
+    if "response_format" in fields:
+        try:
+            json.loads(text)
+        except ValueError:
+            return False
+        return True
+    return "guided_grammar" not in fields
+
+
 class CompletionBranch:
     """A branch is its text: each hole sends all of it."""
 
@@ -137,11 +162,15 @@ class CompletionBranch:
             raise ConfigError("the program has no text before its first hole: append a prompt "
                               "first (an empty prompt has nothing to continue)")
         fields = self.backend.fields(hole, settings)
-        text, prompt_tokens, completion_tokens = self.backend.complete(self.text, fields)
+        text, prompt_tokens, completion_tokens, finish = self.backend.complete(self.text, fields)
         self.stats.prefill += prompt_tokens
         self.stats.decode += completion_tokens
         self.stats.forwards += 1 + completion_tokens
         self.text += text
+        if finish == "length" and not whole(fields, text):  # stopped inside the constrained value
+            raise CutShort(f"{completion_tokens} tokens (max_tokens {fields.get('max_tokens')}) "
+                           f"ended it before its constraint was satisfied: {text[:60]!r}...; "
+                           "raise max_tokens", text)
         return text
 
     def select(self, hole: Select, temperature: float, seed: int | None) -> int:
