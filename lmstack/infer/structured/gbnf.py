@@ -27,7 +27,7 @@ import re
 from lmstack.errors import ConfigError
 from lmstack.infer.structured.grammar import ANY_CHAR, Expr, Grammar
 from lmstack.infer.structured.regex import regex_expr
-from lmstack.infer.structured.syntax import ExprParser, Source, Token, decode_string
+from lmstack.infer.structured.syntax import ExprParser, Source, Token, decode_string, tokenize
 
 _TOKEN = re.compile(r"""
     (?P<space>[ \t\r]+|\#[^\n]*)
@@ -43,7 +43,7 @@ _TOKEN = re.compile(r"""
 def parse_gbnf(source: str) -> Grammar:
     """The grammar of GBNF text; ConfigError (with line and column) for what we cannot read."""
     src = Source("GBNF", source)
-    tokens = _tokenize(src)
+    tokens = tokenize(src, _TOKEN, _token)
     parser = ExprParser(src, tokens, define="::=")
     rules: dict[str, Expr] = {}
     while parser.tok.kind != "EOF":
@@ -58,24 +58,6 @@ def parse_gbnf(source: str) -> Grammar:
         if parser.tok.kind == "OP" and parser.tok.value == ")":
             raise src.error(parser.tok.pos, "unbalanced ')'")
     return Grammar(rules, "root")
-
-
-def _tokenize(src: Source) -> list[Token]:
-    tokens: list[Token] = []
-    pos, bol = 0, True
-    while pos < len(src.text):
-        m = _TOKEN.match(src.text, pos)
-        if m is None:
-            raise src.error(pos, f"unexpected character {src.text[pos]!r}")
-        kind, value = m.lastgroup, m.group()
-        if kind == "newline":
-            bol = True
-        elif kind != "space":
-            tokens.append(_token(src, kind, value, pos, bol))
-            bol = False
-        pos = m.end()
-    tokens.append(Token("EOF", None, pos, True))
-    return tokens
 
 
 def _token(src: Source, kind: str, value: str, pos: int, bol: bool) -> Token:

@@ -32,7 +32,7 @@ import re
 from lmstack.errors import ConfigError
 from lmstack.infer.structured.grammar import Expr, Grammar
 from lmstack.infer.structured.regex import regex_expr
-from lmstack.infer.structured.syntax import ExprParser, Source, Token, decode_string
+from lmstack.infer.structured.syntax import ExprParser, Source, Token, decode_string, tokenize
 
 # lark's common.lark terminals, as our own regular expressions
 COMMON = {
@@ -61,7 +61,7 @@ _TOKEN = re.compile(r"""
 def parse_lark(source: str) -> Grammar:
     """The grammar of Lark text; ConfigError (with line and column) for what we cannot read."""
     src = Source("Lark", source)
-    tokens = _tokenize(src)
+    tokens = tokenize(src, _TOKEN, _token)
     parser = ExprParser(src, tokens, define=":")
     rules: dict[str, Expr] = {}
     while parser.tok.kind != "EOF":
@@ -81,24 +81,6 @@ def parse_lark(source: str) -> Grammar:
         if parser.tok.kind == "OP" and parser.tok.value in (")", "]"):
             raise src.error(parser.tok.pos, f"unbalanced {parser.tok.value!r}")
     return Grammar(rules, "start")
-
-
-def _tokenize(src: Source) -> list[Token]:
-    tokens: list[Token] = []
-    pos, bol = 0, True
-    while pos < len(src.text):
-        m = _TOKEN.match(src.text, pos)
-        if m is None:
-            raise src.error(pos, f"unexpected character {src.text[pos]!r}")
-        kind, value = m.lastgroup, m.group()
-        if kind == "newline":
-            bol = True
-        elif kind != "space":
-            tokens.append(_token(src, kind, value, pos, bol))
-            bol = False
-        pos = m.end()
-    tokens.append(Token("EOF", None, pos, True))
-    return tokens
 
 
 def _token(src: Source, kind: str, value: str, pos: int, bol: bool) -> Token:

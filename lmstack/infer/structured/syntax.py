@@ -12,6 +12,8 @@ Errors are ConfigErrors that give the line and column: `Source.error`.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from lmstack.errors import ConfigError
@@ -48,6 +50,27 @@ class Source:
         line = self.text.count("\n", 0, pos) + 1
         column = pos - (self.text.rfind("\n", 0, pos) + 1) + 1
         return ConfigError(f"{self.dialect} grammar, line {line} column {column}: {what}")
+
+
+def tokenize(src: Source, pattern: re.Pattern,
+             make: Callable[[Source, str, str, int, bool], Token]) -> list[Token]:
+    """The tokens of `src` by `pattern`'s named groups, `make(src, kind, text, pos, bol)` each
+    (bol: first on its line); groups "space" and "newline" separate tokens; EOF last."""
+    tokens: list[Token] = []
+    pos, bol = 0, True
+    while pos < len(src.text):
+        m = pattern.match(src.text, pos)
+        if m is None:
+            raise src.error(pos, f"unexpected character {src.text[pos]!r}")
+        kind, value = m.lastgroup, m.group()
+        if kind == "newline":
+            bol = True
+        elif kind != "space":
+            tokens.append(make(src, kind, value, pos, bol))
+            bol = False
+        pos = m.end()
+    tokens.append(Token("EOF", None, pos, True))
+    return tokens
 
 
 def decode_string(src: Source, pos: int, body: str) -> str:
