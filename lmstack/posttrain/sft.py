@@ -1,4 +1,4 @@
-"""Supervised fine-tuning batches for the trainer's loop (a sketch: the loop does not take them yet).
+"""Supervised fine-tuning batches and their loss (the trainer's loop does not take them yet).
 
 `lmstack/train/loop.py` pulls `(x, y)` from a `TokenLoader` (`next_batch`, `epoch_batches`,
 `state_dict`/`load_state_dict` for resume) and scores `next_token_loss(model(x), y)`. SFT
@@ -7,9 +7,10 @@ one hook: a batch function `loss_fn(model, batch) -> (loss_sum, n_targets)` that
 `train_step` and `evaluate` instead of `model(x)` + `next_token_loss`, with the step's loss the
 sum over micro-batches divided by the step's trained-target count (a mean of micro-batch means
 weighs a micro-batch with few trained tokens as much as a full one). `evaluate` must count
-targets as `(y != -100).sum()` and must not index byte lengths with -100. The model side
-(attention reading `block_diagonal_mask(segment_ids)` and positions from `position_ids`) is a
-change to lmstack/models/attention.py.
+targets as `(y != -100).sum()` and must not index byte lengths with -100. `sft_loss` is that
+function: the model reads a packed row with `segment_ids` and `position_ids` (models/gpt.py:
+block-diagonal causal attention, positions restarting per example), so packed examples score
+exactly what they score alone (tests/posttrain/test_sft_packing.py).
 
     rows = pack(truncate(load_sft_examples(path, tok, template), max_len)[0], max_len)
     loader = SFTLoader(rows, batch_size=8, max_len=max_len, pad_id=tok.eos_id or 0, seed=0)
@@ -72,6 +73,18 @@ class SFTLoader:
     def load_state_dict(self, state: dict) -> None:
         """Continue from a checkpoint's state."""
         self.epoch, self.position, self.seed = state["epoch"], state["position"], state["seed"]
+
+
+def sft_loss(model: torch.nn.Module, batch: Sequence[torch.Tensor]) -> tuple[torch.Tensor, int]:
+    """(summed cross-entropy over the trained targets, their count) of a collated batch
+    (input_ids, labels, position_ids, segment_ids): divide the sums of a step's micro-batches
+    by the step's count."""
+    input_ids, labels, position_ids, segment_ids = batch
+    logits = model(input_ids, segment_ids=segment_ids, position_ids=position_ids)  # (B, T, V)
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # at least fp32
+    loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), labels.flatten(),
+                                             ignore_index=IGNORE, reduction="sum")
+    return loss, count_targets(labels)
 
 
 def count_targets(labels: torch.Tensor) -> int:
