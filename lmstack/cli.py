@@ -138,7 +138,7 @@ COMMANDS: dict[str, Command | Group] = {
                            "Train K Medusa heads on a frozen GPT's last hidden state; saved next "
                            "to the model as medusa_heads.safetensors + medusa_config.json.",
                            threads="compute"),
-    "quantize": Command("infer.commands:add_quantize_args", "infer.quantize:cmd_quantize",
+    "quantize": Command("infer.commands:add_quantize_args", "infer.commands:cmd_quantize",
                         "weight-only int8/int4 quantization of a model directory",
                         "Write a copy of --model with every Linear layer in int8 (per channel) or "
                         "int4 (groups of --group-size)."),

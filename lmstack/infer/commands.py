@@ -16,11 +16,13 @@ them (greedy) or the same distribution (sampling), in fewer forward passes of th
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 import textwrap
 import typing
 from dataclasses import MISSING, fields
+from pathlib import Path
 
 from lmstack import MODEL_HELP
 from lmstack.errors import ConfigError
@@ -300,7 +302,7 @@ def cmd_sample_compare(args: argparse.Namespace) -> None:
 
 
 def add_quantize_args(p: argparse.ArgumentParser) -> None:
-    """Flags of `lmstack quantize` (run by infer/quantize.py's cmd_quantize, which checks them
+    """Flags of `lmstack quantize` (run by cmd_quantize below, which checks them
     against its BITS and GROUP_SIZES; a test holds the choices here equal to those)."""
     p.add_argument("--model", required=True,
                    help="model to quantize: a float directory, a .gguf file (dequantized "
@@ -312,3 +314,45 @@ def add_quantize_args(p: argparse.ArgumentParser) -> None:
                    help="int4 group size along the input width: 32, 64, 128 or 256")
     p.add_argument("--skip", nargs="*", default=[],
                    help="layers kept in float (full names or last parts, e.g. lm_head)")
+
+
+def cmd_quantize(args: argparse.Namespace) -> int:
+    """`lmstack quantize`: load --model, quantize, write --out (config, weights, tokenizer, eos
+    ids, chat template). A GGUF file's quantized matrices are dequantized first (exact), then
+    quantized as asked (quantize.py)."""
+    from torch import nn
+
+    from lmstack.atomic import output_dir
+    from lmstack.infer.quantize import (
+        QuantLinear,
+        check_quantization,
+        dequantize_model,
+        model_bytes,
+        quantize_model,
+    )
+    from lmstack.models.directory import (
+        find_format,
+        load_model,
+        save_companions,
+        save_model,
+    )
+
+    check_quantization(args.bits, args.group_size)
+    fmt = find_format(args.model).name
+    if fmt == "quantized":
+        raise ConfigError(f"{args.model} is already quantized; quantize the fp32 model it came from")
+    if Path(args.out).resolve() == Path(args.model).resolve():
+        raise ConfigError("--out must differ from --model (the fp32 weights would be overwritten)")
+    model = load_model(args.model)
+    if not any(isinstance(m, nn.Linear | QuantLinear) for m in model.modules()):
+        raise ConfigError(f"{args.model} has no Linear layers to quantize (n-gram models have no weights)")
+    dequantize_model(model)  # a GGUF file's Q4_1 matrices: back to the floats they stand for
+    before = model_bytes(model)
+    quantize_model(model, args.bits, args.group_size, skip=args.skip)
+    with output_dir(args.out):
+        out = save_model(args.out, model)
+        save_companions(args.model, out)
+    after = os.path.getsize(out / "model.safetensors")
+    label = "int8" if args.bits == 8 else f"int4 g{args.group_size}"
+    print(f"wrote {out} ({label}): {after / 1e6:.1f} MB on disk, fp32 tensors were {before / 1e6:.1f} MB")
+    return 0

@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lmstack.infer.quantize import QuantLinear, fuse_quantized
+from lmstack.infer.quantize import QuantLinear
 
 # (fused name, the modules it replaces, in output order)
 FUSIONS = (("qkv_proj", ("q_proj", "k_proj", "v_proj")), ("gate_up_proj", ("gate_proj", "up_proj")))
@@ -161,3 +161,22 @@ def prepare_decode(model: nn.Module, fuse: bool = True, onednn: bool = True) -> 
     else:
         decode_layout(model)
     return model
+
+
+def fuse_quantized(layers: list[QuantLinear]) -> QuantLinear | None:
+    """One layer whose output is `layers`' outputs concatenated: their rows, scales (and
+    zeros, bias) stacked — each row keeps its own scales, so the numbers are the same. None
+    when they differ in kind, input width, group size, bias or settings (`fuse_linears`)."""
+    first = layers[0]
+    key = [(type(m), m.in_features, getattr(m, "group_size", None), m.bias is None, m.reference,
+            m.act_dtype, m.qweight.device) for m in layers]
+    if len(set(key)) != 1:
+        return None
+    kw = {"reference": first.reference, "act_dtype": first.act_dtype}
+    fused = type(first)(first.in_features, sum(m.out_features for m in layers), first.bias is not None,
+                        group_size=first.group_size, **kw).to(first.qweight.device)
+    for name, _ in fused.named_buffers(recurse=False):
+        setattr(fused, name, torch.cat([getattr(m, name) for m in layers]))
+    if first.bias is not None:
+        fused.bias.data = torch.cat([m.bias.data for m in layers])
+    return fused

@@ -71,8 +71,6 @@ Tests: `pytest lmstack/infer/quantize.py tests/infer/test_quantize.py`.
 from __future__ import annotations
 
 import abc
-import argparse
-import os
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -80,7 +78,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lmstack.atomic import output_dir
 from lmstack.errors import ConfigError
 from lmstack.models.directory import CONFIG, ModelFormat, load_weights, read_config
 from lmstack.models.registry import build_model
@@ -347,25 +344,6 @@ class Int4Linear(QuantLinear):
         return super().extra_repr() + f", group_size={self.group_size}"
 
 
-def fuse_quantized(layers: list[QuantLinear]) -> QuantLinear | None:
-    """One layer whose output is `layers`' outputs concatenated: their rows, scales (and
-    zeros, bias) stacked — each row keeps its own scales, so the numbers are the same. None
-    when they differ in kind, input width, group size, bias or settings (infer/fuse.py)."""
-    first = layers[0]
-    key = [(type(m), m.in_features, getattr(m, "group_size", None), m.bias is None, m.reference,
-            m.act_dtype, m.qweight.device) for m in layers]
-    if len(set(key)) != 1:
-        return None
-    kw = {"reference": first.reference, "act_dtype": first.act_dtype}
-    fused = type(first)(first.in_features, sum(m.out_features for m in layers), first.bias is not None,
-                        group_size=first.group_size, **kw).to(first.qweight.device)
-    for name, _ in fused.named_buffers(recurse=False):
-        setattr(fused, name, torch.cat([getattr(m, name) for m in layers]))
-    if first.bias is not None:
-        fused.bias.data = torch.cat([m.bias.data for m in layers])
-    return fused
-
-
 # ---- whole models ---------------------------------------------------------------------------
 
 def _skipped(name: str, skip: Iterable[str]) -> bool:
@@ -481,8 +459,6 @@ def model_bytes(model: nn.Module) -> int:
     return total
 
 
-# ---- the command --------------------------------------------------------------------------
-
 def dequantize_model(model: nn.Module) -> nn.Module:
     """Replace every Int8Linear / Int4Linear of `model` (in place; returned too) by the
     nn.Linear holding exactly the float32 weight it stands for, and forget `model.quantization`."""
@@ -501,34 +477,6 @@ def dequantize_model(model: nn.Module) -> nn.Module:
     if hasattr(model, "quantization"):
         del model.quantization
     return model
-
-
-def cmd_quantize(args: argparse.Namespace) -> int:
-    """`lmstack quantize`: load --model, quantize, write --out (config, weights, tokenizer, eos
-    ids, chat template). A GGUF file's quantized matrices are dequantized first (exact), then
-    quantized as asked. Its flags are infer/commands.py's add_quantize_args (read without torch
-    by --help)."""
-    from lmstack.models.directory import find_format, load_model, save_companions, save_model
-
-    check_quantization(args.bits, args.group_size)
-    fmt = find_format(args.model).name
-    if fmt == "quantized":
-        raise ConfigError(f"{args.model} is already quantized; quantize the fp32 model it came from")
-    if Path(args.out).resolve() == Path(args.model).resolve():
-        raise ConfigError("--out must differ from --model (the fp32 weights would be overwritten)")
-    model = load_model(args.model)
-    if not any(isinstance(m, nn.Linear | QuantLinear) for m in model.modules()):
-        raise ConfigError(f"{args.model} has no Linear layers to quantize (n-gram models have no weights)")
-    dequantize_model(model)  # a GGUF file's Q4_1 matrices: back to the floats they stand for
-    before = model_bytes(model)
-    quantize_model(model, args.bits, args.group_size, skip=args.skip)
-    with output_dir(args.out):
-        out = save_model(args.out, model)
-        save_companions(args.model, out)
-    after = os.path.getsize(out / "model.safetensors")
-    label = "int8" if args.bits == 8 else f"int4 g{args.group_size}"
-    print(f"wrote {out} ({label}): {after / 1e6:.1f} MB on disk, fp32 tensors were {before / 1e6:.1f} MB")
-    return 0
 
 
 # ---- the model-directory format ---------------------------------------------------------------

@@ -153,7 +153,7 @@ def test_quantize_command(tmp_path):
     import argparse
 
     from lmstack.infer.commands import add_quantize_args
-    from lmstack.infer.quantize import cmd_quantize
+    from lmstack.infer.commands import cmd_quantize
 
     save_model(tmp_path / "fp32", tiny_gpt())
     p = argparse.ArgumentParser()

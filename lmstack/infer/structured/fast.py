@@ -188,7 +188,7 @@ def to_lark(constraint: Constraint, max_whitespace: int | None = DEFAULT_MAX_WHI
 
 def json_options(max_whitespace: int | None) -> dict[str, Any]:
     """llguidance's JSON options: a bound on whitespace between tokens (None: unbounded), and
-    any \\uXXXX escape in strings (llguidance alone allows only \\u00XX)."""
+    any \\u escape (four hex digits) in strings (llguidance alone allows only \\u00 and two)."""
     if max_whitespace is not None and max_whitespace < 0:
         raise ConfigError(f"max_whitespace is {max_whitespace}; use None, 0 or a positive bound")
     options: dict[str, Any] = {"json_allow_general_unicode_escapes": True}

@@ -3,7 +3,7 @@ ranges, string formats, and regular expressions over the characters of a JSON st
 
 Strings. A character of a plain string is any code point but '"', '\\\\', the controls
 U+0000-U+001F and DEL (U+007F) written raw (UTF-8), or an escape: \\" \\\\ \\b \\f \\n \\r \\t or
-\\uXXXX. RFC 8259 also allows a raw DEL and \\/; we never write them, as the fast engine
+\\u and four hex digits. RFC 8259 also allows a raw DEL and \\/; we never write them, as the fast engine
 (llguidance) does not, so that both engines generate one language. A surrogate escape is allowed
 only as a high-low pair, so every unit of the string (a character, an escape, a pair) is exactly
 one code point and minLength/maxLength (which count code points) are exact. Where the characters

@@ -69,7 +69,7 @@ from lmstack.infer.structured.schema_merge import (
     resolve_pointer,
     same_json,
 )
-from lmstack.infer.structured.utf8 import complement
+from lmstack.infer.structured.utf8 import code_point_trie, complement
 
 HANDLED = {"type", "properties", "required", "additionalProperties", "enum", "const", "anyOf",
            "oneOf", "allOf", "$ref", "items", "prefixItems", "minItems", "maxItems", "minLength",
@@ -349,12 +349,7 @@ _ANY_JSON_CHAR = json_chars([(0, 0x10FFFF)])
 def _not_in(names: list[str]) -> Expr:
     """The characters of a JSON string (written one way) that spell none of `names`: below each
     node of the names' trie, stop where no name ends, or take a child, or leave the trie."""
-    trie: dict = {}
-    for name in names:
-        node = trie
-        for c in name:
-            node = node.setdefault(ord(c), {})
-        node[None] = {}  # a name ends here
+    trie = code_point_trie(names)
 
     def below(node: dict) -> Expr:
         kids = [c for c in node if c is not None]

@@ -19,6 +19,7 @@ exactly "step(state, b) is not None", and `next_mask` is the set of such bytes.
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Hashable
 
 
@@ -40,7 +41,7 @@ class State:
         return self.accepting and self.next_mask == 0
 
 
-class LazyRecognizer:
+class LazyRecognizer(abc.ABC):
     """Base of both recognizers: interning and the step memo; subclasses give `_successor`."""
 
     start: State
@@ -58,8 +59,9 @@ class LazyRecognizer:
         state.steps[byte] = nxt
         return nxt
 
+    @abc.abstractmethod
     def _successor(self, state: State, byte: int) -> State | None:
-        raise NotImplementedError
+        """The state after `byte`, computed (not memoized); `byte` is in `state.next_mask`."""
 
     def intern(self, content: Hashable, accepting: bool, next_mask: int) -> State | None:
         """The one State with this content (None when it is dead: not accepting, no next byte)."""

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from lmstack.infer.structured.grammar import Alt, Expr, Ref, Repeat, Seq
 from lmstack.infer.structured.regex import Ranges, regex_expr
-from lmstack.infer.structured.utf8 import MAX_CODE_POINT, complement, normalize
+from lmstack.infer.structured.utf8 import MAX_CODE_POINT, code_point_trie, complement, normalize
 
 NOTHING = "[a&&b]"  # an empty class (the intersection of two): matches no character
 
@@ -68,12 +68,7 @@ def not_in_regex(names: list[str]) -> str:
     >>> [bool(re.fullmatch(py, s)) for s in ("a", "ab", "abc", "b", "", "é")]
     [False, False, True, True, True, True]
     """
-    trie: dict = {}
-    for name in names:
-        node = trie
-        for c in name:
-            node = node.setdefault(ord(c), {})
-        node[None] = {}  # a name ends here
+    trie = code_point_trie(names)
     anything = rust_class([(0, MAX_CODE_POINT)]) + "*"
 
     def below(node: dict) -> str:

@@ -100,3 +100,18 @@ def _split(lo: int, hi: int, out: list[ByteSeq]) -> None:
                 _split(hi & ~m, hi, out)
                 return
     out.append(tuple(zip(chr(lo).encode(), chr(hi).encode())))
+
+
+def code_point_trie(names: list[str]) -> dict:
+    """A trie of strings by code point: node[ord(c)] is the child, node[None] marks an end.
+
+    >>> code_point_trie(["ab", "a"])
+    {97: {98: {None: {}}, None: {}}}
+    """
+    trie: dict = {}
+    for name in names:
+        node = trie
+        for c in name:
+            node = node.setdefault(ord(c), {})
+        node[None] = {}  # a name ends here
+    return trie
