@@ -384,10 +384,10 @@ def convert_gguf(src: str | os.PathLike, dst: str | os.PathLike, keep_quantized:
     if dst.exists() and not dst.is_dir():
         raise ConfigError(f"--dst {dst} is a file; give a directory to write the model into")
     model = load_gguf_model(src, dtype=dtype, keep_quantized=keep_quantized)
-    gguf_tokenizer(src)  # a tokenizer we cannot represent fails here, before anything is written
+    tokenizer = gguf_tokenizer(src)  # one we cannot represent fails here, before any write
     with output_dir(dst):
         save_model(dst, model)
-        save_companions(src, dst)
+        save_companions(src, dst, tokenizer)
     return dst
 
 

@@ -273,12 +273,14 @@ def _read_json(path: Path) -> dict:
     return found if isinstance(found, dict) else {}
 
 
-def save_companions(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+def save_companions(src: str | os.PathLike, dst: str | os.PathLike,
+                    tokenizer: Tokenizer | None = None) -> None:
     """Write what a model directory keeps beside its weights — tokenizer.json, the eos ids
     (generation_config.json) and the chat template (tokenizer_config.json) — read from any
-    model `src`, into the new directory `dst` (quantize and convert keep them this way)."""
+    model `src` (its `tokenizer` if the caller has it already), into the new directory `dst`
+    (quantize and convert keep them this way)."""
     d = Path(dst)
-    tokenizer = load_tokenizer(src)
+    tokenizer = tokenizer if tokenizer is not None else load_tokenizer(src)
     if tokenizer is not None:
         tokenizer.save(d / TOKENIZER)
     if eos := model_eos_ids(src):
