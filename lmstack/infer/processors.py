@@ -36,9 +36,8 @@ would repeat an n-gram of the history.
 
 `process` applies everything in ONE order, each step skipped when disabled:
 
-0. (before `process`, in step.py) the structured-output mask: a constrained row's forbidden
-   tokens are -inf (lmstack/infer/structured/), so every later step sees only tokens the
-   constraint allows, and temperature, top-k, top-p renormalise over those.
+0. (in step.py, before `process`) a constrained row's structured-output mask: forbidden tokens
+   -inf, so every step below renormalises over the tokens the constraint allows.
 1. logit_bias, 2. banned tokens, 3. banned sequences, 4. min_new_tokens — the user's absolute
    constraints on raw logits, first, as OpenAI applies logit_bias before sampling. A -inf stays
    -inf under every later step (+bias, *penalty, -penalty, /T), so the bans commute with all
