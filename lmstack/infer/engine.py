@@ -63,13 +63,18 @@ class Engine:
 
     @classmethod
     def load(cls, directory: str | os.PathLike, device: str = "cpu", prefix_cache=None,
-             dtype: str | None = None) -> Engine:
+             dtype: str | None = None, adapt: Callable[[torch.nn.Module], torch.nn.Module] | None = None
+             ) -> Engine:
         """Load a model directory in any format models/directory.py knows: ours, a quantized one
         (`lmstack quantize`: into its int8/int4 layers), a Hugging Face one. `dtype="bf16"` runs
-        the model in bfloat16 (weights, activations, KV cache; the decoder reads float32 logits)."""
+        the model in bfloat16 (weights, activations, KV cache; the decoder reads float32 logits).
+        `adapt(model)` changes the model as loaded, before its dtype and decode preparation (a
+        LoRA adapter merged or attached: posttrain/peft/multi_lora.py, handed down from above)."""
         from lmstack.models.directory import load_model, load_tokenizer, model_eos_ids
 
         model = load_model(directory, device=device)
+        if adapt is not None:
+            model = adapt(model)
         if dtype is not None:
             from lmstack.infer.quantize import DTYPES
 

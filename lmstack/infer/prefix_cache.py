@@ -46,18 +46,23 @@ from dataclasses import dataclass
 import torch
 
 from lmstack.errors import ConfigError
+from lmstack.infer.variants import running
 from lmstack.models.gpt import GPT
 from lmstack.models.kv_cache import KVCache
 
 
-def block_names(tokens: Sequence[int], block_size: int) -> list[int]:
+def block_names(tokens: Sequence[int], block_size: int, variant: int = 0) -> list[int]:
     """The chained hash of every whole block of `tokens`: name i covers tokens[: (i+1)*block_size].
+    The chain starts from the row's variant (variants.py: a LoRA adapter, whose keys and values
+    differ from the base's), so prefixes are shared within a variant only.
 
     >>> a, b = block_names([1, 2, 3, 4, 5], 2), block_names([1, 2, 3, 4, 9, 9], 2)
     >>> len(a), a == b[:2], a[1] == block_names([7, 7, 3, 4], 2)[1]
     (2, True, False)
+    >>> set(a) & set(block_names([1, 2, 3, 4, 5], 2, variant=1))
+    set()
     """
-    names, parent = [], 0
+    names, parent = [], 0 if variant == 0 else hash(("variant", variant))
     for start in range(0, len(tokens) - block_size + 1, block_size):
         parent = hash((parent, tuple(tokens[start:start + block_size])))
         names.append(parent)
@@ -89,10 +94,10 @@ class PrefixCache:
 
     # ---- the store --------------------------------------------------------------------------
 
-    def lookup(self, tokens: Sequence[int]) -> list[int]:
-        """Names of the cached blocks that start `tokens` (never its last token), now referenced:
-        call `release` with them when their keys/values have been copied."""
-        usable = block_names(tokens, self.block_size)[: (len(tokens) - 1) // self.block_size]
+    def lookup(self, tokens: Sequence[int], variant: int = 0) -> list[int]:
+        """Names of the cached blocks that start `tokens` (never its last token) under
+        `variant`, now referenced: call `release` with them when their keys/values have been copied."""
+        usable = block_names(tokens, self.block_size, variant)[: (len(tokens) - 1) // self.block_size]
         with self._lock:
             hit: list[int] = []
             for name in usable:
@@ -115,9 +120,9 @@ class PrefixCache:
                 if block is not None:
                     block.refs -= 1
 
-    def insert(self, tokens: Sequence[int], cache: KVCache, row: int = 0) -> None:
-        """Store the whole blocks of `tokens` whose keys/values are in `cache` row `row`."""
-        names = block_names(tokens, self.block_size)
+    def insert(self, tokens: Sequence[int], cache: KVCache, row: int = 0, variant: int = 0) -> None:
+        """Store the whole blocks of `tokens` whose keys/values (under `variant`) are in `cache` row `row`."""
+        names = block_names(tokens, self.block_size, variant)
         with self._lock:
             for i in reversed(range(len(names))):
                 name, start = names[i], i * self.block_size
@@ -159,18 +164,20 @@ class PrefixCache:
     # ---- prefill through the store -------------------------------------------------------------
 
     @torch.inference_mode()
-    def prefill(self, model, prompts: Sequence[Sequence[int]], extra: int, max_len: int | None):
+    def prefill(self, model, prompts: Sequence[Sequence[int]], extra: int, max_len: int | None,
+                variants: Sequence[int] | None = None):
         """Like sampling.prefill: a cache holding every prompt and each row's last logits (B, V);
         cached prefixes are copied in, only the rest is computed. Repeated prompts (n samples
-        of one request) are computed once."""
-        unique: dict[tuple[int, ...], int] = {}
-        for p in prompts:
-            unique.setdefault(tuple(p), len(unique))
+        of one request) are computed once. `variants`: each prompt's variant (variants.py)."""
+        keys = list(zip(variants or [0] * len(prompts), map(tuple, prompts)))
+        unique: dict[tuple[int, tuple[int, ...]], int] = {}
+        for key in keys:
+            unique.setdefault(key, len(unique))
         cache, logits = None, []
-        for p in unique:
+        for variant, p in unique:
             row_len = len(p) + max(extra, 1)
             one = model.new_cache(1, row_len if max_len is None else min(max_len, row_len))
-            hit = self.lookup(p)
+            hit = self.lookup(p, variant)
             try:
                 with self._lock:
                     blocks = [self._blocks[name] for name in hit]
@@ -183,13 +190,14 @@ class PrefixCache:
                 self.release(hit)
             one.advance(cached)
             ids = torch.tensor([p[cached:]], dtype=torch.long, device=one.k.device)
-            logits.append(model(ids, cache=one, last_only=True)[:, -1].float())
-            self.insert(p, one)
+            with running(model, [variant]):
+                logits.append(model(ids, cache=one, last_only=True)[:, -1].float())
+            self.insert(p, one, variant=variant)
             if cache is None:
                 cache = one
             else:
                 cache.extend(one)
-        order = [unique[tuple(p)] for p in prompts]
+        order = [unique[key] for key in keys]
         if order != list(range(len(unique))):
             cache.select(order)
         return cache, torch.cat(logits)[order]

@@ -27,6 +27,7 @@ import torch
 from lmstack.errors import ConfigError
 from lmstack.models.protocol import model_device
 from lmstack.infer.step import Row, step
+from lmstack.infer.variants import running
 
 
 def context_length(model) -> int | None:
@@ -82,12 +83,14 @@ def right_pad(prompts: Sequence[Sequence[int]], pad: int = 0) -> tuple[torch.Ten
 
 
 @torch.inference_mode()
-def prefill(model, prompts: Sequence[Sequence[int]], extra: int, prefix_cache=None):
+def prefill(model, prompts: Sequence[Sequence[int]], extra: int, prefix_cache=None,
+            variants: Sequence[int] | None = None):
     """Run the prompts through the model into a fresh cache; return (cache, last logits (B, V)).
-    With a `PrefixCache` (prefix_cache.py), prefixes computed before are reused."""
+    With a `PrefixCache` (prefix_cache.py), prefixes computed before are reused. `variants`:
+    the variant each prompt runs (variants.py; None: the model as loaded)."""
     ctx = context_length(model)
     if prefix_cache is not None and prefix_cache.supports(model):
-        return prefix_cache.prefill(model, prompts, extra, ctx)
+        return prefix_cache.prefill(model, prompts, extra, ctx, variants)
     longest = max(len(p) for p in prompts)
     max_len = longest + max(extra, 1)
     cache = model.new_cache(len(prompts), max_len if ctx is None else min(ctx, max_len))
@@ -95,8 +98,9 @@ def prefill(model, prompts: Sequence[Sequence[int]], extra: int, prefix_cache=No
     ragged = bool((lengths != longest).any())
     # Only each row's last logits are needed: `last_only` skips the vocabulary head over the
     # other positions (for a 512-token GPT-2 prompt, ~40 of the forward's ~130 GFLOP).
-    logits = model(ids.to(model_device(model)), cache=cache, lengths=lengths if ragged else None,
-                   last_only=True)                                    # (B, 1, V)
+    with running(model, variants):
+        logits = model(ids.to(model_device(model)), cache=cache, lengths=lengths if ragged else None,
+                       last_only=True)                                # (B, 1, V)
     return cache, logits[:, -1].float()
 
 

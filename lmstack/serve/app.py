@@ -42,8 +42,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from prometheus_client.core import CounterMetricFamily
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from lmstack.errors import LMStackError
+from lmstack.errors import ConfigError, LMStackError
 from lmstack.infer.sampling import context_length
+from lmstack.infer.variants import row_variants
 from lmstack.serve import protocol as P
 from lmstack.serve.reply import Reply, sse
 from lmstack.serve.scheduler import Event, QueueFull, Scheduler
@@ -136,6 +137,7 @@ class Server:
     metrics: Metrics
     chat_stop_ids: list[int]
     ctx: int | None  # the model's context length (None: unbounded, an RNN)
+    variants: dict[str, int] = field(default_factory=dict)  # model id -> variant (0: the base; LoRA adapters)
 
 
 def new_server(engine, config: ServerConfig | None = None, template: ChatTemplate | None = None,
@@ -153,7 +155,18 @@ def new_server(engine, config: ServerConfig | None = None, template: ChatTemplat
     chat_stop_ids = sorted(set(template.stop_tokens(engine.tokenizer)) | set(specials.values())) \
         if engine.tokenizer is not None else []
     return Server(engine, config, template, scheduler, Metrics(scheduler), chat_stop_ids,
-                  context_length(engine.model))
+                  context_length(engine.model), served_models(engine.model, config.model_name))
+
+
+def served_models(model, base: str) -> dict[str, int]:
+    """The model ids a client may ask for: the base's name (variant 0), then each LoRA adapter
+    attached to the model (posttrain/peft/multi_lora.py) by its name."""
+    variants = row_variants(model)
+    names = variants.names if variants is not None else ()
+    if base in names:
+        raise ConfigError(f"adapter name {base!r} is the base model's name too; rename the adapter "
+                          "(--lora NAME=DIR) or the base (--served-model-name)")
+    return {base: 0, **{name: i for i, name in enumerate(names, start=1)}}
 
 
 def create_app(engine, config: ServerConfig | None = None, template: ChatTemplate | None = None,
@@ -231,12 +244,15 @@ async def prometheus(server: Server = Depends(server_of)) -> Response:
 
 
 async def models(server: Server = Depends(server_of)):
-    return {"object": "list", "data": [{"id": server.config.model_name, "object": "model", "created": 0,
-                                        "owned_by": "lmstack"}]}
+    """The base model, then each adapter with the base as its parent (as vLLM lists them)."""
+    base = server.config.model_name
+    return {"object": "list", "data": [
+        {"id": name, "object": "model", "created": 0, "owned_by": "lmstack",
+         **({"parent": base} if variant else {})} for name, variant in server.variants.items()]}
 
 
 async def completions(body: P.CompletionRequest, request: Request, server: Server = Depends(server_of)):
-    check_model(server, body.model)
+    variant = check_model(server, body.model)
     prompts = []
     for p in body.prompts():
         try:
@@ -244,11 +260,11 @@ async def completions(body: P.CompletionRequest, request: Request, server: Serve
         except LMStackError as e:
             raise APIError(400, f"prompt: {e}", "prompt") from None
     cfg = settings(server, body, server.config.default_max_tokens, [], "prompt", max(map(len, prompts)))
-    return await respond(server, request, body, prompts, cfg, chat=False)
+    return await respond(server, request, body, prompts, cfg, chat=False, variant=variant)
 
 
 async def chat_completions(body: P.ChatRequest, request: Request, server: Server = Depends(server_of)):
-    check_model(server, body.model)
+    variant = check_model(server, body.model)
     plan = tool_plan(body)
     try:
         messages = validate_messages(body.messages)
@@ -263,7 +279,7 @@ async def chat_completions(body: P.ChatRequest, request: Request, server: Server
         raise APIError(400, str(e), getattr(e, "param", "messages")) from None
     constraint = {"json_schema": plan.schema()} if plan is not None else None
     cfg = settings(server, body, None, server.chat_stop_ids, "messages", len(ids), constraint)
-    return await respond(server, request, body, [ids], cfg, chat=True, tools=plan)
+    return await respond(server, request, body, [ids], cfg, chat=True, tools=plan, variant=variant)
 
 
 def tool_plan(body: P.ChatRequest) -> ToolPlan | None:
@@ -284,12 +300,16 @@ def tool_plan(body: P.ChatRequest) -> ToolPlan | None:
 
 # ---- what the two generating routes share ------------------------------------------------------
 
-def check_model(server: Server, name: str | None) -> None:
-    """404 unless `name` is absent or the served model's name."""
-    served = server.config.model_name
-    if name is not None and name != served:
-        raise APIError(404, f"the model {name!r} does not exist; this server serves {served!r} "
-                            "(see GET /v1/models)", "model", "model_not_found")
+def check_model(server: Server, name: str | None) -> int:
+    """The variant (0: the base, else a LoRA adapter) the request's `model` names; absent: the
+    base. 404 naming the served models for any other name."""
+    if name is None:
+        return 0
+    if name not in server.variants:
+        raise APIError(404, f"the model {name!r} does not exist; this server serves "
+                            f"{', '.join(map(repr, server.variants))} (see GET /v1/models)",
+                       "model", "model_not_found")
+    return server.variants[name]
 
 
 def settings(server: Server, body, default_max: int | None, stop_ids: list[int], what: str,
@@ -326,12 +346,12 @@ def constraint_field(body) -> str:
 
 
 async def respond(server: Server, request: Request, body, prompts: list[list[int]], cfg, chat: bool,
-                  tools: ToolPlan | None = None):
-    """Submit every prompt (n samples each); answer with the whole reply, or a stream."""
+                  tools: ToolPlan | None = None, variant: int = 0):
+    """Submit every prompt (n samples each, run by `variant`); answer with the whole reply, or a stream."""
     queue: asyncio.Queue[tuple[int, Event]] = asyncio.Queue()
-    submitted = submit(server.scheduler, prompts, cfg, body.n, queue)
+    submitted = submit(server.scheduler, prompts, cfg, body.n, queue, variant)
     server.metrics.prompt_tokens.inc(sum(map(len, prompts)))
-    reply = Reply(server.engine.tokenizer, server.config.model_name, chat, body, prompts, tools)
+    reply = Reply(server.engine.tokenizer, body.model or server.config.model_name, chat, body, prompts, tools)
     route = "/v1/chat/completions" if chat else "/v1/completions"
     if body.stream:
         return StreamingResponse(stream(server.metrics, queue, submitted, reply, route),
@@ -356,7 +376,7 @@ async def respond(server: Server, request: Request, body, prompts: list[list[int
 
 
 def submit(scheduler: Scheduler, prompts: list[list[int]], cfg, n: int,
-           queue: asyncio.Queue) -> list:
+           queue: asyncio.Queue, variant: int = 0) -> list:
     """Queue every prompt; its events arrive on `queue` as (prompt index, event). All or none:
     429 when the queue is full, 400 when the scheduler refuses a request."""
     loop = asyncio.get_running_loop()
@@ -364,7 +384,8 @@ def submit(scheduler: Scheduler, prompts: list[list[int]], cfg, n: int,
     try:
         for p, ids in enumerate(prompts):
             submitted.append(scheduler.submit(
-                ids, cfg, lambda e, p=p: loop.call_soon_threadsafe(queue.put_nowait, (p, e)), n=n))
+                ids, cfg, lambda e, p=p: loop.call_soon_threadsafe(queue.put_nowait, (p, e)), n=n,
+                variant=variant))
     except QueueFull as e:
         for r in submitted:
             r.cancel()

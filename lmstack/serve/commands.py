@@ -6,11 +6,15 @@
 
     lmstack serve --model DIR --prompt-lookup 3                  # speculative decoding
     lmstack serve --model DIR --medusa          # the heads `lmstack train-heads` wrote to DIR
+    lmstack serve --model DIR --lora sql=runs/sql-lora --lora poem=runs/poem-lora   # adapters
 
 It binds to 127.0.0.1 unless --host says otherwise; serving on another address without an API
 key prints a warning. `--medusa [DIR]`, `--draft DIR` or `--prompt-lookup N` (+ `--gamma N`),
 the flags of `lmstack generate` and `chat`, make every request speculate (scheduler.py): the
-same greedy text, the same sampling distribution, in fewer forward passes.
+same greedy text, the same sampling distribution, in fewer forward passes. `--lora NAME=DIR`
+(repeatable) serves LoRA adapters over the base: a request's `model` field picks one by NAME (or
+the base by its own name), and rows of different adapters share each batch
+(posttrain/peft/multi_lora.py; docs/serving.md "Serving LoRA adapters").
 """
 
 from __future__ import annotations
@@ -45,6 +49,10 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
                    help="memory for reusing prompt prefixes across requests (0 = off)")
     p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default=None,
                    help="run the model in this precision (default: as stored)")
+    p.add_argument("--lora", action="append", default=[], metavar="NAME=DIR",
+                   help="serve the LoRA adapter in DIR (PEFT format) as model NAME over the base; "
+                        "repeat for several: requests pick one by their `model` field, and rows "
+                        "of different adapters decode in one batch")
     add_speculation_flags(p)
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
                    help="uvicorn's log level; info logs each request (never its query string)")
@@ -59,6 +67,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
     from lmstack.infer.prefix_cache import PrefixCache
     from lmstack.models.directory import model_chat_template
     from lmstack.models.installed import model_name
+    from lmstack.posttrain.peft.multi_lora import attach_adapters
     from lmstack.serve.app import ServerConfig, create_app
     from lmstack.serve.security import access_log_config, load_api_keys
 
@@ -75,7 +84,9 @@ def cmd_serve(args: argparse.Namespace) -> None:
         print(f"warning: serving on {args.host} without an API key; anyone who can reach this port "
               "can use the model (set LMSTACK_API_KEY or --api-key-file)", file=sys.stderr)
     prefix_cache = PrefixCache(max_bytes=args.prefix_cache_mb << 20) if args.prefix_cache_mb else None
-    engine = Engine.load(args.model, prefix_cache=prefix_cache, dtype=args.dtype)
+    adapters = parse_lora_flags(args.lora)
+    adapt = (lambda model: attach_adapters(model, adapters)) if adapters else None
+    engine = Engine.load(args.model, prefix_cache=prefix_cache, dtype=args.dtype, adapt=adapt)
     speculative = speculative_from_args(engine, args)
     name = args.served_model_name or model_name(args.model)
     config = ServerConfig(model_name=name, max_batch=args.max_batch, max_queue=args.max_queue,
@@ -83,11 +94,32 @@ def cmd_serve(args: argparse.Namespace) -> None:
                           api_keys=keys, host=args.host, port=args.port)
     app = create_app(engine, config, model_chat_template(args.model), speculative)
     print(f"serving {name} on http://{args.host}:{args.port}  (web chat at /, API at /v1)", file=sys.stderr)
+    if adapters:
+        print(f"LoRA adapters (a request's `model` picks one): {', '.join(adapters)}", file=sys.stderr)
     if speculative is not None:
         print(f"speculating with {speculative.drafter}, up to {speculative.gamma} tokens a round: "
               "every request drafts and verifies", file=sys.stderr)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
                 log_config=access_log_config())
+
+
+def parse_lora_flags(specs: list[str]) -> dict[str, str]:
+    """`--lora NAME=DIR` flags as {name: directory}, in the order given; ConfigError for a flag
+    without a name, or a name given twice.
+
+    >>> parse_lora_flags(["sql=runs/a", "poem=/x=y"])
+    {'sql': 'runs/a', 'poem': '/x=y'}
+    """
+    out: dict[str, str] = {}
+    for spec in specs:
+        name, eq, directory = spec.partition("=")
+        if not eq or not name.strip() or not directory:
+            raise ConfigError(f"--lora {spec!r}: give NAME=DIR, the model id clients ask for and "
+                              "the adapter directory (e.g. --lora sql=runs/sql-lora)")
+        if name in out:
+            raise ConfigError(f"--lora: the name {name!r} is given twice; each adapter needs its own")
+        out[name] = directory
+    return out
 
 
 def check_port_free(host: str, port: int) -> None:

@@ -64,6 +64,7 @@ from lmstack.infer.drafters import Drafter, Round
 from lmstack.infer.sampling import check_prompts, context_length, prefill
 from lmstack.infer.speculative import draft_count, row_cache_length, verify_round
 from lmstack.infer.step import Row, new_rows, step
+from lmstack.infer.variants import row_variants, running
 
 log = logging.getLogger("lmstack.serve")
 
@@ -95,6 +96,7 @@ class Request:
     cfg: GenerationConfig
     n: int
     on_event: Callable[[Event], None]
+    variant: int = 0                   # which of the model's variants runs it (a LoRA adapter)
     submitted: float = field(default_factory=time.perf_counter)
     first_token: float | None = None   # perf_counter time of the first generated token
     generated: int = 0                 # tokens generated over all samples
@@ -147,15 +149,19 @@ class Scheduler:
     # ---- the client side (any thread) ------------------------------------------------------
 
     def submit(self, prompt: list[int], cfg: GenerationConfig, on_event: Callable[[Event], None],
-               n: int = 1) -> Request:
-        """Queue a prompt for `n` samples; raise `QueueFull` if the queue is full."""
+               n: int = 1, variant: int = 0) -> Request:
+        """Queue a prompt for `n` samples, run by the model's `variant` (infer/variants.py: a
+        LoRA adapter; 0 the model as loaded); raise `QueueFull` if the queue is full."""
         if cfg.strategy not in ("greedy", "sample"):
             raise ConfigError(f"the scheduler runs greedy decoding and sampling, not {cfg.strategy}; "
                               "use Engine.generate for beam search and best-of")
         if not 1 <= n <= self.max_batch:
             raise ConfigError(f"n must be between 1 and {self.max_batch} (the batch size), got {n}")
         check_prompts([prompt], self.model)
-        request = Request(next(self._ids), list(prompt), cfg, n, on_event, _open=n)
+        variants = row_variants(self.model)
+        if not 0 <= variant <= (len(variants.names) if variants is not None else 0):
+            raise ConfigError(f"variant {variant} is not one this model has loaded")
+        request = Request(next(self._ids), list(prompt), cfg, n, on_event, variant=variant, _open=n)
         with self._cond:
             if self._closed:
                 raise QueueFull("the server is shutting down")
@@ -259,13 +265,14 @@ class Scheduler:
         device = self._logits.device
         x = torch.tensor([ids + [0] * (T - len(ids)) for ids in inputs], device=device)   # (B, T)
         ragged = {"lengths": torch.tensor(list(map(len, inputs)))} if T > 1 else {}
-        if self.speculative is not None and self.speculative.drafter.uses_hidden:
-            hidden = self.model.hidden(x, cache=self._cache, **ragged)                      # (B, T, C)
-            for seq, h in zip(self._running, hidden):
-                seq.hidden = h
-            self._logits = self.model.lm_head(hidden).float()                               # (B, T, V)
-        else:
-            self._logits = self.model(x, cache=self._cache, **ragged).float()               # (B, T, V)
+        with running(self.model, [s.request.variant for s in self._running]):  # each row its adapter
+            if self.speculative is not None and self.speculative.drafter.uses_hidden:
+                hidden = self.model.hidden(x, cache=self._cache, **ragged)                  # (B, T, C)
+                for seq, h in zip(self._running, hidden):
+                    seq.hidden = h
+                self._logits = self.model.lm_head(hidden).float()                           # (B, T, V)
+            else:
+                self._logits = self.model(x, cache=self._cache, **ragged).float()           # (B, T, V)
 
     def _draft(self) -> None:
         """Speculation: forget the rejected drafts in the target's cache, tell each row's drafter
@@ -308,7 +315,8 @@ class Scheduler:
         if self.speculative is not None:  # one round of drafts beyond the last token
             extra += self.speculative.gamma + 1
         try:
-            cache, logits = prefill(self.model, [s.row.prompt for s in new], extra, self.engine.prefix_cache)
+            cache, logits = prefill(self.model, [s.row.prompt for s in new], extra, self.engine.prefix_cache,
+                                    [s.request.variant for s in new])
         except Exception as e:  # noqa: BLE001 — these requests are in neither list: end them here
             log.exception("prefill failed")
             for seq in new:

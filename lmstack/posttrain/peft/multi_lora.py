@@ -1,0 +1,136 @@
+"""Serving LoRA adapters: several over one base, each row of a batch with its own (S-LoRA, Sheng
+et al. 2023; Punica, Chen et al. 2023), or one merged into the base.
+
+`attach_adapters(model, {"name": DIR, ...})` loads each adapter with `load_adapter` (so one made
+for another base is refused, naming it), takes its A and B off the model again, and puts a
+`MultiLoraLinear` on every layer some adapter adapts. That layer holds every adapter's A and B
+stacked, slot 0 all zeros (the base):
+
+    y = W x + b + B[v] (A[v] x)        for each row, v = the row's variant (lmstack/infer/variants.py)
+
+with alpha / r folded into B[v]. An adapter of a smaller rank, or one that leaves the layer
+alone, is padded with zeros, which add exactly nothing. A batch of mixed rows gathers each
+row's A and B and runs two batched matmuls (Punica's BGMV: batched gather matrix-vector); a
+batch whose rows agree runs two plain ones; a base-only batch runs the base alone. The model
+carries `row_variants` (the adapters' names), which the scheduler and the prefix cache read:
+the engine knows each row's adapter as a number, nothing of LoRA.
+
+`merge_adapter(DIR)` is `--lora DIR` of generate, chat and eval: one adapter loaded and merged
+into the base weights (`unload_lora`), so it decodes at the base's speed, fused as the base is.
+
+    model = attach_adapters(load_model("runs/base"), {"sql": "runs/sql-lora", "poem": "runs/poem"})
+    prepare_decode(model); engine = Engine(model, tokenizer)   # rows pick 0 (base), 1 or 2
+
+Tests: `pytest tests/posttrain/test_multi_lora.py`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+
+import torch
+from torch import nn
+
+from lmstack.errors import ConfigError
+from lmstack.infer.variants import RowVariants, row_variants
+from lmstack.posttrain.peft.adapter import load_adapter
+from lmstack.posttrain.peft.lora import lora_layers, unload_lora
+
+Update = tuple[torch.Tensor, torch.Tensor]  # (A (r, in), scaling · B (out, r)) of one layer
+
+
+class MultiLoraLinear(nn.Module):
+    """A frozen linear layer plus one low-rank update per variant, chosen per row."""
+
+    def __init__(self, base: nn.Module, lora_A: torch.Tensor, lora_B: torch.Tensor,
+                 variants: RowVariants) -> None:
+        super().__init__()
+        self.base = base
+        self.in_features, self.out_features = base.in_features, base.out_features
+        self.register_buffer("lora_A", lora_A)   # (N + 1, r, in), slot 0 zeros
+        self.register_buffer("lora_B", lora_B)   # (N + 1, out, r), alpha / r folded in
+        self.adapted = frozenset(v for v in range(1, lora_A.size(0)) if lora_B[v].any())
+        self.variants = variants                  # shared by every layer of the model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The base's output plus each row's own update (x: (B, T, in))."""
+        y = self.base(x)                                          # (B, T, out)
+        ids, same = self.variants.ids, self.variants.same
+        if ids is None or (same is not None and same not in self.adapted):
+            return y                                              # no row's adapter touches this layer
+        if same is not None:
+            a, b = self.lora_A[same], self.lora_B[same]           # (r, in), (out, r)
+            return y + (x @ a.T) @ b.T
+        if x.dim() != 3 or x.size(0) != ids.numel():
+            raise ConfigError(f"{ids.numel()} row variants for an input of shape {tuple(x.shape)}")
+        a = self.lora_A[ids]                                      # (B, r, in): each row's A
+        b = self.lora_B[ids]                                      # (B, out, r)
+        return y + torch.bmm(torch.bmm(x, a.transpose(1, 2)), b.transpose(1, 2))
+
+    def extra_repr(self) -> str:
+        n, r = self.lora_A.shape[:2]
+        return f"in={self.in_features}, out={self.out_features}, adapters={n - 1}, r={r}"
+
+
+def take_adapter(model: nn.Module, name: str, directory: str | os.PathLike) -> dict[str, Update]:
+    """One adapter's updates by layer name: loaded onto `model` (load_adapter's checks), then
+    taken off again, the base's own layers (same parameters) put back unchanged."""
+    try:
+        load_adapter(model, directory)
+    except ConfigError as e:
+        raise ConfigError(f"adapter {name!r} ({directory}): {e}") from None
+    updates = {}
+    for layer_name, layer in lora_layers(model).items():
+        updates[layer_name] = (layer.lora_A.weight.detach().clone(),
+                               (layer.lora_B.weight * layer.scaling).detach().clone())
+        plain = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None, device="meta")
+        plain.weight, plain.bias = layer.weight, layer.bias
+        parent, _, child = layer_name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, child, plain)
+    return updates
+
+
+def stack_updates(layer: nn.Module, updates: list[Update | None]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every variant's update of one layer as (N + 1, r, in) and (N + 1, out, r), r the largest
+    rank, slot 0 and the variants that leave the layer alone all zeros."""
+    r = max(u[0].size(0) for u in updates if u is not None)
+    kw = {"dtype": layer.weight.dtype, "device": layer.weight.device}
+    A = torch.zeros(len(updates) + 1, r, layer.in_features, **kw)
+    B = torch.zeros(len(updates) + 1, layer.out_features, r, **kw)
+    for v, update in enumerate(updates, start=1):
+        if update is not None:
+            a, b = update
+            A[v, :a.size(0)] = a          # the padded rows of A meet the padded columns of B: 0
+            B[v, :, :b.size(1)] = b
+    return A, B
+
+
+def attach_adapters(model: nn.Module, adapters: Mapping[str, str | os.PathLike]) -> nn.Module:
+    """Serve `adapters` (name -> adapter directory) over `model`, in place: variant i + 1 is the
+    i-th adapter, 0 the base (see the module docstring). ConfigError, naming the adapter, for
+    one that does not fit this base."""
+    if not adapters:
+        raise ConfigError("attach_adapters: no adapters given; pass {name: adapter directory}")
+    if row_variants(model) is not None or lora_layers(model):
+        raise ConfigError("attach_adapters: the model already has adapters; start from a fresh base")
+    names = tuple(adapters)
+    taken = [take_adapter(model, name, adapters[name]) for name in names]
+    variants = RowVariants(names)
+    for layer_name in sorted(set().union(*taken)):
+        layer = model.get_submodule(layer_name)
+        A, B = stack_updates(layer, [t.get(layer_name) for t in taken])
+        parent, _, child = layer_name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, child,
+                MultiLoraLinear(layer, A, B, variants))
+    model.row_variants = variants
+    return model
+
+
+def merge_adapter(directory: str | os.PathLike) -> Callable[[nn.Module], nn.Module]:
+    """`--lora DIR` of generate, chat and eval: a function that loads the adapter onto a model
+    and merges it into the base weights (plain nn.Linear layers again, fused as the base is)."""
+    def adapt(model: nn.Module) -> nn.Module:
+        return unload_lora(load_adapter(model, directory))
+
+    return adapt
