@@ -62,12 +62,9 @@ def cmd_serve(args: argparse.Namespace) -> None:
     """Run the server until interrupted."""
     import uvicorn
 
-    from lmstack.infer import Engine
     from lmstack.infer.commands import speculative_from_args
-    from lmstack.infer.prefix_cache import PrefixCache
     from lmstack.models.directory import model_chat_template
     from lmstack.models.installed import model_name
-    from lmstack.posttrain.peft.multi_lora import attach_adapters
     from lmstack.serve.app import ServerConfig, create_app
     from lmstack.serve.security import access_log_config, load_api_keys
 
@@ -83,12 +80,13 @@ def cmd_serve(args: argparse.Namespace) -> None:
     if not keys and not _is_loopback(args.host):
         print(f"warning: serving on {args.host} without an API key; anyone who can reach this port "
               "can use the model (set LMSTACK_API_KEY or --api-key-file)", file=sys.stderr)
-    prefix_cache = PrefixCache(max_bytes=args.prefix_cache_mb << 20) if args.prefix_cache_mb else None
-    adapters = parse_lora_flags(args.lora)
-    adapt = (lambda model: attach_adapters(model, adapters)) if adapters else None
-    engine = Engine.load(args.model, prefix_cache=prefix_cache, dtype=args.dtype, adapt=adapt)
-    speculative = speculative_from_args(engine, args)
     name = args.served_model_name or model_name(args.model)
+    adapters = parse_lora_flags(args.lora)
+    if name in adapters:
+        raise ConfigError(f"--lora {name}=...: {name!r} is the base model's name; give the adapter "
+                          "another name (or the base another --served-model-name)")
+    engine = load_engine(args, adapters)
+    speculative = speculative_from_args(engine, args)
     config = ServerConfig(model_name=name, max_batch=args.max_batch, max_queue=args.max_queue,
                           max_body_bytes=args.max_body_bytes, body_timeout_s=args.body_timeout,
                           api_keys=keys, host=args.host, port=args.port)
@@ -101,6 +99,18 @@ def cmd_serve(args: argparse.Namespace) -> None:
               "every request drafts and verifies", file=sys.stderr)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
                 log_config=access_log_config())
+
+
+def load_engine(args: argparse.Namespace, adapters: dict[str, str]):
+    """The engine `lmstack serve` runs: --model with its prefix cache and dtype, and the LoRA
+    adapters (name -> directory) attached for per-row serving (posttrain/peft/multi_lora.py)."""
+    from lmstack.infer import Engine
+    from lmstack.infer.prefix_cache import PrefixCache
+    from lmstack.posttrain.peft.multi_lora import attach_adapters
+
+    prefix_cache = PrefixCache(max_bytes=args.prefix_cache_mb << 20) if args.prefix_cache_mb else None
+    adapt = (lambda model: attach_adapters(model, adapters)) if adapters else None
+    return Engine.load(args.model, prefix_cache=prefix_cache, dtype=args.dtype, adapt=adapt)
 
 
 def parse_lora_flags(specs: list[str]) -> dict[str, str]:
