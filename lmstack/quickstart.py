@@ -130,7 +130,7 @@ def evaluate_stage(out: Path, data_dir: Path, tok, train_cfg) -> dict:
     from lmstack.data.loader import TokenLoader
     from lmstack.infer import sample_text
     from lmstack.models.directory import load_model
-    from lmstack.train.loop import evaluate
+    from lmstack.train.objective import evaluate
     from lmstack.train.plot import plot_runs
 
     model = load_model(out)

@@ -46,6 +46,8 @@ import torch.nn.functional as F
 
 from lmstack.errors import ConfigError
 
+IGNORE_INDEX = -100  # the label of an untrained position: F.cross_entropy's default ignore_index
+
 
 @runtime_checkable
 class Cache(Protocol):
@@ -109,7 +111,7 @@ def last_positions(x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tenso
 
 
 def next_token_loss(logits: torch.Tensor, targets: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
-    """Cross-entropy in nats of logits (..., V) against target ids (...), computed in float32:
+    """Cross-entropy in nats of logits (..., V) against target ids (...), computed in float32 (or wider):
     the "mean" or "sum" over every token, or "none": one value per token, in the targets' shape.
     The one definition the trainer, the evaluator and perplexity share.
 
@@ -119,6 +121,7 @@ def next_token_loss(logits: torch.Tensor, targets: torch.Tensor, reduction: str 
     >>> next_token_loss(uniform, torch.tensor([[0, 3]]), reduction="none").shape
     torch.Size([1, 2])
     """
-    flat = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1),  # (B·T, V) vs (B·T,)
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # float64 stays float64
+    flat = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1),  # (B·T, V) vs (B·T,)
                            reduction=reduction)
     return flat.view(targets.shape) if reduction == "none" else flat

@@ -1,16 +1,13 @@
-"""Supervised fine-tuning batches and their loss (the trainer's loop does not take them yet).
+"""Supervised fine-tuning batches and their loss, for the trainer's loop (lmstack/train/loop.py).
 
-`lmstack/train/loop.py` pulls `(x, y)` from a `TokenLoader` (`next_batch`, `epoch_batches`,
-`state_dict`/`load_state_dict` for resume) and scores `next_token_loss(model(x), y)`. SFT
-batches carry two more tensors, position ids and segment ids (sft_data.py), so the loop needs
-one hook: a batch function `loss_fn(model, batch) -> (loss_sum, n_targets)` that it calls in
-`train_step` and `evaluate` instead of `model(x)` + `next_token_loss`, with the step's loss the
-sum over micro-batches divided by the step's trained-target count (a mean of micro-batch means
-weighs a micro-batch with few trained tokens as much as a full one). `evaluate` must count
-targets as `(y != -100).sum()` and must not index byte lengths with -100. `sft_loss` is that
-function: the model reads a packed row with `segment_ids` and `position_ids` (models/gpt.py:
-block-diagonal causal attention, positions restarting per example), so packed examples score
-exactly what they score alone (tests/posttrain/test_sft_packing.py).
+The loop takes any loader with `next_batch`, `epoch_batches` and `state_dict`/`load_state_dict`
+and any batch function `loss_fn(model, batch) -> (summed loss, trained-target count)`
+(lmstack/train/objective.py). `SFTLoader` deals packed rows (sft_data.py) as
+`(input_ids, labels, position_ids, segment_ids)` batches and `sft_loss` scores one: the model
+reads a packed row with `segment_ids` and `position_ids` (models/gpt.py: block-diagonal causal
+attention, positions restarting per example), so packed examples score exactly what they score
+alone (tests/posttrain/test_sft_packing.py). The loop divides a step's summed loss by the
+step's trained-target count, so a micro-batch with few trained tokens weighs what it holds.
 
     rows = pack(truncate(load_sft_examples(path, tok, template), max_len)[0], max_len)
     loader = SFTLoader(rows, batch_size=8, max_len=max_len, pad_id=tok.eos_id or 0, seed=0)
@@ -22,12 +19,14 @@ Run the tests: `pytest lmstack/posttrain/sft.py --doctest-modules`.
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 
 from lmstack.errors import ConfigError
-from lmstack.posttrain.sft_data import IGNORE, PackedRow, collate
+from lmstack.models.protocol import next_token_loss
+from lmstack.posttrain.sft_data import PackedRow, collate
+from lmstack.train.objective import count_targets
 
 
 class SFTLoader:
@@ -66,6 +65,15 @@ class SFTLoader:
         self.position += 1
         return collate([self.rows[i] for i in picked], self.max_len, self.pad_id)
 
+    def epoch_batches(self) -> Iterator[tuple[torch.Tensor, ...]]:
+        """This rank's batches of every row in order, the last one possibly short (for eval);
+        the position does not move."""
+        per_step = self.batch_size * self.world_size
+        for start in range(0, len(self.rows), per_step):
+            mine = self.rows[start + self.rank * self.batch_size:][:self.batch_size]
+            if mine:
+                yield collate(mine, self.max_len, self.pad_id)
+
     def state_dict(self) -> dict:
         """Where the loader is, for a checkpoint."""
         return {"epoch": self.epoch, "position": self.position, "seed": self.seed}
@@ -77,20 +85,7 @@ class SFTLoader:
 
 def sft_loss(model: torch.nn.Module, batch: Sequence[torch.Tensor]) -> tuple[torch.Tensor, int]:
     """(summed cross-entropy over the trained targets, their count) of a collated batch
-    (input_ids, labels, position_ids, segment_ids): divide the sums of a step's micro-batches
-    by the step's count."""
+    (input_ids, labels, position_ids, segment_ids); untrained labels (-100) count nothing."""
     input_ids, labels, position_ids, segment_ids = batch
     logits = model(input_ids, segment_ids=segment_ids, position_ids=position_ids)  # (B, T, V)
-    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # at least fp32
-    loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), labels.flatten(),
-                                             ignore_index=IGNORE, reduction="sum")
-    return loss, count_targets(labels)
-
-
-def count_targets(labels: torch.Tensor) -> int:
-    """The trained targets in a batch: what a step's summed loss is divided by.
-
-    >>> count_targets(torch.tensor([[-100, 5, 6], [-100, -100, 7]]))
-    3
-    """
-    return int((labels != IGNORE).sum())
+    return next_token_loss(logits, labels, reduction="sum"), count_targets(labels)

@@ -41,9 +41,8 @@ from typing import Any
 import torch
 
 from lmstack.errors import ConfigError, DataError
+from lmstack.models.protocol import IGNORE_INDEX as IGNORE  # -100: cross-entropy skips it
 from lmstack.tokenizer.chat_template import ChatTemplate, validate_messages
-
-IGNORE = -100  # the label of an untrained position: F.cross_entropy's default ignore_index
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import random
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -63,11 +64,15 @@ def set_rng_state(state: dict[str, Any]) -> None:
 def save_checkpoint(out_dir: str | Path, *, model: torch.nn.Module, tokenizer: Tokenizer,
                     optimizer: torch.optim.Optimizer | dict | None, step: int, data_state: dict,
                     config: dict, extra: dict | None = None,
-                    rng: list[dict[str, Any]] | None = None) -> Path:
+                    rng: list[dict[str, Any]] | None = None,
+                    model_state: dict[str, torch.Tensor] | None = None,
+                    write_model: Callable[[Path, torch.nn.Module], object] = save_model) -> Path:
     """Write the resumable state first, then the model directory files.
 
     `optimizer` is an optimizer or its state dict (the loop passes the name-keyed full state of
     distributed.full_optimizer_state); `rng` is every rank's `rng_state()` (default: this one's).
+    A PEFT run passes `model_state` (its trained parameters alone: the frozen base is not
+    copied into every checkpoint) and `write_model` (which writes its adapter).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -76,7 +81,7 @@ def save_checkpoint(out_dir: str | Path, *, model: torch.nn.Module, tokenizer: T
         optimizer = optimizer.state_dict()
     state = {
         "step": step,
-        "model": model.state_dict(),
+        "model": model.state_dict() if model_state is None else model_state,
         "optimizer": optimizer,
         "rng": rng[0],
         "rng_ranks": rng,
@@ -85,7 +90,7 @@ def save_checkpoint(out_dir: str | Path, *, model: torch.nn.Module, tokenizer: T
         "extra": extra or {},
     }
     _atomic_torch_save(state, out / STATE)
-    save_model(out, model)
+    write_model(out, model)
     if not (out / "tokenizer.json").exists() or Tokenizer.load(out / "tokenizer.json") != tokenizer:
         tokenizer.save(out / "tokenizer.json")
     tmp = out / (TRAIN_CONFIG + ".tmp")
@@ -119,11 +124,15 @@ def load_train_state(out_dir: str | Path) -> dict[str, Any]:
 
 
 def load_model_state(model: torch.nn.Module, state: dict[str, Any], model_config: dict,
-                     path: str | Path) -> None:
+                     path: str | Path, partial: bool = False) -> None:
     """Load a checkpoint's weights into `model`, or say plainly that another architecture
-    (`state`'s config) made them than the one `model_config` (this run's `[model]`) builds."""
+    (`state`'s config) made them than the one `model_config` (this run's `[model]`) builds.
+    `partial`: the checkpoint holds the trained parameters alone (PEFT), each of which must
+    exist in `model`."""
     try:
-        model.load_state_dict(state["model"])
+        unexpected = model.load_state_dict(state["model"], strict=not partial).unexpected_keys
+        if unexpected:
+            raise RuntimeError(f"unexpected {unexpected[:3]}")
     except RuntimeError:  # missing/unexpected names or other shapes: a screen of them, not a cause
         saved = (state.get("config") or {}).get("model") or {}
         raise ConfigError(
@@ -147,7 +156,7 @@ def _model_difference(saved: dict, now: dict) -> str:
     keys = [k for k in sorted(saved.keys() | now.keys()) if saved.get(k) != now.get(k)]
     if not keys:  # same table, other weights: e.g. the vocabulary of another tokenizer
         return f"checkpoint and config: {kind} model, with weights of other shapes (another tokenizer?)"
-    show = lambda d: ", ".join(f"{k}={d.get(k, '(default)')}" for k in keys)  # noqa: E731
+    show = lambda d: ", ".join(f"{k}={d.get(k, '(default)')}" for k in keys)
     return f"checkpoint: {kind} model with {show(saved)}, config: {show(now)}"
 
 

@@ -24,7 +24,6 @@ since the loop started, validations included, when the record was written.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from collections.abc import Callable
@@ -37,15 +36,28 @@ from tqdm.auto import tqdm
 
 from lmstack.data.loader import TokenLoader
 from lmstack.errors import ConfigError
-from lmstack.models import NGramLM, build_model, config_from_dict, flops_per_token, num_params
+from lmstack.models import (
+    NGramLM,
+    build_model,
+    config_from_dict,
+    flops_per_token,
+    num_params,
+)
 from lmstack.models.directory import nonfinite_weight
-from lmstack.models.metrics import bits_per_byte, measure_peak_flops
-from lmstack.models.protocol import next_token_loss
+from lmstack.models.metrics import measure_peak_flops
 from lmstack.tokenizer import Tokenizer
 from lmstack.train import checkpoint as ckpt
 from lmstack.train import distributed
 from lmstack.train.clock import Clock
 from lmstack.train.config import TrainConfig
+from lmstack.train.objective import (
+    Objective,
+    autocast,
+    count_targets,
+    evaluate,
+    to_device,
+    trained_state,
+)
 from lmstack.train.optim import build_optimizer
 from lmstack.train.schedule import lr_at
 
@@ -88,17 +100,6 @@ def build(cfg: TrainConfig, tok: Tokenizer) -> torch.nn.Module:
     return build_model(mc)
 
 
-def autocast(cfg: TrainConfig, device: torch.device):
-    """The autocast context of cfg.precision (fp32: none)."""
-    if cfg.precision == "fp32":
-        return contextlib.nullcontext()
-    if cfg.precision == "fp16" and device.type != "cuda":
-        raise ConfigError("precision fp16 needs CUDA (it relies on a gradient scaler); "
-                          "use bf16 on CPU")
-    dtype = torch.bfloat16 if cfg.precision == "bf16" else torch.float16
-    return torch.autocast(device.type, dtype=dtype)
-
-
 def scheduled_inputs(model, x: torch.Tensor, p: float) -> torch.Tensor:
     """Replace each input token after the first by the model's own sample with probability p."""
     if p <= 0:
@@ -110,35 +111,6 @@ def scheduled_inputs(model, x: torch.Tensor, p: float) -> torch.Tensor:
     mixed = x.clone()
     mixed[:, 1:] = torch.where(swap, own[:, :-1], x[:, 1:])
     return mixed
-
-
-@torch.no_grad()
-def evaluate(model, loader: TokenLoader, tok: Tokenizer, batches: int, device, cfg,
-             d: distributed.Dist | None = None) -> dict:
-    """Validation loss, perplexity and bits per byte over the first `batches` val batches.
-
-    Under torchrun every rank scores its own share of each batch (the loader deals windows by
-    rank) and the sums are added up, so the result is that of one process with a batch
-    world_size times larger: it does not depend on how many processes ran."""
-    model.eval()
-    total_nats, total_tokens, total_bytes = 0.0, 0, 0
-    lengths = np.array(tok.byte_lengths())
-    for i, (x, y) in enumerate(loader.epoch_batches()):
-        if i == batches:
-            break
-        xt, yt = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
-        with autocast(cfg, device):
-            logits = model(xt)
-        total_nats += float(next_token_loss(logits, yt, reduction="sum"))
-        total_tokens += y.size
-        total_bytes += int(lengths[y].sum())  # special tokens count 0 bytes
-    model.train()
-    if d is not None:
-        total_nats, total_tokens, total_bytes = distributed.all_sum(
-            [total_nats, total_tokens, total_bytes], d)
-    loss = total_nats / total_tokens
-    return {"val_loss": loss, "val_ppl": math.exp(min(loss, 50)),
-            "val_bpb": bits_per_byte(total_nats, int(total_bytes))}
 
 
 def _fit_ngram(model: NGramLM, cfg: TrainConfig, tok, train, val, out: Path,
@@ -154,11 +126,13 @@ def _fit_ngram(model: NGramLM, cfg: TrainConfig, tok, train, val, out: Path,
 
 
 def save(out: Path, raw_model, optimizer, tok: Tokenizer, step: int, data_state: dict,
-         cfg: TrainConfig, d: distributed.Dist) -> None:
+         cfg: TrainConfig, d: distributed.Dist, objective: Objective | None = None) -> None:
     """Checkpoint: every rank joins the gathering (collective), rank 0 writes.
 
     `raw_model` is the model before DDP/torch.compile wrapping (under FSDP, the sharded module
-    itself), so parameter names carry no `module.`/`_orig_mod.` prefixes."""
+    itself), so parameter names carry no `module.`/`_orig_mod.` prefixes. A PEFT objective
+    keeps only the trained parameters and writes the model as its adapter."""
+    objective = objective or Objective()
     optim_state = distributed.full_optimizer_state(raw_model, optimizer)
     if distributed.is_sharded(raw_model):
         # FSDP holds only shards: gather full weights into a plain copy that rank 0 can write.
@@ -170,7 +144,9 @@ def save(out: Path, raw_model, optimizer, tok: Tokenizer, step: int, data_state:
     rngs = distributed.gather_objects(ckpt.rng_state(), d)
     if d.is_main:
         ckpt.save_checkpoint(out, model=raw_model, tokenizer=tok, optimizer=optim_state,
-                             step=step, data_state=data_state, config=cfg.to_dict(), rng=rngs)
+                             step=step, data_state=data_state, config=cfg.to_dict(), rng=rngs,
+                             model_state=trained_state(raw_model) if objective.trainable_only else None,
+                             write_model=objective.write_model)
 
 
 def train(cfg: TrainConfig, sample: Sampler | None = None) -> TrainResult:
@@ -201,14 +177,15 @@ class Run:
     optimizer: torch.optim.Optimizer
     params: list[torch.nn.Parameter]  # listed once: model.parameters() costs ~0.7 ms a step
     scaler: torch.amp.GradScaler | None  # fp16 only
-    train_loader: TokenLoader
+    train_loader: TokenLoader  # or any loader of batches: next_batch, epoch_batches, state_dict
     val_loader: TokenLoader
+    objective: Objective = field(default_factory=Objective)  # the batch loss; how to save
     step: int = 0
     metrics: dict = field(default_factory=dict)  # the last validation's
     metrics_step: int = -1
     sample: Sampler | None = None  # writes the progress samples (see `train`)
     saved_step: int | None = None  # the step of the last checkpoint on disk
-    last_batch: tuple[torch.Tensor, torch.Tensor] | None = None  # (x, y) of the last step
+    last_batch: tuple[torch.Tensor, ...] | None = None  # the last step's last micro-batch
 
 
 def _train(cfg: TrainConfig, d: distributed.Dist, sample: Sampler | None = None) -> TrainResult:
@@ -235,8 +212,10 @@ def _train(cfg: TrainConfig, d: distributed.Dist, sample: Sampler | None = None)
 
 
 def _prepare(cfg: TrainConfig, d: distributed.Dist, out: Path, tok: Tokenizer, model,
-             train_loader: TokenLoader, val_loader: TokenLoader) -> Run:
+             train_loader: TokenLoader, val_loader: TokenLoader,
+             objective: Objective | None = None) -> Run:
     """Device, QAT, wrapping, optimizer and, with `resume`, the checkpoint's state."""
+    objective = objective or Objective()
     if cfg.qat_bits:  # fake-quantized Linear weights with a straight-through gradient
         from lmstack.train.qat import apply_qat
 
@@ -244,7 +223,9 @@ def _prepare(cfg: TrainConfig, d: distributed.Dist, out: Path, tok: Tokenizer, m
     model.to(d.device)
     state = _resume_state(cfg, out, d)
     if state is not None:
-        ckpt.load_model_state(model, state, cfg.model, out / ckpt.STATE)  # full weights, before any sharding
+        # Full weights (or a PEFT run's trained ones), before any sharding.
+        ckpt.load_model_state(model, state, cfg.model, out / ckpt.STATE,
+                              partial=objective.trainable_only)
     raw_model = model
     model = distributed.wrap(model, d, cfg.parallel)
     # After wrapping: FSDP replaces the parameters by sharded ones, which the optimizer must hold.
@@ -254,7 +235,7 @@ def _prepare(cfg: TrainConfig, d: distributed.Dist, out: Path, tok: Tokenizer, m
     torch.manual_seed(cfg.seed + d.rank)
     run = Run(cfg, d, out, tok, model, raw_model, optimizer, params,
               torch.amp.GradScaler("cuda") if cfg.precision == "fp16" else None,
-              train_loader, val_loader)
+              train_loader, val_loader, objective)
     if state is not None:
         distributed.load_optimizer_state(raw_model, optimizer, state["optimizer"])
         train_loader.load_state_dict(state["data"])
@@ -313,21 +294,31 @@ def _loop(run: Run) -> TrainResult:
 
 
 def train_step(run: Run, lr: float, p_own: float) -> float:
-    """One optimizer step over `grad_accum` micro-batches; the mean loss over all ranks."""
+    """One optimizer step over `grad_accum` micro-batches; the mean loss per trained target
+    over all micro-batches and ranks (objective.py says why not a mean of means)."""
     cfg, d, model, optimizer, scaler = run.cfg, run.d, run.model, run.optimizer, run.scaler
     for group in optimizer.param_groups:
         group["lr"] = lr
+    micros = [to_device(run.train_loader.next_batch(), d.device) for _ in range(cfg.grad_accum)]
+    # Every rank divides by the global count; DDP's gradient mean over ranks then needs x world.
+    count = distributed.all_sum([sum(count_targets(b[1]) for b in micros)], d)[0]
+    if count == 0:
+        raise ConfigError(f"step {run.step + 1} has no trained target in any of its batches "
+                          "(every label is -100): the data's loss mask is empty; check the "
+                          "data (and the chat template's assistant spans)")
+    scale = d.world_size / count
     loss_sum = 0.0
-    for micro in range(cfg.grad_accum):
-        x, y = (torch.from_numpy(a).to(d.device) for a in run.train_loader.next_batch())  # (B, T)
-        x = scheduled_inputs(model, x, p_own)
+    for micro, batch in enumerate(micros):
+        if p_own > 0:
+            batch = (scheduled_inputs(model, batch[0], p_own), *batch[1:])
         # Under DDP/FSDP gradients are synchronized on the last micro-batch only.
         with distributed.grad_sync(model, micro == cfg.grad_accum - 1):
             with autocast(cfg, d.device):
-                loss = next_token_loss(model(x), y) / cfg.grad_accum
+                nats, _ = run.objective.loss_fn(model, batch)
+                loss = nats * scale
             (scaler.scale(loss) if scaler else loss).backward()
         loss_sum += loss.detach().item()
-    run.last_batch = (x, y)  # what a checkpoint's weights are tried on (_checkpoint)
+    run.last_batch = batch  # what a checkpoint's weights are tried on (_checkpoint)
     if scaler:
         scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
     if cfg.optim.grad_clip > 0:
@@ -398,7 +389,7 @@ def _checkpoint(run: Run, lr: float) -> None:
     if distributed.any_rank(not math.isfinite(_loss_now(run)), run.d):
         raise diverged(run, f"the weights after step {run.step} give a non-finite loss", lr)
     save(run.out, run.raw_model, run.optimizer, run.tok, run.step,
-         run.train_loader.state_dict(), run.cfg, run.d)
+         run.train_loader.state_dict(), run.cfg, run.d, run.objective)
     run.saved_step = run.step
 
 
@@ -408,10 +399,10 @@ def _loss_now(run: Run) -> float:
     so a resumed run's random stream is that of an uninterrupted one)."""
     if run.last_batch is None:
         return 0.0
-    x, y = run.last_batch
     run.raw_model.eval()
     with autocast(run.cfg, run.d.device):
-        loss = float(next_token_loss(run.raw_model(x), y))
+        nats, count = run.objective.loss_fn(run.raw_model, run.last_batch)
+        loss = float(nats) / max(count, 1)
     run.raw_model.train()
     distributed.reshard(run.raw_model)
     return loss
@@ -431,7 +422,7 @@ def diverged(run: Run, what: str, lr: float) -> ConfigError:
 
 def _validate(run: Run) -> dict:
     metrics = evaluate(run.raw_model, run.val_loader, run.tok, run.cfg.eval_batches, run.d.device,
-                       run.cfg, run.d)
+                       run.cfg, run.d, run.objective.loss_fn)
     distributed.reshard(run.raw_model)
     return metrics
 
