@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import importlib
 import os
 import sys
@@ -61,6 +62,32 @@ def cmd_train_with_samples(args: argparse.Namespace) -> None:
     from lmstack.train.commands import cmd_train
 
     cmd_train(args, sample=sample_text)
+
+
+LORA_HELP = ("a LoRA adapter directory (PEFT format: adapter_config.json + adapter_model.safetensors) "
+             "loaded onto --model and merged into its weights, so it runs at the base's speed")
+
+
+def add_lora_flag(add_args: str, p: argparse.ArgumentParser) -> None:
+    """A command's own flags, and --lora DIR."""
+    _load(add_args)(p)
+    p.add_argument("--lora", metavar="DIR", default=None, help=LORA_HELP)
+
+
+def cmd_with_adapter(run: str, args: argparse.Namespace) -> object:
+    """A command run with its --lora adapter merged into the model it loads: posttrain merges it
+    (infer and eval may not import posttrain, so it is handed down from here, as `adapt`)."""
+    adapt = None
+    if args.lora is not None:
+        from lmstack.posttrain.peft.multi_lora import merge_adapter
+
+        adapt = merge_adapter(args.lora)
+    return _load(run)(args, adapt=adapt)
+
+
+def with_lora(add_args: str, run: str) -> tuple[Callable, Callable]:
+    """(add_args, run) of a command that takes --lora DIR."""
+    return functools.partial(add_lora_flag, add_args), functools.partial(cmd_with_adapter, run)
 
 
 TOKENIZER = {
@@ -106,11 +133,11 @@ COMMANDS: dict[str, Command | Group] = {
                      "`lmstack data prepare`. Config from TOML (see configs/), overridden by --set "
                      "key=value. Under torchrun it runs DDP (or FSDP with --set parallel=fsdp).",
                      threads="compute"),
-    "eval": Command("eval.commands:add_eval_args", "eval.commands:cmd_eval",
+    "eval": Command(*with_lora("eval.commands:add_eval_args", "eval.commands:cmd_eval"),
                     "perplexity and bits per byte of a model on a text file",
                     "Score held-out text with a model directory; texts longer than the context "
                     "are scored with a sliding window.", threads="compute"),
-    "generate": Command("infer.commands:add_generate_args", "infer.commands:cmd_generate",
+    "generate": Command(*with_lora("infer.commands:add_generate_args", "infer.commands:cmd_generate"),
                         "generate text from a model, streaming",
                         "Continue --prompt with a model directory. Greedy when --temperature 0; "
                         "beam search with --num-beams N; best-of-N with --best-of N. Every "
@@ -130,7 +157,7 @@ COMMANDS: dict[str, Command | Group] = {
                      "Serve a model directory over the OpenAI API (/v1/completions, "
                      "/v1/chat/completions, streaming), with continuous batching, /metrics and a "
                      "web chat page at /.", threads="decode"),
-    "chat": Command("serve.terminal:add_chat_args", "serve.terminal:cmd_chat",
+    "chat": Command(*with_lora("serve.terminal:add_chat_args", "serve.terminal:cmd_chat"),
                     "chat with a model in the terminal, streaming",
                     "A terminal chat: /reset, /set NAME VALUE, /show, /help, /quit.", threads="decode"),
     "train-heads": Command("train.commands:add_train_heads_args", "train.heads:cmd_train_heads",

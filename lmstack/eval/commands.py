@@ -23,9 +23,12 @@ def add_eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=8)
 
 
-def cmd_eval(args: argparse.Namespace) -> None:
+def cmd_eval(args: argparse.Namespace, adapt=None) -> None:
+    """Print the model's scores on --data; `adapt` changes the model as loaded (--lora's merged
+    adapter, handed down by cli.py)."""
     from lmstack.eval.perplexity import evaluate_model_dir
 
-    r = evaluate_model_dir(args.model, args.data, args.block_size, args.stride, args.batch_size)
+    r = evaluate_model_dir(args.model, args.data, args.block_size, args.stride, args.batch_size,
+                           adapt=adapt)
     print(f"{r['tokens']:,} tokens, {r['bytes']:,} bytes: loss {r['loss']:.4f} nats/token, "
           f"perplexity {r['ppl']:.2f}, {r['bpb']:.4f} bits/byte")

@@ -165,9 +165,10 @@ def read_text(path: str | os.PathLike) -> str:
 
 def evaluate_model_dir(model_dir: str | os.PathLike, data_file: str | os.PathLike,
                        block_size: int | None = None, stride: int | None = None,
-                       batch_size: int = 8, device: str = "cpu") -> dict[str, float]:
+                       batch_size: int = 8, device: str = "cpu", adapt=None) -> dict[str, float]:
     """`evaluate_text` for a model (a directory, a GGUF file or a short name such as
-    `smollm2`) and its own tokenizer, on a text file."""
+    `smollm2`) and its own tokenizer, on a text file; `adapt(model)` changes the model as
+    loaded (a LoRA adapter merged: posttrain hands it down through cli.py)."""
     d = resolve_model(model_dir)
     if not d.exists():
         raise ConfigError(f"model {d} does not exist; train one with `lmstack train` or point "
@@ -178,4 +179,6 @@ def evaluate_model_dir(model_dir: str | os.PathLike, data_file: str | os.PathLik
         raise ConfigError(f"{d} has no tokenizer (no tokenizer.json); copy the tokenizer the "
                           "model was trained with into it")
     model = load_model(d, device=device)
+    if adapt is not None:
+        model = adapt(model)
     return evaluate_text(model, tok, text, block_size, stride, batch_size)

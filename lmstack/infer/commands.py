@@ -201,11 +201,12 @@ def check_prompt(engine, prompt: str, model_dir: str) -> None:
                           f"generate; shorten --prompt to at most {ctx - 1} tokens")
 
 
-def cmd_generate(args: argparse.Namespace) -> None:
-    """Generate from --prompt, streaming to stdout (one completion) or printing each."""
+def cmd_generate(args: argparse.Namespace, adapt=None) -> None:
+    """Generate from --prompt, streaming to stdout (one completion) or printing each; `adapt`
+    changes the model as loaded (--lora's merged adapter, handed down by cli.py)."""
     from lmstack.infer.engine import Engine
 
-    engine = Engine.load(args.model, dtype=args.dtype)
+    engine = Engine.load(args.model, dtype=args.dtype, adapt=adapt)
     settings = settings_from_args(args)
     prompt = _prompt(args)
     check_prompt(engine, prompt, args.model)

@@ -256,13 +256,14 @@ def add_chat_args(p: argparse.ArgumentParser) -> None:
     add_speculation_flags(p)
 
 
-def cmd_chat(args: argparse.Namespace) -> None:
-    """Load the model and its chat template and chat on stdin/stdout."""
+def cmd_chat(args: argparse.Namespace, adapt=None) -> None:
+    """Load the model (changed by `adapt`: --lora's merged adapter) and its chat template, and
+    chat on stdin/stdout."""
     from lmstack.infer.engine import Engine
     from lmstack.models.directory import model_chat_template
     from lmstack.models.installed import model_name
 
-    engine = Engine.load(args.model, dtype=args.dtype)
+    engine = Engine.load(args.model, dtype=args.dtype, adapt=adapt)
     template = model_chat_template(args.model)
     settings = {k: v for k, v in (("temperature", args.temperature), ("top_p", args.top_p),
                                   ("max_new_tokens", args.max_new_tokens), ("seed", args.seed))
