@@ -28,6 +28,11 @@ several tokens; rows without drafts take the batched step above; then `cache.cro
 each row's rejected drafts. Greedy and sampled rows both speculate (that is every request the
 scheduler takes); the first token of a request comes from its prefill, undrafted.
 
+LoRA adapters (`submit(..., variant=)`): each request names the variant of the model it runs
+(infer/variants.py: 0 the base, 1..N the adapters `lmstack serve --lora` attached); every
+prefill and forward pass tells the model each row's variant, so rows of different adapters
+share a batch (posttrain/peft/multi_lora.py adds each row's own update).
+
 The queue of waiting requests is bounded (`max_queue`); `submit` raises `QueueFull` when it is
 full, which the server answers with HTTP 429. All model work runs on one background thread
 under `torch.inference_mode`; results go back through each request's `on_event` callback (the
