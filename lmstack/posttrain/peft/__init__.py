@@ -16,5 +16,9 @@ __all__, __getattr__, __dir__ = lazy_exports(__name__, {
              "lora_state_dict", "lora_summary", "merge_lora", "unload_lora", "unmerge_lora"],
     "adapter": ["load_adapter", "save_adapter"],
     "qlora": ["Int4BaseLinear", "NF4Linear", "QLoraLinear", "QuantConfig", "apply_qlora", "quantize_base"],
+    "prompt_tuning": ["PromptTuningConfig", "PromptTuningModel", "apply_prompt_tuning",
+                      "load_prompt_tuning", "save_prompt_tuning"],
+    "houlsby": ["HoulsbyConfig", "HoulsbyLinear", "apply_houlsby", "houlsby_layers", "houlsby_parameters",
+                "load_houlsby", "save_houlsby"],
     "summary": ["TrainableSummary", "trainable_summary", "weight_bytes"],
 })

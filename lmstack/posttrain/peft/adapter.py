@@ -101,6 +101,17 @@ def _target_list(model: nn.Module, adapted: list[str], names: dict[str, str]) ->
     return sorted(out)
 
 
+def write_adapter(directory: str | os.PathLike, config: dict, tensors: dict[str, torch.Tensor]) -> Path:
+    """Write an adapter directory (any PEFT method), each file atomically; returns it."""
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    with atomic_open(d / ADAPTER_WEIGHTS) as f:
+        save_file(tensors, f.name, metadata={"format": "pt"})
+    atomic_write_json(d / ADAPTER_CONFIG, config)
+    return d
+
+
 def save_adapter(model: nn.Module, directory: str | os.PathLike,
                  base_model_name_or_path: str | None = None) -> Path:
     """Write the model's LoRA layers as a PEFT adapter directory; returns it."""
@@ -121,11 +132,17 @@ def save_adapter(model: nn.Module, directory: str | os.PathLike,
         "target_modules": _target_list(model, sorted(layers), names),
         "bias": "none", "inference_mode": True, "init_lora_weights": True, **UNSUPPORTED,
     }
-    d = Path(directory)
-    d.mkdir(parents=True, exist_ok=True)
-    with atomic_open(d / ADAPTER_WEIGHTS) as f:
-        save_file(tensors, f.name, metadata={"format": "pt"})
-    atomic_write_json(d / ADAPTER_CONFIG, config)
+    return write_adapter(directory, config, tensors)
+
+
+def read_method_config(directory: Path, peft_type: str) -> dict:
+    """adapter_config.json of a `peft_type` adapter (any method) as a dict; ConfigError if
+    it is missing or of another method."""
+    path = Path(directory) / ADAPTER_CONFIG
+    d = read_json(path)
+    if d.get("peft_type") != peft_type:
+        raise ConfigError(f"{path}: peft_type {d.get('peft_type')!r} is not {peft_type!r}; "
+                          "load it with load_peft, which picks the method from the file")
     return d
 
 
@@ -153,7 +170,9 @@ def read_adapter_config(directory: Path) -> LoraConfig:
         raise ConfigError(f"{path} lacks the field {e}; it is not a LoRA adapter config") from None
 
 
-def _read_tensors(directory: Path) -> dict[str, torch.Tensor]:
+def read_tensors(directory: Path) -> dict[str, torch.Tensor]:
+    """The tensors of an adapter directory's adapter_model.safetensors (any PEFT method);
+    ConfigError if the file is missing or unreadable."""
     path = directory / ADAPTER_WEIGHTS
     if not path.exists():
         raise ConfigError(f"{directory} has no {ADAPTER_WEIGHTS}; it is not an adapter directory "
@@ -197,7 +216,7 @@ def load_adapter(model: nn.Module, directory: str | os.PathLike) -> nn.Module:
     if lora_layers(model):
         raise ConfigError("load_adapter: the model already has LoRA layers; load the adapter "
                           "onto a fresh base (or merge_lora the present one first and reload)")
-    layers = _adapter_layers(model, _read_tensors(d), d)
+    layers = _adapter_layers(model, read_tensors(d), d)
     modules = dict(model.named_modules())
     for name, (a, b) in layers.items():
         base = modules[name]
