@@ -27,12 +27,12 @@ from lmstack.posttrain.peft import (
     lora_layers,
     lora_parameters,
     merge_lora,
+    nf4,
     quantize_base,
     save_adapter,
     trainable_summary,
     weight_bytes,
 )
-from lmstack.posttrain.peft import nf4
 
 V = 64
 LLAMA = {"vocab_size": V, "block_size": 32, "n_layer": 2, "n_head": 4, "n_kv_head": 2, "n_embd": 64,

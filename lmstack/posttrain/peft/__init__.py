@@ -20,5 +20,7 @@ __all__, __getattr__, __dir__ = lazy_exports(__name__, {
                       "load_prompt_tuning", "save_prompt_tuning"],
     "houlsby": ["HoulsbyConfig", "HoulsbyLinear", "apply_houlsby", "houlsby_layers", "houlsby_parameters",
                 "load_houlsby", "save_houlsby"],
+    "registry": ["PEFT_METHODS", "PeftMethod", "apply_peft", "load_peft", "peft_method", "peft_parameters",
+                 "save_peft"],
     "summary": ["TrainableSummary", "trainable_summary", "weight_bytes"],
 })

@@ -44,7 +44,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from lmstack.errors import ConfigError
-from lmstack.posttrain.peft.adapter import read_method_config, read_tensors, write_adapter
+from lmstack.posttrain.peft.adapter import (
+    read_method_config,
+    read_tensors,
+    write_adapter,
+)
 from lmstack.posttrain.peft.lora import LoraLinear, pattern_matches
 
 PEFT_TYPE = "HOULSBY"

@@ -45,7 +45,11 @@ from torch import nn
 
 from lmstack.errors import ConfigError
 from lmstack.models.kv_cache import KVCache
-from lmstack.posttrain.peft.adapter import read_method_config, read_tensors, write_adapter
+from lmstack.posttrain.peft.adapter import (
+    read_method_config,
+    read_tensors,
+    write_adapter,
+)
 
 PEFT_TYPE = "PROMPT_TUNING"
 TENSOR = "prompt_embeddings"  # PEFT's key in adapter_model.safetensors

@@ -42,9 +42,21 @@ import torch.nn.functional as F
 from torch import nn
 
 from lmstack.errors import ConfigError
-from lmstack.infer.quantize import Int4Linear, QuantLinear, check_group_size, pack_int4, unpack_int4
+from lmstack.infer.quantize import (
+    Int4Linear,
+    QuantLinear,
+    check_group_size,
+    pack_int4,
+    unpack_int4,
+)
 from lmstack.posttrain.peft import nf4
-from lmstack.posttrain.peft.lora import LoraConfig, LoraLinear, apply_lora, lora_layers, pattern_matches
+from lmstack.posttrain.peft.lora import (
+    LoraConfig,
+    LoraLinear,
+    apply_lora,
+    lora_layers,
+    pattern_matches,
+)
 
 
 class DequantizedMatmul(torch.autograd.Function):
