@@ -46,6 +46,7 @@ class RowVariants:
 
     names: tuple[str, ...]             # variants 1..N (0 is the model as loaded)
     ids: torch.Tensor | None = None    # (B,) each row's variant; None: every row runs 0
+    rows: tuple[int, ...] = ()         # the same ids as a tuple: a key for what layers derive from them
     same: int | None = None            # the variant every row runs, when they all agree
 
 
@@ -76,10 +77,11 @@ def running(model, ids: Sequence[int] | None) -> Iterator[None]:
     if variants is None or ids is None or not any(ids):
         yield
         return
-    variants.ids = torch.tensor(list(ids), dtype=torch.long, device=model_device(model))   # (B,)
+    variants.rows = tuple(int(i) for i in ids)
+    variants.ids = torch.tensor(variants.rows, dtype=torch.long, device=model_device(model))   # (B,)
     # One check here instead of one per layer: a batch whose rows agree takes plain matmuls.
     variants.same = ids[0] if all(i == ids[0] for i in ids) else None
     try:
         yield
     finally:
-        variants.ids = variants.same = None
+        variants.ids, variants.rows, variants.same = None, (), None

@@ -52,6 +52,7 @@ class MultiLoraLinear(nn.Module):
         self.register_buffer("lora_B", lora_B)   # (N + 1, out, r), alpha / r folded in
         self.adapted = frozenset(v for v in range(1, lora_A.size(0)) if lora_B[v].any())
         self.variants = variants                  # shared by every layer of the model
+        self._gathered: tuple = (None, None, None)  # (key, A^T, B^T) of the last mixed batch
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The base's output plus each row's own update (x: (B, T, in))."""
@@ -64,9 +65,17 @@ class MultiLoraLinear(nn.Module):
             return y + (x @ a.T) @ b.T
         if x.dim() != 3 or x.size(0) != ids.numel():
             raise ConfigError(f"{ids.numel()} row variants for an input of shape {tuple(x.shape)}")
-        a = self.lora_A[ids]                                      # (B, r, in): each row's A
-        b = self.lora_B[ids]                                      # (B, out, r)
-        return y + torch.bmm(torch.bmm(x, a.transpose(1, 2)), b.transpose(1, 2))
+        a_t, b_t = self.gathered(ids)                             # (B, in, r), (B, r, out)
+        return y + torch.bmm(torch.bmm(x, a_t), b_t)
+
+    def gathered(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each row's A^T and B^T, gathered once per batch composition: decode steps repeat the
+        rows of the step before, and the gather costs more than the two matmuls."""
+        key = (self.variants.rows, self.lora_A.data_ptr())  # a new pointer after .to(dtype)
+        if self._gathered[0] != key:
+            self._gathered = (key, self.lora_A.index_select(0, ids).transpose(1, 2).contiguous(),
+                              self.lora_B.index_select(0, ids).transpose(1, 2).contiguous())
+        return self._gathered[1], self._gathered[2]
 
     def extra_repr(self) -> str:
         n, r = self.lora_A.shape[:2]
