@@ -160,6 +160,12 @@ COMMANDS: dict[str, Command | Group] = {
     "chat": Command(*with_lora("serve.terminal:add_chat_args", "serve.terminal:cmd_chat"),
                     "chat with a model in the terminal, streaming",
                     "A terminal chat: /reset, /set NAME VALUE, /show, /help, /quit.", threads="decode"),
+    "sft": Command("posttrain.commands:add_sft_args", "posttrain.commands:cmd_sft",
+                   "supervised fine-tuning (full, LoRA, ...) on chat JSONL",
+                   "Fine-tune an existing model (directory, HF, GGUF or installed name) on chats "
+                   "or prompt/completion pairs, the loss on the assistant's tokens only; fully or "
+                   "with a PEFT method (peft.method=lora). Same loop, config and resume as train.",
+                   threads="compute"),
     "train-heads": Command("train.commands:add_train_heads_args", "train.heads:cmd_train_heads",
                            "train Medusa heads on a frozen model (speculative decoding)",
                            "Train K Medusa heads on a frozen GPT's last hidden state; saved next "

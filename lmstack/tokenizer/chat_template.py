@@ -201,8 +201,13 @@ class ChatTemplate:
             raise ConfigError(f"the chat template failed while rendering: {type(e).__name__}: "
                               f"{e}") from None
 
-    def end_of_turn(self, specials: dict[str, int]) -> str | None:
-        """The special token the template writes right after an assistant message, if any."""
+    def end_marker(self) -> str | None:
+        """The text the template writes right after an assistant message, up to the line's end
+        (its end-of-turn marker: `<|im_end|>`, `</s>`), or None if it writes none.
+
+        >>> ChatTemplate().end_marker()
+        '<|im_end|>'
+        """
         probe = "lmstack-end-of-turn-probe"
         try:
             text = self.render([{"role": "user", "content": "Hi"},
@@ -212,6 +217,11 @@ class ChatTemplate:
         if probe not in text:
             return None
         after = text[text.rindex(probe) + len(probe):].lstrip()
+        return after.split("\n", 1)[0].rstrip() or None
+
+    def end_of_turn(self, specials: dict[str, int]) -> str | None:
+        """The special token the template writes right after an assistant message, if any."""
+        after = self.end_marker() or ""
         for s in sorted(specials, key=len, reverse=True):
             if after.startswith(s):
                 return s

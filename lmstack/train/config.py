@@ -32,7 +32,7 @@ import tomllib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from lmstack.errors import ConfigError
 from lmstack.models import config_from_dict
@@ -82,6 +82,8 @@ RULES: dict[str, Check] = {
 class TrainConfig:
     """Everything a training run needs; defaults train a small GPT on `data`."""
 
+    rules: ClassVar[dict[str, Check]] = RULES  # each field's allowed values (a subclass adds its own)
+
     data: str = "runs/quickstart/data"  # shard directory from `lmstack data prepare`
     tokenizer: str | None = None  # default: the tokenizer.json next to the shards' manifest
     out_dir: str = "runs/train"
@@ -117,29 +119,33 @@ class TrainConfig:
             # The schedule spans the run unless told otherwise: `steps=50` alone must not leave
             # a 2000-step cosine that never leaves its warmup.
             self.schedule.total_steps = self.steps
-        check_tree(self, RULES)  # every field: its type and RULES' range
+        check_tree(self, self.rules)  # every field: its type and its rule's range
         self.optim.check()
         self.schedule.check()
-        # The model's own config class checks its table (the tokenizer sets vocab_size later).
-        config_from_dict({"vocab_size": 256, **self.model})
+        self.check_model()
         if self.target_val_loss is not None and not self.eval_every:
             raise ConfigError("target_val_loss needs validation to stop on: set eval_every "
                               "to a number of steps, e.g. eval_every=100")
         check_qat(self.qat_bits, self.qat_group_size)
         return self
 
+    def check_model(self) -> None:
+        """The model table, checked by its own config class (the tokenizer sets vocab_size later)."""
+        config_from_dict({"vocab_size": 256, **self.model})
+
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (for train_config.json)."""
         return dataclasses.asdict(self)
 
 
-def _set(obj: Any, dotted: str, value: Any, full: str, raw: str | None = None) -> None:
-    """Set field `dotted` of obj to `value`, held to its type and RULES; from `--set`, `raw`
+def _set(obj: Any, dotted: str, value: Any, full: str, raw: str | None = None,
+         rules: dict[str, Check] = RULES) -> None:
+    """Set field `dotted` of obj to `value`, held to its type and `rules`; from `--set`, `raw`
     is the text as given, parsed as that field's type (`out_dir=2024` stays text)."""
     head, _, rest = dotted.partition(".")
     if isinstance(obj, dict):  # the model table: its config class checks it (TrainConfig.check)
         if rest:
-            _set(obj.setdefault(head, {}), rest, value, full)
+            _set(obj.setdefault(head, {}), rest, value, full, rules=rules)
         else:
             obj[head] = value
         return
@@ -154,16 +160,16 @@ def _set(obj: Any, dotted: str, value: Any, full: str, raw: str | None = None) -
         )
     current = getattr(obj, head)
     if rest:
-        _set(current, rest, value, full, raw)
+        _set(current, rest, value, full, raw, rules)
         return
     kind = typing.get_type_hints(type(obj))[head]
     if raw is not None:  # a table (`optim={beta1=0.8}`) is a TOML literal; a value has its type
         value = parse_value(raw) if dataclasses.is_dataclass(current) else parse(raw, kind, full)
     if dataclasses.is_dataclass(current) and isinstance(value, dict):
         for k, v in value.items():
-            _set(current, k, v, f"{full}.{k}")
+            _set(current, k, v, f"{full}.{k}", rules=rules)
         return
-    setattr(obj, head, check(value, kind, full, RULES.get(full)))
+    setattr(obj, head, check(value, kind, full, rules.get(full)))
 
 
 def apply_overrides(cfg: TrainConfig, overrides: list[str]) -> TrainConfig:
@@ -177,7 +183,7 @@ def apply_overrides(cfg: TrainConfig, overrides: list[str]) -> TrainConfig:
             # Another architecture: the old one's fields (a GPT's n_head for an LSTM) do not
             # apply, so start its table afresh. Give model.model_type before other model.* keys.
             cfg.model = {}
-        _set(cfg, key, parse_value(raw), key, raw)
+        _set(cfg, key, parse_value(raw), key, raw, cfg.rules)
     return cfg
 
 
@@ -210,9 +216,11 @@ def read_toml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"config file {p} is not valid TOML: {e}") from None
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> TrainConfig:
-    """TrainConfig from an optional TOML file (or a built-in config name) plus overrides."""
-    cfg = TrainConfig()
+def load_config(path: str | Path | None = None, overrides: list[str] = (),
+                kind: type[TrainConfig] = TrainConfig) -> TrainConfig:
+    """A `kind` config (TrainConfig, or a subclass such as SFTConfig) from an optional TOML file
+    (or a built-in config name) plus overrides."""
+    cfg = kind()
     if path is not None and not Path(path).exists() and str(path) in builtin_configs():
         path = CONFIGS_DIR / f"{path}.toml"
     if path is not None:
@@ -221,7 +229,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Tr
             cfg.model = {}
         try:
             for key, value in data.items():
-                _set(cfg, key, value, key)
+                _set(cfg, key, value, key, rules=cfg.rules)
         except ConfigError as e:
             raise ConfigError(f"config file {path}: {e}") from None
     return apply_overrides(cfg, list(overrides)).check()

@@ -166,7 +166,7 @@ def train(cfg: TrainConfig, sample: Sampler | None = None) -> TrainResult:
 
 @dataclass
 class Run:
-    """What the loop works on: built once by `_prepare`, then advanced one step at a time."""
+    """What the loop works on: built once by `prepare_run`, then advanced one step at a time."""
 
     cfg: TrainConfig
     d: distributed.Dist
@@ -193,7 +193,7 @@ def _train(cfg: TrainConfig, d: distributed.Dist, sample: Sampler | None = None)
         torch.set_num_threads(cfg.threads)
     autocast(cfg, d.device)  # fail now, not after building everything, on fp16 without CUDA
     # One seed for the initial weights on every rank (FSDP, unlike DDP, does not broadcast
-    # them); each rank's own dropout/sampling stream is seeded in _prepare.
+    # them); each rank's own dropout/sampling stream is seeded in prepare_run.
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     out = Path(cfg.out_dir)
@@ -206,12 +206,12 @@ def _train(cfg: TrainConfig, d: distributed.Dist, sample: Sampler | None = None)
     out.mkdir(parents=True, exist_ok=True)  # only now: a run refused above leaves nothing
     if isinstance(model, NGramLM):
         return _fit_ngram(model, cfg, tok, train_loader, val_loader, out, d)
-    run = _prepare(cfg, d, out, tok, model, train_loader, val_loader)
+    run = prepare_run(cfg, d, out, tok, model, train_loader, val_loader)
     run.sample = sample
-    return _loop(run)
+    return run_loop(run)
 
 
-def _prepare(cfg: TrainConfig, d: distributed.Dist, out: Path, tok: Tokenizer, model,
+def prepare_run(cfg: TrainConfig, d: distributed.Dist, out: Path, tok: Tokenizer, model,
              train_loader: TokenLoader, val_loader: TokenLoader,
              objective: Objective | None = None) -> Run:
     """Device, QAT, wrapping, optimizer and, with `resume`, the checkpoint's state."""
@@ -266,7 +266,7 @@ def _resume_state(cfg: TrainConfig, out: Path, d: distributed.Dist) -> dict | No
     return state
 
 
-def _loop(run: Run) -> TrainResult:
+def run_loop(run: Run) -> TrainResult:
     """Step until cfg.steps (or a deadline, or the target loss); then the final metrics."""
     cfg = run.cfg
     clock = _start_clock(run)

@@ -1,0 +1,213 @@
+"""`lmstack sft`: supervised fine-tuning of an existing model on chat JSONL, fully or with PEFT.
+
+    lmstack sft --model smollm2 --data chats.jsonl --out runs/sft [--config sft.toml]
+                [--set peft.method=lora peft.r=16 steps=300 precision=bf16] [--resume]
+
+The pipeline, each part in its own file:
+
+1. the base (`base_model`): any model directory, HF directory, GGUF file or installed name,
+   its quantized matrices (a GGUF file's Q4_1) turned back into the floats they stand for, its
+   tokenizer and its chat template (lmstack/models/directory.py);
+2. the data (sft_data.py): every JSONL line rendered with that template, the loss on the
+   assistant's tokens only, cut to `block_size` (the report says how many were cut), a seeded
+   `val_fraction` held out (or `val_data`), packed into rows (`pack`) that sft.py's SFTLoader
+   deals and sft.py's `sft_loss` scores with block-diagonal attention;
+3. the method (`peft.method`, the METHODS registry below): all weights train (`full`), or a
+   parameter-efficient method's few on a frozen base (lmstack/posttrain/peft/);
+4. the trainer's own loop (lmstack/train/loop.py): AMP, DDP/FSDP, gradient accumulation,
+   clipping, the schedule, validation loss and bits per byte on the held-out rows, a greedy
+   answer to held-out prompts every `sample_every` steps, atomic checkpoints and exact `--resume`.
+
+OUT is a model directory (`full`: config.json, model.safetensors, tokenizer and chat template)
+or an adapter directory (PEFT: adapter_config.json + adapter_model.safetensors, used as
+`lmstack chat --model BASE --lora OUT`), plus train_state.pt, train_config.json and log.jsonl.
+A PEFT checkpoint holds the trained parameters alone, not a copy of the base.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from lmstack.errors import ConfigError
+from lmstack.models import num_params
+from lmstack.models.directory import (
+    load_model,
+    load_tokenizer,
+    model_chat_template,
+    model_eos_ids,
+    resolve_model,
+    save_companions,
+    save_model,
+)
+from lmstack.posttrain.sft import SFTLoader, sft_loss
+from lmstack.posttrain.sft_config import SFTConfig
+from lmstack.posttrain.sft_data import Example, PackedRow, TruncationReport, load_sft_examples, pack, truncate
+from lmstack.tokenizer import Tokenizer
+from lmstack.tokenizer.chat_template import ChatTemplate
+from lmstack.train import distributed
+from lmstack.train.loop import TrainResult, prepare_run, run_loop
+from lmstack.train.objective import Objective
+
+
+@dataclass
+class SFTData:
+    """The rows a run trains and validates on, and what truncation did to the examples."""
+
+    train: list[PackedRow]
+    val: list[PackedRow]
+    prompts: list[list[int]]  # held-out prompts (ids up to the first trained token), for samples
+    report: TruncationReport
+    examples: int  # training examples after truncation
+
+
+def load_base(cfg: SFTConfig) -> tuple[torch.nn.Module, Tokenizer]:
+    """The base model in float weights, and its tokenizer."""
+    from lmstack.infer.quantize import dequantize_model
+
+    tok = load_tokenizer(cfg.base_model)
+    if tok is None:
+        raise ConfigError(f"model {cfg.base_model} has no tokenizer (tokenizer.json); fine-tuning "
+                          "renders text, so give a model directory that has one")
+    model = dequantize_model(load_model(cfg.base_model))  # Q4_1/int8 matrices: their floats
+    cfg.model = model.config.to_dict()  # the architecture, for train_config.json and resume
+    return model, tok
+
+
+def _rows(examples: list[Example], max_len: int, packed: bool) -> list[PackedRow]:
+    """Packed rows (first fit), or one example per row."""
+    return pack(examples, max_len) if packed else [r for e in examples for r in pack([e], max_len)]
+
+
+def _prompt_ids(example: Example) -> list[int]:
+    """An example's ids up to its first trained token: what the model answers from."""
+    return example.ids[:example.trained.index(True)] if True in example.trained else example.ids
+
+
+def load_data(cfg: SFTConfig, tok: Tokenizer) -> SFTData:
+    """Render, tokenize, hold out, truncate and pack `cfg.data` (errors name file and line)."""
+    template = model_chat_template(cfg.base_model)
+    examples = load_sft_examples(cfg.data, tok, template, cfg.train_on_prompt)
+    if cfg.val_data is not None:
+        held = load_sft_examples(cfg.val_data, tok, template, cfg.train_on_prompt)
+    else:
+        order = list(range(len(examples)))
+        random.Random(cfg.seed).shuffle(order)
+        n_val = round(cfg.val_fraction * len(examples)) if cfg.eval_every else 0
+        n_val = max(n_val, 1) if cfg.val_fraction > 0 and cfg.eval_every else n_val
+        held = [examples[i] for i in sorted(order[:n_val])]
+        examples = [examples[i] for i in sorted(order[n_val:])]
+    train, report = truncate(examples, cfg.block_size)
+    val, _ = truncate(held, cfg.block_size)
+    if not train:
+        raise ConfigError(f"{cfg.data}: no training example is left ({report}); add examples, "
+                          "lower val_fraction or raise block_size")
+    return SFTData(_rows(train, cfg.block_size, cfg.pack), _rows(val, cfg.block_size, cfg.pack),
+                   [_prompt_ids(e) for e in held[:cfg.max_samples]], report, len(train))
+
+
+# ---- the methods ------------------------------------------------------------------------
+
+def _full(model: torch.nn.Module, cfg: SFTConfig, tok: Tokenizer) -> Objective:
+    """Every weight trains; OUT is a whole model directory with the base's companions."""
+    model.requires_grad_(True)
+
+    def write(out: Path, m: torch.nn.Module) -> None:
+        save_model(out, m)
+        save_companions(cfg.base_model, out, tok)
+    return Objective(sft_loss, trainable_only=False, write_model=write)
+
+
+def _lora(model: torch.nn.Module, cfg: SFTConfig, tok: Tokenizer) -> Objective:
+    """LoRA (Hu et al. 2021) on `peft.target_modules`; OUT is a PEFT adapter directory."""
+    from lmstack.posttrain.peft import LoraConfig, apply_lora, save_adapter
+
+    p = cfg.peft
+    apply_lora(model, LoraConfig(p.r, p.alpha, p.dropout, tuple(p.target_modules), p.use_rslora))
+    base = str(resolve_model(cfg.base_model))
+    return Objective(sft_loss, trainable_only=True,
+                     write_model=lambda out, m: save_adapter(m, out, base))
+
+
+# peft.method -> (model, config, tokenizer) -> the run's Objective; the model changed in place.
+METHODS: dict[str, Callable[[torch.nn.Module, SFTConfig, Tokenizer], Objective]] = {
+    "full": _full,
+    "lora": _lora,
+}
+
+
+# ---- the run ----------------------------------------------------------------------------
+
+def check_paths(cfg: SFTConfig) -> None:
+    """Refuse an output directory that would overwrite the base model or the data."""
+    out = Path(cfg.out_dir).resolve()
+    base = Path(cfg.base_model)
+    if base.exists() and out == base.resolve():
+        raise ConfigError(f"out_dir {cfg.out_dir} is the base model's directory; fine-tuning "
+                          "would overwrite it. Give another --out")
+    if out in (Path(cfg.data).resolve(), Path(cfg.val_data or cfg.data).resolve()):
+        raise ConfigError(f"out_dir {cfg.out_dir} is the data file; give another --out")
+
+
+def sampler(prompts: list[list[int]], template: ChatTemplate, eos_ids: list[int] | None,
+            max_new_tokens: int = 48):
+    """The loop's `sample(model, tok)`: greedy answers to held-out prompts, one per line,
+    each ending at the template's end of turn (a special token, or its text)."""
+    from lmstack.infer import Engine
+
+    def sample(model: torch.nn.Module, tok: Tokenizer) -> str:
+        was_training = model.training
+        marker = template.end_marker()
+        try:
+            engine = Engine(model, tok, eos_ids=eos_ids)
+            settings = {"temperature": 0.0, "max_new_tokens": max_new_tokens,
+                        "stop_token_ids": template.stop_tokens(tok),
+                        "stop": [marker] if marker and marker not in tok.special_tokens else []}
+            return "\n".join(repr(engine.generate(p, **settings).text) for p in prompts)
+        finally:
+            model.train(was_training)
+    return sample
+
+
+def sft(cfg: SFTConfig) -> TrainResult:
+    """Run (or resume) the fine-tuning cfg describes; returns the final metrics."""
+    cfg.check()
+    check_paths(cfg)
+    if cfg.peft.method not in METHODS:
+        raise ConfigError(f"peft.method={cfg.peft.method} is not available yet; use one of "
+                          f"{', '.join(METHODS)}")
+    d = distributed.setup(cfg.device)
+    try:
+        return _sft(cfg, d)
+    finally:
+        distributed.teardown(d)
+
+
+def _sft(cfg: SFTConfig, d: distributed.Dist) -> TrainResult:
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    model, tok = load_base(cfg)
+    data = load_data(cfg, tok)
+    objective = METHODS[cfg.peft.method](model, cfg, tok)  # before any write: bad targets fail here
+    # Padding is never attended to nor trained (segment 0, label -100): any id pads.
+    train = SFTLoader(data.train, cfg.batch_size, cfg.block_size, 0, cfg.seed, d.rank, d.world_size)
+    val = None
+    if data.val and cfg.eval_every:
+        per_rank = max(1, min(cfg.batch_size, len(data.val) // d.world_size))
+        val = SFTLoader(data.val, per_rank, cfg.block_size, 0, cfg.seed, d.rank, d.world_size)
+    else:
+        cfg.eval_every = 0
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    if d.is_main:
+        print(f"data: {data.examples} training examples in {len(data.train)} rows of "
+              f"{cfg.block_size}, {len(data.val)} held-out rows; {data.report}")
+        print(f"method: {cfg.peft.method}, {trainable:,} of {num_params(model):,} parameters train")
+    Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
+    run = prepare_run(cfg, d, Path(cfg.out_dir), tok, model, train, val, objective)
+    run.sample = sampler(data.prompts, model_chat_template(cfg.base_model), model_eos_ids(cfg.base_model))
+    return run_loop(run)
