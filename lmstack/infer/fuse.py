@@ -99,10 +99,14 @@ def decode_layout(model: torch.nn.Module) -> None:
 
 def fuse_linears(layers: list[nn.Module]) -> nn.Module | None:
     """One layer computing `torch.cat([layer(x) for layer in layers], -1)`, or None when they
-    cannot be stacked (different kinds, input widths, dtypes or quantization settings)."""
+    cannot be stacked (different kinds, input widths, dtypes or quantization settings). A
+    layer kind from above this package stacks itself with a `fuse(layers)` classmethod
+    (posttrain/peft/multi_lora.py's MultiLoraLinear)."""
     first = layers[0]
     if any(type(m) is not type(first) or m.in_features != first.in_features for m in layers):
         return None
+    if hasattr(type(first), "fuse"):
+        return type(first).fuse(layers)
     if isinstance(first, QuantLinear):
         return fuse_quantized(layers)
     if type(first) is not nn.Linear or len({(m.weight.dtype, m.weight.device) for m in layers}) != 1:

@@ -64,7 +64,9 @@ def refs(adapter_dirs) -> list[GPT]:
     return [merged(None), merged(adapter_dirs["a"]), merged(adapter_dirs["b"])]
 
 
-def test_mixed_rows_equal_each_merged_model(multi, adapter_dirs):
+@pytest.mark.parametrize("fuse", [True, False], ids=["fused", "unfused"])
+def test_mixed_rows_equal_each_merged_model(adapter_dirs, fuse):
+    multi = prepare_decode(attach_adapters(base_model(), adapter_dirs), fuse=fuse)
     models = refs(adapter_dirs)
     x = torch.randint(0, V, (6, 10), generator=torch.Generator().manual_seed(3))
     rows = [0, 1, 2, 2, 0, 1]
@@ -81,12 +83,19 @@ def test_mixed_rows_equal_each_merged_model(multi, adapter_dirs):
             torch.testing.assert_close(multi(x), models[1](x), atol=1e-5, rtol=1e-5)
 
 
-def test_layers_hold_each_adapter_padded(multi):
-    q = multi.layers[0].attn.q_proj
+def test_layers_hold_each_adapter_padded_and_fuse(multi, adapter_dirs):
+    attn, mlp = (lambda b: (b.attn, b.mlp))(attach_adapters(base_model(), adapter_dirs).layers[0])
+    q = attn.q_proj
     assert isinstance(q, MultiLoraLinear) and tuple(q.lora_A.shape) == (3, 8, LLAMA["n_embd"])
     assert not q.lora_A[0].any() and not q.lora_A[1, 4:].any()   # the base; a's rank 4 padded to 8
-    assert q.adapted == {1, 2} and multi.layers[0].attn.v_proj.adapted == {1}
-    assert not isinstance(multi.layers[0].mlp.up_proj, MultiLoraLinear)  # no adapter targets it
+    assert q.adapted == {1, 2} and attn.v_proj.adapted == {1} and attn.k_proj.adapted == {2}
+    # up_proj: no adapter targets it, but it fuses with gate_proj: a rank-0 update
+    assert mlp.up_proj.lora_A.shape[1] == 0 and not mlp.up_proj.adapted
+    # decoding fuses them: the ranks side by side, B block-diagonal
+    qkv, gate_up = multi.layers[0].attn.qkv_proj, multi.layers[0].mlp.gate_up_proj
+    assert isinstance(qkv, MultiLoraLinear) and tuple(qkv.lora_A.shape[:2]) == (3, 8 + 8 + 4)
+    assert not qkv.lora_B[:, :q.out_features, 8:].any()          # q's outputs read q's ranks only
+    assert isinstance(gate_up, MultiLoraLinear) and tuple(gate_up.lora_A.shape[:2]) == (3, 8)
     assert variant_id(multi, "b") == 2 and multi.row_variants.names == ("a", "b")
 
 

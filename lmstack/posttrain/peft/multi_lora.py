@@ -11,7 +11,10 @@ stacked, slot 0 all zeros (the base):
 with alpha / r folded into B[v]. An adapter of a smaller rank, or one that leaves the layer
 alone, is padded with zeros, which add exactly nothing. A batch of mixed rows gathers each
 row's A and B and runs two batched matmuls (Punica's BGMV: batched gather matrix-vector); a
-batch whose rows agree runs two plain ones; a base-only batch runs the base alone. The model
+batch whose rows agree runs two plain ones; a base-only batch runs the base alone. Decoding's
+fusion (infer/fuse.py) stacks q/k/v and gate/up `MultiLoraLinear`s too (`fuse`: the A's side by
+side along the rank, the B's block-diagonal), so every member of such a group is wrapped, a
+member no adapter touches with a rank-0 update. The model
 carries `row_variants` (the adapters' names), which the scheduler and the prefix cache read:
 the engine knows each row's adapter as a number, nothing of LoRA.
 
@@ -33,6 +36,7 @@ import torch
 from torch import nn
 
 from lmstack.errors import ConfigError
+from lmstack.infer.fuse import FUSIONS, fuse_linears
 from lmstack.infer.variants import RowVariants, row_variants
 from lmstack.posttrain.peft.adapter import load_adapter
 from lmstack.posttrain.peft.lora import lora_layers, unload_lora
@@ -77,6 +81,23 @@ class MultiLoraLinear(nn.Module):
                               self.lora_B.index_select(0, ids).transpose(1, 2).contiguous())
         return self._gathered[1], self._gathered[2]
 
+    @classmethod
+    def fuse(cls, layers: list[MultiLoraLinear]) -> MultiLoraLinear | None:
+        """One layer for q/k/v (or gate/up), as infer/fuse.py stacks plain ones: the bases
+        fused, the A's stacked along the rank, the B's block-diagonal (each output block reads
+        only its own layer's ranks, so every row's output is the same sum as before)."""
+        base = fuse_linears([m.base for m in layers])
+        if base is None or len({id(m.variants) for m in layers}) != 1:
+            return None
+        A = torch.cat([m.lora_A for m in layers], dim=1)             # (N + 1, sum r, in)
+        B = A.new_zeros(A.size(0), sum(m.out_features for m in layers), A.size(1))  # (N + 1, sum out, sum r)
+        out = rank = 0
+        for m in layers:
+            o, r = m.lora_B.shape[1:]
+            B[:, out:out + o, rank:rank + r] = m.lora_B
+            out, rank = out + o, rank + r
+        return cls(base, A, B, layers[0].variants)
+
     def extra_repr(self) -> str:
         n, r = self.lora_A.shape[:2]
         return f"in={self.in_features}, out={self.out_features}, adapters={n - 1}, r={r}"
@@ -102,8 +123,8 @@ def take_adapter(model: nn.Module, name: str, directory: str | os.PathLike) -> d
 
 def stack_updates(layer: nn.Module, updates: list[Update | None]) -> tuple[torch.Tensor, torch.Tensor]:
     """Every variant's update of one layer as (N + 1, r, in) and (N + 1, out, r), r the largest
-    rank, slot 0 and the variants that leave the layer alone all zeros."""
-    r = max(u[0].size(0) for u in updates if u is not None)
+    rank (0 if none adapts it), slot 0 and the variants that leave the layer alone all zeros."""
+    r = max((u[0].size(0) for u in updates if u is not None), default=0)
     kw = {"dtype": layer.weight.dtype, "device": layer.weight.device}
     A = torch.zeros(len(updates) + 1, r, layer.in_features, **kw)
     B = torch.zeros(len(updates) + 1, layer.out_features, r, **kw)
@@ -113,6 +134,21 @@ def stack_updates(layer: nn.Module, updates: list[Update | None]) -> tuple[torch
             A[v, :a.size(0)] = a          # the padded rows of A meet the padded columns of B: 0
             B[v, :, :b.size(1)] = b
     return A, B
+
+
+def with_siblings(model: nn.Module, names: set[str]) -> set[str]:
+    """`names` and the layers decoding fuses with them (q_proj with k_proj and v_proj, gate_proj
+    with up_proj: infer/fuse.py's FUSIONS), so that an adapted group still fuses; a sibling no
+    adapter touches gets a rank-0 update, which adds nothing."""
+    out = set(names)
+    for name in names:
+        parent, _, child = name.rpartition(".")
+        for _, group in FUSIONS:
+            if child in group:
+                prefix = parent + "." if parent else ""
+                out |= {prefix + g for g in group
+                        if isinstance(getattr(model.get_submodule(parent) if parent else model, g, None), nn.Linear)}
+    return out
 
 
 def attach_adapters(model: nn.Module, adapters: Mapping[str, str | os.PathLike]) -> nn.Module:
@@ -126,7 +162,7 @@ def attach_adapters(model: nn.Module, adapters: Mapping[str, str | os.PathLike])
     names = tuple(adapters)
     taken = [take_adapter(model, name, adapters[name]) for name in names]
     variants = RowVariants(names)
-    for layer_name in sorted(set().union(*taken)):
+    for layer_name in sorted(with_siblings(model, set().union(*taken))):
         layer = model.get_submodule(layer_name)
         A, B = stack_updates(layer, [t.get(layer_name) for t in taken])
         parent, _, child = layer_name.rpartition(".")
