@@ -213,3 +213,17 @@ def test_peft_prompt_loads_here_with_the_same_logits(tmp_path):
         tuned = load_prompt_tuning(ours, tmp_path / "pt")
         torch.testing.assert_close(tuned(x), expected, atol=1e-4, rtol=0)
         assert (tuned(x) - base).abs().max() > 1e-2  # negative control
+
+
+def test_engine_decodes_behind_the_prompt():
+    """The SFT sampler's path: Engine greedy decoding equals greedy by the full forward."""
+    from lmstack.infer import Engine
+    model = apply_prompt_tuning(gpt(), PromptTuningConfig(num_virtual_tokens=4, init="random"))
+    prompt = [5, 6, 7, 8]
+    out = Engine(model).generate(prompt, temperature=0, max_new_tokens=6, ignore_eos=True)
+    seq = list(prompt)
+    with torch.no_grad():
+        for _ in range(6):
+            seq.append(int(model(torch.tensor([seq]))[0, -1].argmax()))
+    assert out.tokens == seq[4:]
+    assert out.tokens != Engine(gpt()).generate(prompt, temperature=0, max_new_tokens=6, ignore_eos=True).tokens
