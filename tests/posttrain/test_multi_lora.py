@@ -99,9 +99,9 @@ def test_layers_hold_each_adapter_padded_and_fuse(multi, adapter_dirs):
     assert variant_id(multi, "b") == 2 and multi.row_variants.names == ("a", "b")
 
 
-def run_batch(engine: Engine, jobs: list[tuple[list[int], int]], settings: dict) -> list:
+def run_batch(engine: Engine, jobs: list[tuple[list[int], int]], settings: dict, speculative=None) -> list:
     """Submit one (prompt, variant) per step into a running batch; each job's events."""
-    scheduler = Scheduler(engine, max_batch=4)
+    scheduler = Scheduler(engine, max_batch=4, speculative=speculative)
     events: dict = {}
     requests = []
     with torch.inference_mode():
@@ -130,12 +130,14 @@ def check_against_merged(events: list, adapter_dirs) -> None:
                                    torch.tensor(alone.logprobs), atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("cached", [False, True], ids=["no-prefix-cache", "prefix-cache"])
-def test_scheduler_mixed_batch_equals_merged_models(multi, adapter_dirs, cached):
-    engine = Engine(multi, prefix_cache=PrefixCache(block_size=4) if cached else None)
-    events = run_batch(engine, JOBS, SETTINGS)
+@pytest.mark.parametrize("how", ["plain", "prefix-cache", "speculative"])
+def test_scheduler_mixed_batch_equals_merged_models(multi, adapter_dirs, how):
+    engine = Engine(multi, prefix_cache=PrefixCache(block_size=4) if how == "prefix-cache" else None)
+    # prompt lookup drafts several tokens a row: forward passes of (B, T > 1) mixed rows
+    spec = engine.speculative(prompt_lookup=1, gamma=3) if how == "speculative" else None
+    events = run_batch(engine, JOBS, SETTINGS, spec)
     check_against_merged(events, adapter_dirs)
-    if cached:
+    if how == "prefix-cache":
         assert engine.prefix_cache.stats()["hit_tokens"] > 0   # some prefixes were reused
 
 
