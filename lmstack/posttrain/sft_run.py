@@ -26,6 +26,7 @@ A PEFT checkpoint holds the trained parameters alone, not a copy of the base.
 
 from __future__ import annotations
 
+import itertools
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ from pathlib import Path
 
 import torch
 
+from lmstack.atomic import atomic_write_json
 from lmstack.errors import ConfigError
 from lmstack.models import num_params
 from lmstack.models.directory import (
@@ -142,6 +144,16 @@ METHODS: dict[str, Callable[[torch.nn.Module, SFTConfig, Tokenizer], Objective]]
 
 # ---- the run ----------------------------------------------------------------------------
 
+SUMMARY = "sft_summary.json"
+
+
+def weight_bytes(model: torch.nn.Module) -> int:
+    """Bytes the model's weights take in memory: parameters and buffers, a shared tensor once."""
+    sizes = {t.data_ptr(): t.numel() * t.element_size()
+             for t in itertools.chain(model.parameters(), model.buffers())}
+    return sum(sizes.values())
+
+
 def check_paths(cfg: SFTConfig) -> None:
     """Refuse an output directory that would overwrite the base model or the data."""
     out = Path(cfg.out_dir).resolve()
@@ -207,7 +219,14 @@ def _sft(cfg: SFTConfig, d: distributed.Dist) -> TrainResult:
         print(f"data: {data.examples} training examples in {len(data.train)} rows of "
               f"{cfg.block_size}, {len(data.val)} held-out rows; {data.report}")
         print(f"method: {cfg.peft.method}, {trainable:,} of {num_params(model):,} parameters train")
-    Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if d.is_main:  # what the run trains, for people and benchmarks/finetune.py
+        atomic_write_json(out / SUMMARY, {
+            "method": cfg.peft.method, "trainable": trainable, "total": num_params(model),
+            "weight_bytes": weight_bytes(model), "examples": data.examples,
+            "rows": len(data.train), "val_rows": len(data.val), "cut": data.report.cut,
+            "dropped": data.report.dropped})
     run = prepare_run(cfg, d, Path(cfg.out_dir), tok, model, train, val, objective)
     run.sample = sampler(data.prompts, model_chat_template(cfg.base_model), model_eos_ids(cfg.base_model))
     return run_loop(run)
