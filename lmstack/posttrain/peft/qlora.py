@@ -66,12 +66,16 @@ class DequantizedMatmul(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, layer: QuantLinear) -> torch.Tensor:
         ctx.layer, ctx.x_dtype = layer, x.dtype
+        device = x.device.type
+        # Autocast is off in a backward: remember its dtype so dL/dx is a bf16 matmul too.
+        ctx.amp_dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
         return QuantLinear.forward(layer, x)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
-        w = ctx.layer.dequantize().to(grad.dtype)        # (out, in), dropped after this line
-        return (grad @ w).to(ctx.x_dtype), None          # (..., out) @ (out, in) -> (..., in)
+        dtype = ctx.amp_dtype or grad.dtype
+        w = ctx.layer.dequantize().to(dtype)              # (out, in), dropped after this line
+        return (grad.to(dtype) @ w).to(ctx.x_dtype), None  # (..., out) @ (out, in) -> (..., in)
 
 
 class NF4Linear(QuantLinear):
