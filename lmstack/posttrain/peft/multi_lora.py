@@ -14,9 +14,9 @@ row's A and B and runs two batched matmuls (Punica's BGMV: batched gather matrix
 batch whose rows agree runs two plain ones; a base-only batch runs the base alone. Decoding's
 fusion (infer/fuse.py) stacks q/k/v and gate/up `MultiLoraLinear`s too (`fuse`: the A's side by
 side along the rank, the B's block-diagonal), so every member of such a group is wrapped, a
-member no adapter touches with a rank-0 update. The model
-carries `row_variants` (the adapters' names), which the scheduler and the prefix cache read:
-the engine knows each row's adapter as a number, nothing of LoRA.
+member no adapter touches with a rank-0 update. The model carries `row_variants` (the
+adapters' names), which the scheduler and the prefix cache read: the engine knows each row's
+adapter as a number, nothing of LoRA.
 
 `merge_adapter(DIR)` is `--lora DIR` of generate, chat and eval: one adapter loaded and merged
 into the base weights (`unload_lora`), so it decodes at the base's speed, fused as the base is.
@@ -143,11 +143,11 @@ def with_siblings(model: nn.Module, names: set[str]) -> set[str]:
     out = set(names)
     for name in names:
         parent, _, child = name.rpartition(".")
+        module = model.get_submodule(parent) if parent else model
         for _, group in FUSIONS:
             if child in group:
                 prefix = parent + "." if parent else ""
-                out |= {prefix + g for g in group
-                        if isinstance(getattr(model.get_submodule(parent) if parent else model, g, None), nn.Linear)}
+                out |= {prefix + g for g in group if isinstance(getattr(module, g, None), nn.Linear)}
     return out
 
 
