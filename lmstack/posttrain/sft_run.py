@@ -26,7 +26,6 @@ A PEFT checkpoint holds the trained parameters alone, not a copy of the base.
 
 from __future__ import annotations
 
-import itertools
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,7 +35,6 @@ import torch
 
 from lmstack.atomic import atomic_write_json
 from lmstack.errors import ConfigError
-from lmstack.models import num_params
 from lmstack.models.directory import (
     load_model,
     load_tokenizer,
@@ -65,6 +63,20 @@ class SFTData:
     prompts: list[list[int]]  # held-out prompts (ids up to the first trained token), for samples
     report: TruncationReport
     examples: int  # training examples after truncation
+    row_len: int  # tokens per row
+
+
+def row_length(cfg: SFTConfig) -> tuple[int, bool]:
+    """(tokens per row, packed): prompt tuning puts its virtual tokens before every example,
+    so its rows hold one example of at most block_size - virtual_tokens tokens."""
+    if cfg.peft.method == "prompt":
+        room = cfg.block_size - cfg.peft.virtual_tokens
+        if room < 2:
+            raise ConfigError(f"block_size {cfg.block_size} leaves no room beside "
+                              f"{cfg.peft.virtual_tokens} virtual tokens; raise block_size or lower "
+                              "peft.virtual_tokens")
+        return room, False
+    return cfg.block_size, cfg.pack
 
 
 def load_base(cfg: SFTConfig) -> tuple[torch.nn.Module, Tokenizer]:
@@ -103,55 +115,83 @@ def load_data(cfg: SFTConfig, tok: Tokenizer) -> SFTData:
         n_val = max(n_val, 1) if cfg.val_fraction > 0 and cfg.eval_every else n_val
         held = [examples[i] for i in sorted(order[:n_val])]
         examples = [examples[i] for i in sorted(order[n_val:])]
-    train, report = truncate(examples, cfg.block_size)
-    val, _ = truncate(held, cfg.block_size)
+    length, packed = row_length(cfg)
+    train, report = truncate(examples, length)
+    val, _ = truncate(held, length)
     if not train:
         raise ConfigError(f"{cfg.data}: no training example is left ({report}); add examples, "
                           "lower val_fraction or raise block_size")
-    return SFTData(_rows(train, cfg.block_size, cfg.pack), _rows(val, cfg.block_size, cfg.pack),
-                   [_prompt_ids(e) for e in held[:cfg.max_samples]], report, len(train))
+    return SFTData(_rows(train, length, packed), _rows(val, length, packed),
+                   [_prompt_ids(e) for e in held[:cfg.max_samples]], report, len(train), length)
 
 
 # ---- the methods ------------------------------------------------------------------------
 
-def _full(model: torch.nn.Module, cfg: SFTConfig, tok: Tokenizer) -> Objective:
+Method = Callable[[torch.nn.Module, SFTConfig, Tokenizer], tuple[torch.nn.Module, Objective]]
+
+
+def _full(model: torch.nn.Module, cfg: SFTConfig, tok: Tokenizer) -> tuple[torch.nn.Module, Objective]:
     """Every weight trains; OUT is a whole model directory with the base's companions."""
     model.requires_grad_(True)
 
     def write(out: Path, m: torch.nn.Module) -> None:
         save_model(out, m)
         save_companions(cfg.base_model, out, tok)
-    return Objective(sft_loss, trainable_only=False, write_model=write)
+    return model, Objective(sft_loss, trainable_only=False, write_model=write)
 
 
-def _lora(model: torch.nn.Module, cfg: SFTConfig, tok: Tokenizer) -> Objective:
-    """LoRA (Hu et al. 2021) on `peft.target_modules`; OUT is a PEFT adapter directory."""
-    from lmstack.posttrain.peft import LoraConfig, apply_lora, save_adapter
+def _peft(make: Callable[[SFTConfig], tuple]) -> Method:
+    """A PEFT method (lmstack/posttrain/peft/): `make(cfg)` gives apply_peft's (config, quant);
+    the base freezes, OUT is the adapter directory, checkpoints hold the adapter alone."""
+    def method(model: torch.nn.Module, cfg: SFTConfig, tok: Tokenizer) -> tuple[torch.nn.Module, Objective]:
+        from lmstack.posttrain.peft import apply_peft, save_peft
+
+        config, quant = make(cfg)
+        model = apply_peft(model, config, quant)  # prompt tuning wraps: a new module
+        base = str(resolve_model(cfg.base_model))
+        return model, Objective(sft_loss, trainable_only=True,
+                                write_model=lambda out, m: save_peft(m, out, base))
+    return method
+
+
+def _lora_config(cfg: SFTConfig):
+    from lmstack.posttrain.peft import LoraConfig
 
     p = cfg.peft
-    apply_lora(model, LoraConfig(p.r, p.alpha, p.dropout, tuple(p.target_modules), p.use_rslora))
-    base = str(resolve_model(cfg.base_model))
-    return Objective(sft_loss, trainable_only=True,
-                     write_model=lambda out, m: save_adapter(m, out, base))
+    return LoraConfig(p.r, p.alpha, p.dropout, tuple(p.target_modules), p.use_rslora)
 
 
-# peft.method -> (model, config, tokenizer) -> the run's Objective; the model changed in place.
-METHODS: dict[str, Callable[[torch.nn.Module, SFTConfig, Tokenizer], Objective]] = {
+def _qlora(cfg: SFTConfig) -> tuple:
+    from lmstack.posttrain.peft import QuantConfig
+
+    return _lora_config(cfg), QuantConfig(method=cfg.peft.quant)
+
+
+def _prompt(cfg: SFTConfig) -> tuple:
+    from lmstack.posttrain.peft import PromptTuningConfig
+
+    return PromptTuningConfig(num_virtual_tokens=cfg.peft.virtual_tokens, seed=cfg.seed), None
+
+
+def _adapters(cfg: SFTConfig) -> tuple:
+    from lmstack.posttrain.peft import HoulsbyConfig
+
+    return HoulsbyConfig(bottleneck=cfg.peft.bottleneck), None
+
+
+# peft.method -> (model, config, tokenizer) -> (the model to train, the run's Objective)
+METHODS: dict[str, Method] = {
     "full": _full,
-    "lora": _lora,
+    "lora": _peft(lambda cfg: (_lora_config(cfg), None)),  # Hu et al. 2021
+    "qlora": _peft(_qlora),        # Dettmers et al. 2023: LoRA over a frozen 4-bit base
+    "prompt": _peft(_prompt),      # Lester et al. 2021: a trainable soft prompt
+    "adapters": _peft(_adapters),  # Houlsby et al. 2019: bottleneck modules
 }
 
 
 # ---- the run ----------------------------------------------------------------------------
 
 SUMMARY = "sft_summary.json"
-
-
-def weight_bytes(model: torch.nn.Module) -> int:
-    """Bytes the model's weights take in memory: parameters and buffers, a shared tensor once."""
-    sizes = {t.data_ptr(): t.numel() * t.element_size()
-             for t in itertools.chain(model.parameters(), model.buffers())}
-    return sum(sizes.values())
 
 
 def check_paths(cfg: SFTConfig) -> None:
@@ -204,27 +244,34 @@ def _sft(cfg: SFTConfig, d: distributed.Dist) -> TrainResult:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     model, tok = load_base(cfg)
+    context = getattr(model.config, "block_size", None)
+    if context is not None and cfg.block_size > context:
+        raise ConfigError(f"block_size {cfg.block_size} exceeds the model's context of {context} "
+                          f"tokens; set block_size={context} or lower")
     data = load_data(cfg, tok)
-    objective = METHODS[cfg.peft.method](model, cfg, tok)  # before any write: bad targets fail here
+    model, objective = METHODS[cfg.peft.method](model, cfg, tok)  # before any write: bad targets fail here
     # Padding is never attended to nor trained (segment 0, label -100): any id pads.
-    train = SFTLoader(data.train, cfg.batch_size, cfg.block_size, 0, cfg.seed, d.rank, d.world_size)
+    train = SFTLoader(data.train, cfg.batch_size, data.row_len, 0, cfg.seed, d.rank, d.world_size)
     val = None
     if data.val and cfg.eval_every:
         per_rank = max(1, min(cfg.batch_size, len(data.val) // d.world_size))
-        val = SFTLoader(data.val, per_rank, cfg.block_size, 0, cfg.seed, d.rank, d.world_size)
+        val = SFTLoader(data.val, per_rank, data.row_len, 0, cfg.seed, d.rank, d.world_size)
     else:
         cfg.eval_every = 0
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    from lmstack.posttrain.peft import trainable_summary, weight_bytes
+
+    counts = trainable_summary(model)
+    trainable, total = counts.trainable, counts.total
     if d.is_main:
         print(f"data: {data.examples} training examples in {len(data.train)} rows of "
-              f"{cfg.block_size}, {len(data.val)} held-out rows; {data.report}")
-        print(f"method: {cfg.peft.method}, {trainable:,} of {num_params(model):,} parameters train")
+              f"{data.row_len}, {len(data.val)} held-out rows; {data.report}")
+        print(f"method: {cfg.peft.method}, {trainable:,} of {total:,} parameters train")
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if d.is_main:  # what the run trains, for people and benchmarks/finetune.py
         atomic_write_json(out / SUMMARY, {
-            "method": cfg.peft.method, "trainable": trainable, "total": num_params(model),
-            "weight_bytes": weight_bytes(model), "examples": data.examples,
+            "method": cfg.peft.method, "trainable": trainable, "total": total,
+            "weight_bytes": weight_bytes(model)["total"], "examples": data.examples,
             "rows": len(data.train), "val_rows": len(data.val), "cut": data.report.cut,
             "dropped": data.report.dropped})
     run = prepare_run(cfg, d, Path(cfg.out_dir), tok, model, train, val, objective)
