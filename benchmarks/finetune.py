@@ -31,7 +31,12 @@ import torch
 
 from lmstack.data.word_problems import exact_match, word_problems
 from lmstack.infer import Engine
-from lmstack.models.directory import load_model, load_tokenizer, model_chat_template, model_eos_ids
+from lmstack.models.directory import (
+    load_model,
+    load_tokenizer,
+    model_chat_template,
+    model_eos_ids,
+)
 from lmstack.posttrain.sft_data import tokenize_record
 from lmstack.train.checkpoint import read_log
 

@@ -46,7 +46,14 @@ from lmstack.models.directory import (
 )
 from lmstack.posttrain.sft import SFTLoader, sft_loss
 from lmstack.posttrain.sft_config import SFTConfig
-from lmstack.posttrain.sft_data import Example, PackedRow, TruncationReport, load_sft_examples, pack, truncate
+from lmstack.posttrain.sft_data import (
+    Example,
+    PackedRow,
+    TruncationReport,
+    load_sft_examples,
+    pack,
+    truncate,
+)
 from lmstack.tokenizer import Tokenizer
 from lmstack.tokenizer.chat_template import ChatTemplate
 from lmstack.train import distributed
