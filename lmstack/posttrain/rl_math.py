@@ -60,7 +60,8 @@ def group_advantages(rewards: torch.Tensor, k: int, eps: float = 1e-6, scale_by_
     r = torch.where(ok, r, 0.0)  # a NaN reward must not leak into its group's sums
     n = ok.sum(1, keepdim=True)  # (G, 1)
     mean = r.sum(1, keepdim=True) / n.clamp(min=1)  # (G, 1)
-    std = ((torch.where(ok, r - mean, 0.0) ** 2).sum(1, keepdim=True) / (n - 1).clamp(min=1)).sqrt()
+    sq = (torch.where(ok, r - mean, 0.0) ** 2).sum(1, keepdim=True)  # (G, 1)
+    std = (sq / (n - 1).clamp(min=1)).sqrt()  # Bessel-corrected, as torch.std and TRL's GRPO
     adv = (r - mean) / (std + eps) if scale_by_std else r - mean  # (G, k)
     hi = torch.where(ok, r, -torch.inf).max(1, keepdim=True).values  # (G, 1)
     lo = torch.where(ok, r, torch.inf).min(1, keepdim=True).values  # (G, 1)
@@ -91,6 +92,13 @@ def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
 KL_ESTIMATORS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
     "k1": kl_k1, "k2": kl_k2, "k3": kl_k3,
 }
+
+
+def kl_estimator(name: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The KL estimator `name` of KL_ESTIMATORS (k1, k2 or k3)."""
+    if name not in KL_ESTIMATORS:
+        raise ConfigError(f"unknown KL estimator {name!r}; choose one of {sorted(KL_ESTIMATORS)}")
+    return KL_ESTIMATORS[name]
 
 
 def clipped_surrogate(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor,
@@ -142,7 +150,9 @@ def grpo_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tens
               average: str = "token", max_tokens: int | None = None) -> tuple[torch.Tensor, int]:
     """GRPO's objective as (sum, count): the clipped surrogate plus β·KL(π ‖ π_ref) per token.
 
-    logp, old_logp, ref_logp, mask (B, T); advantages (B,). β = 0 needs no reference.
+    logp, old_logp, ref_logp, mask (B, T); advantages (B,). β = 0 needs no reference. A sample
+    whose reward was skipped (rewards.py) should leave the mask too, not only get advantage 0,
+    or its tokens still count and still pay the KL term.
     """
     if beta < 0:
         raise ConfigError(f"the KL coefficient beta must be >= 0, got {beta}")
@@ -150,9 +160,7 @@ def grpo_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tens
     if beta > 0:
         if ref_logp is None:
             raise ConfigError("beta > 0 needs the reference model's log-probabilities (ref_logp)")
-        if kl not in KL_ESTIMATORS:
-            raise ConfigError(f"unknown KL estimator {kl!r}; choose one of {sorted(KL_ESTIMATORS)}")
-        per_token = per_token + beta * KL_ESTIMATORS[kl](logp, ref_logp.detach())
+        per_token = per_token + beta * kl_estimator(kl)(logp, ref_logp.detach())
     return reduce_loss(per_token, mask, average, max_tokens)
 
 
@@ -165,7 +173,7 @@ def kl_penalized_rewards(scores: torch.Tensor, logp: torch.Tensor, ref_logp: tor
     tensor([[-0.5000,  2.0000,  0.0000]])
     """
     m = mask.to(logp.dtype)  # (B, T)
-    rewards = torch.zeros_like(m) - beta * KL_ESTIMATORS[kl](logp, ref_logp).detach() * m  # (B, T)
+    rewards = torch.zeros_like(m) - beta * kl_estimator(kl)(logp, ref_logp).detach() * m  # (B, T)
     idx = torch.arange(m.size(1), device=m.device)  # (T,)
     last = (idx * (m > 0)).argmax(-1)  # (B,): index of each row's last sampled token
     rewards = rewards.scatter_add(1, last.unsqueeze(1), scores.to(rewards.dtype).unsqueeze(1))

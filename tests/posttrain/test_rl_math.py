@@ -25,6 +25,7 @@ from lmstack.posttrain.rl_math import (
     kl_k3,
     kl_penalized_rewards,
     kl_to,
+    ppo_policy_loss,
     reduce_loss,
     token_logprobs,
     value_loss,
@@ -197,6 +198,24 @@ def test_gae_with_gamma_lambda_one_is_the_monte_carlo_return_minus_value():
     r, v = torch.tensor([[1.0, 2.0, 3.0]]), torch.tensor([[0.5, 0.5, 0.5]])
     adv, ret = gae(r, v, torch.ones(1, 3), gamma=1.0, lam=1.0)
     assert ret.tolist() == [[6.0, 5.0, 3.0]] and adv.tolist() == [[5.5, 4.5, 2.5]]
+
+
+def test_gae_with_lambda_zero_is_the_one_step_td_error():
+    g = torch.Generator().manual_seed(0)
+    r, v = torch.randn(2, 5, generator=g), torch.randn(2, 5, generator=g)
+    adv, _ = gae(r, v, torch.ones(2, 5), gamma=0.9, lam=0.0)
+    next_v = torch.cat([v[:, 1:], torch.zeros(2, 1)], 1)
+    assert torch.allclose(adv, r + 0.9 * next_v - v)
+
+
+def test_ppo_policy_loss_is_the_token_mean_of_the_clipped_surrogate():
+    logp, old = torch.tensor([[-0.5, -1.0, -3.0]]), torch.tensor([[-1.0, -1.0, -1.0]])
+    adv, mask = torch.tensor([[1.0, -2.0, 3.0]]), torch.tensor([[1, 1, 0]])
+    total, n = ppo_policy_loss(logp, old, adv, mask, clip_eps=0.2)
+    # token 0: r = e^0.5 = 1.65 clipped to 1.2, loss -1.2; token 1: r = 1, loss 2; token 2 masked
+    assert n == 2 and float(total) == pytest.approx(-1.2 + 2.0)
+    with pytest.raises(ConfigError, match="unknown KL estimator"):
+        kl_penalized_rewards(torch.zeros(1), logp, old, mask, 0.1, kl="k4")
 
 
 def test_kl_penalized_rewards_put_the_score_on_the_last_sampled_token():
