@@ -26,7 +26,12 @@ from torch import nn
 from lmstack.errors import ConfigError
 from lmstack.posttrain.logprobs import PairLogprobs, pair_logprobs, reference_logprobs
 from lmstack.posttrain.peft.lora import lora_layers
-from lmstack.posttrain.preference_loss import PreferenceLossConfig, PreferenceOutput, method, preference_loss
+from lmstack.posttrain.preference_loss import (
+    PreferenceLossConfig,
+    PreferenceOutput,
+    method,
+    preference_loss,
+)
 
 
 def frozen_copy(model: nn.Module) -> nn.Module:

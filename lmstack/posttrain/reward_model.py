@@ -36,7 +36,11 @@ from lmstack.errors import ConfigError, DataError
 from lmstack.infer.step import Completion
 from lmstack.models.directory import load_model, save_model
 from lmstack.models.protocol import model_device
-from lmstack.posttrain.preference import PreferencePair, collate_pairs, completion_example
+from lmstack.posttrain.preference import (
+    PreferencePair,
+    collate_pairs,
+    completion_example,
+)
 from lmstack.posttrain.sft_data import tokenize_record
 from lmstack.tokenizer.chat_template import ChatTemplate
 

@@ -67,7 +67,7 @@ def pair_of(logits: torch.Tensor, labels: torch.Tensor) -> PairLogprobs:
 # ---- by hand -----------------------------------------------------------------------------
 
 def test_dpo_at_initialization_is_log_2_per_pair():
-    ids, labels, _, logits = random_batch(0)
+    ids, labels, _, _logits = random_batch(0)
     torch.manual_seed(0)
     model = GPT(GPTConfig(vocab_size=11, block_size=16, n_layer=1, n_head=2, n_embd=16))
     policy = pair_logprobs(model, ids, labels)
@@ -85,7 +85,7 @@ def test_dpo_at_initialization_is_log_2_per_pair():
 
 
 def test_each_loss_against_a_hand_computed_value():
-    sig = lambda x: 1 / (1 + math.exp(-x))  # noqa: E731
+    sig = lambda x: 1 / (1 + math.exp(-x))
     pc, pr, rc, rr = (torch.tensor([v], dtype=torch.float64) for v in (-4.0, -9.0, -5.0, -7.0))
     h = (-4 + 5) - (-9 + 7)  # 3
     assert float(dpo_loss(pc, pr, rc, rr, beta=0.2).losses) == pytest.approx(-math.log(sig(0.6)))
@@ -183,7 +183,7 @@ def trl_cpo_trainer(loss_type: str, beta: float, gamma: float = 0.5, label_smoot
 
 @pytest.mark.parametrize("label_smoothing", [0.0, 0.2])
 def test_simpo_equals_trl_cpo_simpo(label_smoothing):
-    ids, labels, _, logits = random_batch(2)
+    _ids, labels, _, logits = random_batch(2)
     policy = pair_of(logits, labels)
     cfg = PreferenceLossConfig("simpo", beta=2.5, gamma=0.7, label_smoothing=label_smoothing)
     out = preference_loss(cfg, policy)
@@ -198,7 +198,7 @@ def test_simpo_equals_trl_cpo_simpo(label_smoothing):
 
 
 def test_label_smoothed_dpo_equals_trl_logistic_loss_on_the_log_ratios():
-    ids, labels, _, logits = random_batch(3)
+    _ids, labels, _, logits = random_batch(3)
     policy, reference = pair_of(logits, labels), pair_of(logits.flip(-1), labels)
     out = preference_loss(PreferenceLossConfig("dpo", beta=0.4, label_smoothing=0.15), policy, reference)
     # cpo_loss("sigmoid") is −(1−ε) log σ(β x) − ε log σ(−β x) on x = its two inputs' difference
@@ -211,7 +211,7 @@ def test_label_smoothed_dpo_equals_trl_logistic_loss_on_the_log_ratios():
 
 
 def test_orpo_equals_trl_odds_ratio_loss():
-    ids, labels, _, logits = random_batch(4)
+    _ids, labels, _, logits = random_batch(4)
     policy = pair_of(logits, labels)
     out = preference_loss(PreferenceLossConfig("orpo", beta=0.25), policy)
     trainer = trl_orpo.ORPOTrainer.__new__(trl_orpo.ORPOTrainer)

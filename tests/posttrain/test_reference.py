@@ -17,7 +17,11 @@ from lmstack.models import GPT, GPTConfig
 from lmstack.posttrain.peft.lora import LoraConfig, apply_lora, lora_layers, merge_lora
 from lmstack.posttrain.preference import check_preference, collate_pairs, tokenize_pair
 from lmstack.posttrain.preference_loss import PreferenceLossConfig
-from lmstack.posttrain.reference import adapters_disabled, batch_preference_loss, frozen_copy
+from lmstack.posttrain.reference import (
+    adapters_disabled,
+    batch_preference_loss,
+    frozen_copy,
+)
 from lmstack.tokenizer.chat_template import ChatTemplate
 
 LORA = LoraConfig(r=4, alpha=8, target_modules=("q_proj", "v_proj", "down_proj"))
@@ -56,7 +60,7 @@ def test_adapters_disabled_is_the_base_exactly_and_comes_back(tok):
 def test_the_loss_starts_at_log_2_with_either_reference(tok):
     batch = toy_batch(tok)
     model = gpt(tok.vocab_size)
-    loss, pairs, out = batch_preference_loss(model, batch, PreferenceLossConfig("dpo"), frozen_copy(model))
+    loss, pairs, _out = batch_preference_loss(model, batch, PreferenceLossConfig("dpo"), frozen_copy(model))
     assert pairs == 8 and float(loss.detach()) / pairs == pytest.approx(math.log(2), abs=1e-6)
     lora = apply_lora(gpt(tok.vocab_size), LORA)  # a fresh adapter: B = 0, policy = base
     loss, pairs, _ = batch_preference_loss(lora, batch, PreferenceLossConfig("dpo"))

@@ -89,7 +89,7 @@ def test_bradley_terry_equals_trl_reward_trainer_loss():
                             args=SimpleNamespace(center_rewards_coefficient=None),
                             accelerator=SimpleNamespace(gather=lambda x: x, gather_for_metrics=lambda x: x),
                             _metrics={"train": defaultdict(list)}, _total_train_tokens=0, _tp_size=1)
-    stub = lambda **kw: SimpleNamespace(logits=rewards[:, None])  # noqa: E731 (the reward model's output)
+    stub = lambda **kw: SimpleNamespace(logits=rewards[:, None])
     theirs = trainer.compute_loss(stub, {"input_ids": torch.zeros(8, 3, dtype=torch.long),
                                          "attention_mask": torch.ones(8, 3, dtype=torch.long)})
     ours = bradley_terry_loss(rewards[:4], rewards[4:])
@@ -137,7 +137,7 @@ def test_best_of_n_with_the_reward_scorer_keeps_the_most_rewarded_sample(tok, tr
     torch.manual_seed(3)
     engine = Engine(backbone(tok.vocab_size), tok)
     scorer = reward_scorer(model, tok, CHATML)
-    prompt, settings, n = "Review item 7.", dict(temperature=1.0, max_new_tokens=6, seed=5), 8
+    prompt, settings, n = "Review item 7.", {"temperature": 1.0, "max_new_tokens": 6, "seed": 5}, 8
     # Sample j of a best-of-n call with seed s is the single sample drawn with seed s + j.
     samples = [engine.generate(prompt, **{**settings, "seed": 5 + j}) for j in range(n)]
     rewards = [scorer(prompt, c) for c in samples]
