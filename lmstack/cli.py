@@ -64,8 +64,12 @@ def cmd_train_with_samples(args: argparse.Namespace) -> None:
     cmd_train(args, sample=sample_text)
 
 
-LORA_HELP = ("a LoRA adapter directory (PEFT format: adapter_config.json + adapter_model.safetensors) "
-             "loaded onto --model and merged into its weights, so it runs at the base's speed")
+LORA_HELP = ("a PEFT adapter directory (adapter_config.json + adapter_model.safetensors: `lmstack sft`'s "
+             "--out with peft.method lora, qlora, prompt or adapters, or a Hugging Face PEFT LoRA) put on "
+             "--model as it was trained: LoRA merged into the weights (the base's speed); QLoRA over the "
+             "base quantized as it trained; a soft prompt or Houlsby adapters as loaded. A quantized "
+             "--model (a GGUF file such as smollm2, `lmstack quantize` output) is dequantized to float32 "
+             "first, the floats `lmstack sft` trains on (float speed and memory; a line on stderr says so)")
 
 
 def add_lora_flag(add_args: str, p: argparse.ArgumentParser) -> None:
@@ -75,13 +79,13 @@ def add_lora_flag(add_args: str, p: argparse.ArgumentParser) -> None:
 
 
 def cmd_with_adapter(run: str, args: argparse.Namespace) -> object:
-    """A command run with its --lora adapter merged into the model it loads: posttrain merges it
+    """A command run with its --lora adapter put on the model it loads: posttrain does it
     (infer and eval may not import posttrain, so it is handed down from here, as `adapt`)."""
     adapt = None
     if args.lora is not None:
-        from lmstack.posttrain.peft.multi_lora import merge_adapter
+        from lmstack.posttrain.peft.multi_lora import inference_adapter
 
-        adapt = merge_adapter(args.lora)
+        adapt = inference_adapter(args.lora)
     return _load(run)(args, adapt=adapt)
 
 

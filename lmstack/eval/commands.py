@@ -24,8 +24,8 @@ def add_eval_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_eval(args: argparse.Namespace, adapt=None) -> None:
-    """Print the model's scores on --data; `adapt` changes the model as loaded (--lora's merged
-    adapter, handed down by cli.py)."""
+    """Print the model's scores on --data; `adapt` changes the model as loaded (--lora DIR: its
+    adapter put on, handed down by cli.py)."""
     from lmstack.eval.perplexity import evaluate_model_dir
 
     r = evaluate_model_dir(args.model, args.data, args.block_size, args.stride, args.batch_size,

@@ -203,7 +203,7 @@ def check_prompt(engine, prompt: str, model_dir: str) -> None:
 
 def cmd_generate(args: argparse.Namespace, adapt=None) -> None:
     """Generate from --prompt, streaming to stdout (one completion) or printing each; `adapt`
-    changes the model as loaded (--lora's merged adapter, handed down by cli.py)."""
+    changes the model as loaded (--lora DIR: its adapter put on, handed down by cli.py)."""
     from lmstack.infer.engine import Engine
 
     engine = Engine.load(args.model, dtype=args.dtype, adapt=adapt)

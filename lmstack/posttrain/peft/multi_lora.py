@@ -18,8 +18,13 @@ member no adapter touches with a rank-0 update. The model carries `row_variants`
 adapters' names), which the scheduler and the prefix cache read: the engine knows each row's
 adapter as a number, nothing of LoRA.
 
-`merge_adapter(DIR)` is `--lora DIR` of generate, chat and eval: one adapter loaded and merged
-into the base weights (`unload_lora`), so it decodes at the base's speed, fused as the base is.
+`inference_adapter(DIR)` is `--lora DIR` of generate, chat and eval, for every PEFT type
+(registry.py's `load_peft`): a LoRA adapter merged into the base weights (`merge_adapter`), so
+it decodes at the base's speed, fused as the base is; a prompt-tuning or Houlsby adapter loaded
+as it trained (they do not merge); a QLoRA adapter (its train_config.json says peft.method
+"qlora") over the base quantized as it trained (nf4 or int4, `quantize_base`). A quantized base
+(a GGUF file's Q4_1, `lmstack quantize`) is dequantized first, here and in `attach_adapters`:
+`lmstack sft` trains on those floats (sft_run.load_base), so that is what the adapter learned.
 
     model = attach_adapters(load_model("runs/base"), {"sql": "runs/sql-lora", "poem": "runs/poem"})
     prepare_decode(model); engine = Engine(model, tokenizer)   # rows pick 0 (base), 1 or 2
@@ -30,18 +35,59 @@ Tests: `pytest tests/posttrain/test_multi_lora.py`.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable, Mapping
+from pathlib import Path
 
 import torch
 from torch import nn
 
 from lmstack.errors import ConfigError
 from lmstack.infer.fuse import FUSIONS, fuse_linears
+from lmstack.infer.quantize import QuantLinear, dequantize_model
 from lmstack.infer.variants import RowVariants, row_variants
-from lmstack.posttrain.peft.adapter import load_adapter
+from lmstack.interop.hf import read_json
+from lmstack.posttrain.peft.adapter import ADAPTER_CONFIG, load_adapter
 from lmstack.posttrain.peft.lora import lora_layers, unload_lora
+from lmstack.posttrain.peft.qlora import QuantConfig
+from lmstack.posttrain.peft.registry import load_peft
 
 Update = tuple[torch.Tensor, torch.Tensor]  # (A (r, in), scaling · B (out, r)) of one layer
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr)
+
+
+def float_base(model: nn.Module, note: Callable[[str], None] = _stderr) -> nn.Module:
+    """`model` with its int8/int4 layers (a GGUF file's Q4_1, `lmstack quantize`) replaced by
+    the float32 weights they stand for, which is what `lmstack sft` trains adapters on; a float
+    model is returned as it is. Says so through `note` when it dequantizes."""
+    if any(isinstance(m, QuantLinear) for m in model.modules()):
+        note("adapter: dequantizing the base's int8/int4 layers to float32 (adapters are trained "
+             "on those floats); it runs at float speed and memory")
+        dequantize_model(model)
+    return model
+
+
+def trained_quant(directory: str | os.PathLike) -> QuantConfig | None:
+    """The 4-bit base a QLoRA adapter trained over (the train_config.json `lmstack sft` writes
+    beside it: peft.method "qlora", peft.quant nf4 or int4); None for any other adapter."""
+    path = Path(directory) / "train_config.json"
+    peft = read_json(path).get("peft") if path.is_file() else None
+    if not isinstance(peft, dict) or peft.get("method") != "qlora":
+        return None
+    return QuantConfig(method=peft.get("quant", "nf4"))
+
+
+def peft_type(directory: str | os.PathLike) -> str | None:
+    """The adapter_config.json's peft_type of an adapter directory (None if it has none)."""
+    path = Path(directory) / ADAPTER_CONFIG
+    if not path.is_file():
+        raise ConfigError(f"{directory} is not an adapter directory (no {ADAPTER_CONFIG}); give the "
+                          "--out directory of `lmstack sft` with a PEFT method, or a PEFT adapter")
+    return read_json(path).get("peft_type")
+
 
 
 class MultiLoraLinear(nn.Module):
@@ -151,14 +197,35 @@ def with_siblings(model: nn.Module, names: set[str]) -> set[str]:
     return out
 
 
-def attach_adapters(model: nn.Module, adapters: Mapping[str, str | os.PathLike]) -> nn.Module:
-    """Serve `adapters` (name -> adapter directory) over `model`, in place: variant i + 1 is the
-    i-th adapter, 0 the base (see the module docstring). ConfigError, naming the adapter, for
-    one that does not fit this base."""
+def check_per_row(name: str, directory: str | os.PathLike) -> None:
+    """ConfigError, naming the fix, for an adapter that per-row serving cannot add: one not LoRA
+    (a soft prompt or bottleneck layers change more than a layer's output), or a QLoRA one (it
+    learned against a 4-bit base, and the rows share one float base)."""
+    kind = peft_type(directory)
+    alone = (f"serve it alone as the model, applied as `generate --lora` applies it: "
+             f"lmstack serve --model BASE --adapter {directory}")
+    if kind != "LORA":
+        raise ConfigError(f"--lora {name}={directory} is a {kind} adapter; per-row serving takes LoRA "
+                          f"adapters only; {alone}")
+    quant = trained_quant(directory)
+    if quant is not None:
+        raise ConfigError(f"--lora {name}={directory} is a QLoRA adapter, trained over a {quant.method} "
+                          f"base; per-row serving shares one float base; {alone}")
+
+
+def attach_adapters(model: nn.Module, adapters: Mapping[str, str | os.PathLike],
+                    note: Callable[[str], None] = _stderr) -> nn.Module:
+    """Serve `adapters` (name -> LoRA adapter directory) over `model`, in place: variant i + 1
+    is the i-th adapter, 0 the base (see the module docstring); a quantized base is dequantized
+    first (`float_base`). ConfigError, naming the adapter, for one that does not fit this base
+    or is not a plain LoRA adapter (`check_per_row`)."""
     if not adapters:
         raise ConfigError("attach_adapters: no adapters given; pass {name: adapter directory}")
     if row_variants(model) is not None or lora_layers(model):
         raise ConfigError("attach_adapters: the model already has adapters; start from a fresh base")
+    for name, directory in adapters.items():
+        check_per_row(name, directory)
+    float_base(model, note)
     names = tuple(adapters)
     taken = [take_adapter(model, name, adapters[name]) for name in names]
     variants = RowVariants(names)
@@ -173,9 +240,28 @@ def attach_adapters(model: nn.Module, adapters: Mapping[str, str | os.PathLike])
 
 
 def merge_adapter(directory: str | os.PathLike) -> Callable[[nn.Module], nn.Module]:
-    """`--lora DIR` of generate, chat and eval: a function that loads the adapter onto a model
-    and merges it into the base weights (plain nn.Linear layers again, fused as the base is)."""
+    """A function that loads the LoRA adapter in `directory` onto a float model and merges it
+    into the base weights (plain nn.Linear layers again, fused as the base is)."""
     def adapt(model: nn.Module) -> nn.Module:
         return unload_lora(load_adapter(model, directory))
+
+    return adapt
+
+
+def inference_adapter(directory: str | os.PathLike, note: Callable[[str], None] = _stderr
+                      ) -> Callable[[nn.Module], nn.Module]:
+    """`--lora DIR` of generate, chat and eval: a function that puts the adapter in `directory`
+    (any PEFT type) on a model as it was trained: on the float base (`float_base`), LoRA merged,
+    QLoRA over the base quantized as it trained, prompt tuning and Houlsby adapters as loaded."""
+    quant = trained_quant(directory)
+
+    def adapt(model: nn.Module) -> nn.Module:
+        model = load_peft(float_base(model, note), directory, quant=quant)
+        if quant is not None:
+            note(f"adapter: QLoRA, run over the base quantized to {quant.method} as it was trained "
+                 "(not merged: a merge into 4 bits would not be exact)")
+        elif lora_layers(model):
+            model = unload_lora(model)  # merged: plain layers, decoded at the base's speed
+        return model
 
     return adapt

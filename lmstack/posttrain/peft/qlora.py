@@ -122,6 +122,11 @@ class NF4Linear(QuantLinear):
     def kernel(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.dequantize().to(x.dtype))
 
+    @classmethod
+    def fuse(cls, layers: list[NF4Linear]) -> None:
+        """Decoding's q/k/v and gate/up fusion (infer/fuse.py) leaves NF4 layers apart: their
+        blocks and double-quantized constants run across rows, so stacking would re-block them."""
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return DequantizedMatmul.apply(x, self)
 
