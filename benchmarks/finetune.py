@@ -22,6 +22,7 @@ import datetime
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -54,7 +55,7 @@ METHODS: dict[str, list[str]] = {
 }
 LR = {  # (model, method) -> peak learning rate
     ("ours", "full"): 1e-3, ("smollm2", "full"): 5e-5,
-    ("ours", "prompt"): 3e-2, ("smollm2", "prompt"): 3e-2,
+    ("ours", "prompt"): 3e-2, ("smollm2", "prompt"): 1e-1,
 }
 PEFT_LR = {"ours": 3e-3, "smollm2": 1e-3}
 MODELS = {"ours": "runs/quickstart", "smollm2": "smollm2"}
@@ -100,14 +101,16 @@ def tuned_model(base: str, method: str, out: Path):
     if method == "full":
         return load_model(out)
     from lmstack.infer.quantize import dequantize_model
-    from lmstack.posttrain.peft import load_peft
+    from lmstack.posttrain.peft import QuantConfig, load_peft
 
-    return load_peft(dequantize_model(load_model(base)), out)
+    # QLoRA's adapter learned against the 4-bit base: score it over that base, as trained.
+    quant = QuantConfig(method="nf4") if method.startswith("qlora") else None
+    return load_peft(dequantize_model(load_model(base)), out, quant)
 
 
 def run_method(base: str, name: str, method: str, data: Path, out: Path, args) -> dict:
     """One `lmstack sft` run in a child process: its wall time, peak RSS and log."""
-    lr = LR.get((name, method), PEFT_LR[name])
+    lr = args.lr.get(method) or LR.get((name, method), PEFT_LR[name])
     cmd = [sys.executable, "-m", "lmstack.cli", "sft", "--model", base, "--data", str(data),
            "--out", str(out), "--threads", str(args.threads), "--set", *METHODS[method],
            f"steps={args.steps}", f"batch_size={args.batch_size}", f"block_size={args.block_size}",
@@ -125,7 +128,9 @@ def run_method(base: str, name: str, method: str, data: Path, out: Path, args) -
     tokens_per_step = args.batch_size * args.block_size
     summary = json.loads((out / "sft_summary.json").read_text())
     return {"wall_s": wall, "peak_rss_mb": usage.ru_maxrss / 1024,
-            "s_per_step": tokens_per_step / timed[-1]["tokens_per_s"] if timed else float("nan"),
+            # the median of the logged intervals: one slowed by other load moves it little
+            "s_per_step": statistics.median(tokens_per_step / r["tokens_per_s"] for r in timed)
+            if timed else float("nan"),
             "val_loss": next((r["val_loss"] for r in reversed(log) if "val_loss" in r), float("nan")),
             **summary}
 
@@ -172,7 +177,10 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/bench-finetune")
     p.add_argument("--ours", default=MODELS["ours"], help="our pretrained model directory")
+    p.add_argument("--lr", nargs="*", default=[], metavar="METHOD=LR",
+                   help="peak learning rates overriding the table above, e.g. lora-r8=3e-3")
     args = p.parse_args()
+    args.lr = {k: float(v) for k, _, v in (item.partition("=") for item in args.lr)}
     torch.set_num_threads(args.threads)
     data, test = write_data(Path(args.out), args.train, args.test, args.seed)
     print(f"# {datetime.date.today()} {platform.processor() or platform.machine()}, "
