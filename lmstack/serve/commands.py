@@ -7,6 +7,7 @@
     lmstack serve --model DIR --prompt-lookup 3                  # speculative decoding
     lmstack serve --model DIR --medusa          # the heads `lmstack train-heads` wrote to DIR
     lmstack serve --model DIR --lora sql=runs/sql-lora --lora poem=runs/poem-lora   # adapters
+    lmstack serve --model smollm2 --adapter runs/sft-prompt      # one adapter of any PEFT type
 
 It binds to 127.0.0.1 unless --host says otherwise; serving on another address without an API
 key prints a warning. `--medusa [DIR]`, `--draft DIR` or `--prompt-lookup N` (+ `--gamma N`),
@@ -14,7 +15,8 @@ the flags of `lmstack generate` and `chat`, make every request speculate (schedu
 same greedy text, the same sampling distribution, in fewer forward passes. `--lora NAME=DIR`
 (repeatable) serves LoRA adapters over the base: a request's `model` field picks one by NAME (or
 the base by its own name), and rows of different adapters share each batch
-(posttrain/peft/multi_lora.py; docs/serving.md "Serving LoRA adapters").
+(posttrain/peft/multi_lora.py; docs/serving.md "Serving LoRA adapters"). `--adapter DIR` serves
+one adapter of any PEFT type (a soft prompt, Houlsby adapters, QLoRA) as the model instead.
 """
 
 from __future__ import annotations
@@ -52,7 +54,14 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lora", action="append", default=[], metavar="NAME=DIR",
                    help="serve the LoRA adapter in DIR (PEFT format) as model NAME over the base; "
                         "repeat for several: requests pick one by their `model` field, and rows "
-                        "of different adapters decode in one batch")
+                        "of different adapters decode in one batch. A quantized --model (a GGUF "
+                        "file such as smollm2) is dequantized to float32 first, the floats `lmstack "
+                        "sft` trains adapters on")
+    p.add_argument("--adapter", default=None, metavar="DIR",
+                   help="serve the base with the one adapter in DIR, of any PEFT type, put on as "
+                        "`generate --lora DIR` puts it (LoRA merged; QLoRA over its 4-bit base; a "
+                        "soft prompt; Houlsby adapters), under the base's name: for an adapter "
+                        "--lora cannot serve per row")
     add_speculation_flags(p)
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
                    help="uvicorn's log level; info logs each request (never its query string)")
@@ -94,6 +103,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
     print(f"serving {name} on http://{args.host}:{args.port}  (web chat at /, API at /v1)", file=sys.stderr)
     if adapters:
         print(f"LoRA adapters (a request's `model` picks one): {', '.join(adapters)}", file=sys.stderr)
+    if args.adapter is not None:
+        print(f"serving the base with the adapter {args.adapter} on it, as {name}", file=sys.stderr)
     if speculative is not None:
         print(f"speculating with {speculative.drafter}, up to {speculative.gamma} tokens a round: "
               "every request drafts and verifies", file=sys.stderr)
@@ -103,13 +114,19 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
 def load_engine(args: argparse.Namespace, adapters: dict[str, str]):
     """The engine `lmstack serve` runs: --model with its prefix cache and dtype, and the LoRA
-    adapters (name -> directory) attached for per-row serving (posttrain/peft/multi_lora.py)."""
+    adapters (name -> directory) attached for per-row serving, or the one --adapter put on as
+    generate's --lora puts it (posttrain/peft/multi_lora.py)."""
     from lmstack.infer import Engine
     from lmstack.infer.prefix_cache import PrefixCache
-    from lmstack.posttrain.peft.multi_lora import attach_adapters
+    from lmstack.posttrain.peft.multi_lora import attach_adapters, inference_adapter
 
     prefix_cache = PrefixCache(max_bytes=args.prefix_cache_mb << 20) if args.prefix_cache_mb else None
     adapt = (lambda model: attach_adapters(model, adapters)) if adapters else None
+    if getattr(args, "adapter", None) is not None:
+        if adapters:
+            raise ConfigError("--adapter DIR serves one adapter as the model, --lora NAME=DIR several "
+                              "LoRA ones per row over the base; give one or the other")
+        adapt = inference_adapter(args.adapter)
     return Engine.load(args.model, prefix_cache=prefix_cache, dtype=args.dtype, adapt=adapt)
 
 

@@ -257,7 +257,7 @@ def add_chat_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_chat(args: argparse.Namespace, adapt=None) -> None:
-    """Load the model (changed by `adapt`: --lora's merged adapter) and its chat template, and
+    """Load the model (changed by `adapt`: --lora DIR's adapter) and its chat template, and
     chat on stdin/stdout."""
     from lmstack.infer.engine import Engine
     from lmstack.models.directory import model_chat_template

@@ -1,11 +1,15 @@
 """`lmstack serve --lora NAME=DIR ...`: the request's `model` picks an adapter (or the base),
 concurrent requests for different adapters share batches, and each reply equals what the merged
 model (merge_lora) serves alone; /v1/models lists the base and its adapters; an unknown model is
-a 404 naming those served, and the server goes on; bad --lora flags fail before serving."""
+a 404 naming those served, and the server goes on; bad --lora flags fail before serving. An
+int4 base serves its dequantized floats with the adapters merged; Houlsby, prompt-tuning and
+QLoRA adapters are refused per row, naming `--adapter DIR`, which serves each as the adapted
+model in this process answers."""
 
 from __future__ import annotations
 
 import copy
+import json
 import re
 import socket
 from concurrent.futures import ThreadPoolExecutor
@@ -16,9 +20,22 @@ import torch
 
 from lmstack.cli import build_parser, main
 from lmstack.infer import Engine
+from lmstack.infer.quantize import dequantize_model
 from lmstack.models import GPT, GPTConfig
-from lmstack.models.directory import save_model
-from lmstack.posttrain.peft import LoraConfig, apply_lora, load_adapter, save_adapter, unload_lora
+from lmstack.models.directory import load_model, save_model
+from lmstack.posttrain.peft import (
+    HoulsbyConfig,
+    LoraConfig,
+    PromptTuningConfig,
+    QuantConfig,
+    apply_lora,
+    apply_peft,
+    load_adapter,
+    peft_parameters,
+    save_adapter,
+    save_peft,
+    unload_lora,
+)
 from lmstack.posttrain.peft.multi_lora import MultiLoraLinear
 from lmstack.serve.app import ServerConfig
 from lmstack.serve.commands import load_engine, parse_lora_flags
@@ -128,3 +145,78 @@ def test_bad_lora_flags_fail_before_serving(dirs, capsys, flags, message):
     assert main(["serve", "--model", dirs["base"], "--port", str(free_port()), *flags]) == 2
     err = capsys.readouterr().err
     assert re.search(message, err), err
+
+
+@pytest.fixture(scope="module")
+def q4(dirs, tmp_path_factory):
+    """The base quantized to int4 by `lmstack quantize` (what a GGUF file's Q4_1 loads as)."""
+    out = tmp_path_factory.mktemp("q4") / "q4"
+    assert main(["quantize", "--model", dirs["base"], "--out", str(out), "--bits", "4", "--group-size", "32"]) == 0
+    return str(out)
+
+
+def test_int4_base_serves_its_floats_with_the_adapters(dirs, q4):
+    args = build_parser().parse_args(["serve", "--model", q4, "--lora", f"poem={dirs['poem']}"])
+    engine = load_engine(args, parse_lora_flags(args.lora))
+    merged = Engine.load(q4, adapt=lambda m: unload_lora(load_adapter(dequantize_model(m), dirs["poem"])))
+    quantized = Engine.load(q4)
+    with serve(engine, ServerConfig(model_name="q4")) as server:
+        for prompt in PROMPTS[:2]:
+            body = {"prompt": prompt, "max_tokens": 16, "temperature": 0, "ignore_eos": True, "model": "poem"}
+            text = httpx.post(server.url + "/v1/completions", json=body, timeout=60).json()["choices"][0]["text"]
+            want = merged.generate(prompt, temperature=0, max_new_tokens=16, ignore_eos=True).text
+            base = quantized.generate(prompt, temperature=0, max_new_tokens=16, ignore_eos=True).text
+            assert text == want and text != base, (prompt, text, want, base)
+
+
+def other_adapters(dirs, root) -> dict:
+    """A Houlsby, a prompt-tuning and a QLoRA adapter of the base, nonzero, and each model in process."""
+    out = {}
+    for name, cfg, quant, std in (("houlsby", HoulsbyConfig(bottleneck=8), None, 0.3),
+                                  ("prompt", PromptTuningConfig(num_virtual_tokens=4), None, 3.0),
+                                  ("qlora", LoraConfig(r=4), QuantConfig("nf4"), 0.3)):
+        model = apply_peft(load_model(dirs["base"]), cfg, quant)
+        g = torch.Generator().manual_seed(7)
+        with torch.no_grad():
+            for p in peft_parameters(model):
+                p.copy_(torch.randn(p.shape, generator=g) * std)
+        d = save_peft(model, root / name)
+        if quant is not None:  # what `lmstack sft` writes beside a QLoRA adapter
+            (d / "train_config.json").write_text(json.dumps({"peft": {"method": "qlora", "quant": "nf4"}}))
+        out[name] = (str(d), model.eval())
+    return out
+
+
+@pytest.fixture(scope="module")
+def others(dirs, tmp_path_factory):
+    return other_adapters(dirs, tmp_path_factory.mktemp("other-adapters"))
+
+
+@pytest.mark.parametrize("name, message", [("houlsby", "HOULSBY adapter"), ("prompt", "PROMPT_TUNING adapter"),
+                                           ("qlora", "QLoRA adapter, trained over a nf4 base")])
+def test_per_row_refuses_other_adapters_naming_the_fix(dirs, others, capsys, name, message):
+    assert main(["serve", "--model", dirs["base"], "--port", str(free_port()), "--lora", f"x={others[name][0]}"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and f"--adapter {others[name][0]}" in err, err
+
+
+@pytest.mark.parametrize("name", ["houlsby", "prompt", "qlora"])
+def test_adapter_flag_serves_any_peft_type(dirs, others, name):
+    directory, model = others[name]
+    args = build_parser().parse_args(["serve", "--model", dirs["base"], "--adapter", directory])
+    engine = load_engine(args, parse_lora_flags(args.lora))
+    alone = Engine(model, engine.tokenizer)
+    texts = set()
+    with serve(engine, ServerConfig(model_name="base", max_batch=4)) as server:
+        def complete(prompt):
+            body = {"prompt": prompt, "max_tokens": 16, "temperature": 0, "ignore_eos": True}
+            return httpx.post(server.url + "/v1/completions", json=body, timeout=60).json()["choices"][0]["text"]
+
+        with ThreadPoolExecutor(4) as pool:   # rows batched together, and the prefix cache on
+            replies = list(pool.map(complete, PROMPTS + PROMPTS[:2]))
+    for prompt, text in zip(PROMPTS + PROMPTS[:2], replies):
+        want = alone.generate(prompt, temperature=0, max_new_tokens=16, ignore_eos=True).text
+        assert text == want, (name, prompt, text, want)
+        texts.add(want != Engine.load(dirs["base"]).generate(prompt, temperature=0, max_new_tokens=16,
+                                                              ignore_eos=True).text)
+    assert texts == {True}  # the adapter changed every reply
