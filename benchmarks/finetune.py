@@ -50,6 +50,9 @@ METHODS: dict[str, list[str]] = {
     "lora-r32": ["peft.method=lora", "peft.r=32", "peft.alpha=64", f"peft.target_modules={ALL_LINEAR}"],
     "qlora-nf4": ["peft.method=qlora", "peft.quant=nf4", "peft.r=8", "peft.alpha=16",
                   f"peft.target_modules={ALL_LINEAR}"],
+    # int4 in groups of 32 holds SmolLM2's Q4_1 weights exactly: QLoRA over the file's own 4 bits
+    "qlora-int4": ["peft.method=qlora", "peft.quant=int4", "peft.group_size=32", "peft.r=8",
+                   "peft.alpha=16", f"peft.target_modules={ALL_LINEAR}"],
     "prompt": ["peft.method=prompt", "peft.virtual_tokens=20"],
     "adapters": ["peft.method=adapters", "peft.bottleneck=64"],
 }
@@ -104,7 +107,8 @@ def tuned_model(base: str, method: str, out: Path):
     from lmstack.posttrain.peft import QuantConfig, load_peft
 
     # QLoRA's adapter learned against the 4-bit base: score it over that base, as trained.
-    quant = QuantConfig(method="nf4") if method.startswith("qlora") else None
+    quant = {"qlora-nf4": QuantConfig(method="nf4"),
+             "qlora-int4": QuantConfig(method="int4", group_size=32)}.get(method)
     return load_peft(dequantize_model(load_model(base)), out, quant)
 
 

@@ -44,6 +44,7 @@ class PeftSettings:
     target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
     use_rslora: bool = False  # scale by alpha / sqrt(r)
     quant: str = "nf4"  # qlora's frozen base: nf4 (the paper's, double-quantized) | int4 (ours)
+    group_size: int = 64  # qlora int4: weights per scale and zero point (32 holds GGUF Q4_1 exactly)
     virtual_tokens: int = 20  # prompt tuning: soft-prompt length
     bottleneck: int = 64  # adapters: the bottleneck width
 
@@ -58,6 +59,7 @@ SFT_RULES: dict[str, Check] = {
     "peft.r": Range(1), "peft.alpha": Range(0, lo_open=True),
     "peft.dropout": Range(0, 1, hi_open=True),
     "peft.quant": OneOf(("nf4", "int4")),
+    "peft.group_size": OneOf((32, 64, 128, 256)),
     "peft.virtual_tokens": Range(1), "peft.bottleneck": Range(1),
 }
 

@@ -171,7 +171,7 @@ def _lora_config(cfg: SFTConfig):
 def _qlora(cfg: SFTConfig) -> tuple:
     from lmstack.posttrain.peft import QuantConfig
 
-    return _lora_config(cfg), QuantConfig(method=cfg.peft.quant)
+    return _lora_config(cfg), QuantConfig(method=cfg.peft.quant, group_size=cfg.peft.group_size)
 
 
 def _prompt(cfg: SFTConfig) -> tuple:

@@ -274,3 +274,26 @@ def test_errors():
     assert not lora_layers(model)  # refused before any change
     with pytest.raises(ConfigError, match="no nn.Linear layer to quantize"):
         quantize_base(apply_qlora(gpt(), LoraConfig(r=4)))
+
+
+@settings(max_examples=20, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1))
+def test_int4_groups_of_32_hold_gguf_q4_1_weights_exactly(seed):
+    """A GGUF Q4_1 block is w = d·q + m, q in 0..15 (d, m float16, the block's min and max
+    attained); our int4 base in groups of 32 re-quantizes such weights without error, so QLoRA
+    over `peft.quant=int4 peft.group_size=32` trains on a Q4_1 file's own 4 bits (SmolLM2's)."""
+    from lmstack.posttrain.peft.qlora import QuantConfig
+
+    g = torch.Generator().manual_seed(seed)
+    out_f, in_f = 8, 64
+    q = torch.randint(0, 16, (out_f, in_f // 32, 32), generator=g)
+    q[..., 0], q[..., 1] = 0, 15                                   # each block spans its range
+    d = (torch.rand(out_f, in_f // 32, 1, generator=g) * 0.02 + 1e-3).half().float()
+    m = (-torch.rand(out_f, in_f // 32, 1, generator=g) * 0.1).half().float()
+    w = (d * q + m).reshape(out_f, in_f)                           # (out, in): Q4_1's floats
+    linear = torch.nn.Linear(in_f, out_f, bias=False).requires_grad_(False)
+    linear.weight.copy_(w)
+    exact = QuantConfig(method="int4", group_size=32).quantize(linear).dequantize().float()
+    coarse = QuantConfig(method="int4", group_size=64).quantize(linear).dequantize().float()
+    assert torch.equal(exact, w)
+    assert not torch.equal(coarse, w)  # a group of 64 spans two Q4_1 blocks: it rounds
