@@ -39,6 +39,7 @@ from lmstack.models.directory import (
     model_eos_ids,
 )
 from lmstack.posttrain.sft_data import tokenize_record
+from lmstack.posttrain.sft_run import answer_settings
 from lmstack.train.checkpoint import read_log
 
 ALL_LINEAR = "['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj']"
@@ -85,13 +86,8 @@ def score(model, base: str, records: list[dict], batch: int = 50) -> float:
     """Exact match (percent) of greedy replies to the records' questions."""
     tok, template = load_tokenizer(base), model_chat_template(base)
     engine = Engine(model, tok, eos_ids=model_eos_ids(base))
-    marker = template.end_marker()
-    settings = {"temperature": 0.0, "max_new_tokens": 8, "stop_token_ids": template.stop_tokens(tok),
-                "stop": [marker] if marker and marker not in tok.special_tokens else []}
-    prompts = []
-    for r in records:
-        ex = tokenize_record(r, tok, template)
-        prompts.append(ex.ids[:ex.trained.index(True)])
+    settings = answer_settings(template, tok, max_new_tokens=8)
+    prompts = [tokenize_record(r, tok, template).prompt_ids() for r in records]
     hits = 0
     for i in range(0, len(prompts), batch):
         outs = engine.generate(prompts[i:i + batch], **settings)

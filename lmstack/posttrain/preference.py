@@ -33,7 +33,6 @@ import json
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -42,9 +41,10 @@ from lmstack.errors import ConfigError, DataError
 from lmstack.models.protocol import IGNORE_INDEX
 from lmstack.posttrain.sft_data import (
     Example,
-    _check_no_specials,
     assistant_spans,
+    check_no_specials,
     encode_segments,
+    read_jsonl,
     segments,
     tokenize_record,
 )
@@ -67,21 +67,8 @@ class PreferencePair:
 
 def read_preferences(path: str | os.PathLike) -> Iterator[tuple[str, dict]]:
     """("FILE:LINE", checked record) for each non-blank line of a JSONL file of pairs."""
-    p = Path(path)
-    if not p.is_file():
-        raise DataError(f"no preference data file at {p}; pass a JSONL file of "
-                        '{"prompt", "chosen", "rejected"} pairs')
-    with p.open(encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            where = f"{p}:{number}"
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{where}: not valid JSON ({e.msg} at column {e.colno}); each "
-                                "line must be one JSON object") from None
-            yield where, check_preference(record, where)
+    return read_jsonl(path, check_preference, "preference data file",
+                      'a JSONL file of {"prompt", "chosen", "rejected"} pairs')
 
 
 def check_preference(record: Any, where: str = "") -> dict:
@@ -185,7 +172,7 @@ def completion_example(tokenizer: Any, template: ChatTemplate, prompt: Messages,
                        completion: Messages, where: str = "") -> Example:
     """prompt + completion rendered and encoded; only the completion's assistant spans trained."""
     messages = prompt + completion
-    _check_no_specials(tokenizer, messages, where)
+    check_no_specials(tokenizer, messages, where)
     text, spans = assistant_spans(template, messages, where)
     in_prompt = sum(m["role"] == "assistant" for m in prompt)  # their spans come first
     return encode_segments(tokenizer, segments(text, spans[in_prompt:]), where)

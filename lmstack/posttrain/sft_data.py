@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,14 +62,26 @@ class Example:
         labels = [i if t else IGNORE for i, t in zip(self.ids[1:], self.trained[1:])]
         return self.ids[:-1], labels
 
+    def prompt_ids(self) -> list[int]:
+        """The ids before the first trained token: what the model answers from.
+
+        >>> Example([5, 6, 7, 8], [False, False, True, True]).prompt_ids()
+        [5, 6]
+        """
+        return self.ids[:self.trained.index(True)] if True in self.trained else list(self.ids)
+
 
 # ---- reading -----------------------------------------------------------------------------
 
-def read_jsonl(path: str | os.PathLike) -> Iterator[tuple[str, dict]]:
-    """("FILE:LINE", record) for each non-blank line; a malformed one is a DataError naming it."""
+def read_jsonl(path: str | os.PathLike, check: Callable[[Any, str], dict] | None = None,
+               kind: str = "SFT data file",
+               hint: str = "a JSONL file of chats or prompt/completion pairs") -> Iterator[tuple[str, dict]]:
+    """("FILE:LINE", record checked by `check`, default `check_record`) for each non-blank
+    line; a malformed one is a DataError naming it. preference.py reads its pairs here too."""
+    check = check or check_record
     p = Path(path)
     if not p.is_file():
-        raise DataError(f"no SFT data file at {p}; pass a JSONL file of chats or prompt/completion pairs")
+        raise DataError(f"no {kind} at {p}; pass {hint}")
     with p.open(encoding="utf-8") as f:
         for number, line in enumerate(f, start=1):
             where = f"{p}:{number}"
@@ -80,7 +92,7 @@ def read_jsonl(path: str | os.PathLike) -> Iterator[tuple[str, dict]]:
             except json.JSONDecodeError as e:
                 raise DataError(f"{where}: not valid JSON ({e.msg} at column {e.colno}); each "
                                 "line must be one JSON object") from None
-            yield where, check_record(record, where)
+            yield where, check(record, where)
 
 
 def check_record(record: Any, where: str) -> dict:
@@ -187,7 +199,7 @@ def encode_segments(tokenizer: Any, pieces: Sequence[tuple[str, bool]], source: 
     return Example(ids, trained, source)
 
 
-def _check_no_specials(tokenizer: Any, messages: Iterable[dict], where: str) -> None:
+def check_no_specials(tokenizer: Any, messages: Iterable[dict], where: str) -> None:
     """Refuse content that spells a special token: it would be read as template markup."""
     names = set(getattr(tokenizer, "special_tokens", {})) | set(getattr(tokenizer, "added_tokens", {}))
     for i, message in enumerate(messages):
@@ -210,7 +222,7 @@ def tokenize_record(record: dict, tokenizer: Any, template: ChatTemplate | None 
     if template is None:
         raise ConfigError("chat records need a chat template; pass the model's "
                           "(lmstack.models.directory.model_chat_template) or ChatTemplate()")
-    _check_no_specials(tokenizer, record["messages"], where)
+    check_no_specials(tokenizer, record["messages"], where)
     text, spans = assistant_spans(template, record["messages"], where)
     return encode_segments(tokenizer, segments(text, spans), where, train_on_prompt)
 

@@ -104,11 +104,6 @@ def _rows(examples: list[Example], max_len: int, packed: bool) -> list[PackedRow
     return pack(examples, max_len) if packed else [r for e in examples for r in pack([e], max_len)]
 
 
-def _prompt_ids(example: Example) -> list[int]:
-    """An example's ids up to its first trained token: what the model answers from."""
-    return example.ids[:example.trained.index(True)] if True in example.trained else example.ids
-
-
 def load_data(cfg: SFTConfig, tok: Tokenizer) -> SFTData:
     """Render, tokenize, hold out, truncate and pack `cfg.data` (errors name file and line)."""
     template = model_chat_template(cfg.base_model)
@@ -129,7 +124,7 @@ def load_data(cfg: SFTConfig, tok: Tokenizer) -> SFTData:
         raise ConfigError(f"{cfg.data}: no training example is left ({report}); add examples, "
                           "lower val_fraction or raise block_size")
     return SFTData(_rows(train, length, packed), _rows(val, length, packed),
-                   [_prompt_ids(e) for e in held[:cfg.max_samples]], report, len(train), length)
+                   [e.prompt_ids() for e in held[:cfg.max_samples]], report, len(train), length)
 
 
 # ---- the methods ------------------------------------------------------------------------
@@ -212,20 +207,24 @@ def check_paths(cfg: SFTConfig) -> None:
         raise ConfigError(f"out_dir {cfg.out_dir} is the data file; give another --out")
 
 
+def answer_settings(template: ChatTemplate, tok: Tokenizer, max_new_tokens: int) -> dict:
+    """Greedy decoding that ends at the template's end of turn (a special token, or its text)."""
+    marker = template.end_marker()
+    return {"temperature": 0.0, "max_new_tokens": max_new_tokens,
+            "stop_token_ids": template.stop_tokens(tok),
+            "stop": [marker] if marker and marker not in tok.special_tokens else []}
+
+
 def sampler(prompts: list[list[int]], template: ChatTemplate, eos_ids: list[int] | None,
             max_new_tokens: int = 48):
-    """The loop's `sample(model, tok)`: greedy answers to held-out prompts, one per line,
-    each ending at the template's end of turn (a special token, or its text)."""
+    """The loop's `sample(model, tok)`: greedy answers to held-out prompts, one per line."""
     from lmstack.infer import Engine
 
     def sample(model: torch.nn.Module, tok: Tokenizer) -> str:
         was_training = model.training
-        marker = template.end_marker()
         try:
             engine = Engine(model, tok, eos_ids=eos_ids)
-            settings = {"temperature": 0.0, "max_new_tokens": max_new_tokens,
-                        "stop_token_ids": template.stop_tokens(tok),
-                        "stop": [marker] if marker and marker not in tok.special_tokens else []}
+            settings = answer_settings(template, tok, max_new_tokens)
             return "\n".join(repr(engine.generate(p, **settings).text) for p in prompts)
         finally:
             model.train(was_training)
