@@ -33,6 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from lmstack.errors import ConfigError, LMStackError
+from lmstack.posttrain.commands import add_args, run_command
 
 
 @dataclass(frozen=True)
@@ -164,12 +165,32 @@ COMMANDS: dict[str, Command | Group] = {
     "chat": Command(*with_lora("serve.terminal:add_chat_args", "serve.terminal:cmd_chat"),
                     "chat with a model in the terminal, streaming",
                     "A terminal chat: /reset, /set NAME VALUE, /show, /help, /quit.", threads="decode"),
-    "sft": Command("posttrain.commands:add_sft_args", "posttrain.commands:cmd_sft",
+    "sft": Command(add_args("sft"), run_command("sft"),
                    "supervised fine-tuning (full, LoRA, ...) on chat JSONL",
                    "Fine-tune an existing model (directory, HF, GGUF or installed name) on chats "
                    "or prompt/completion pairs, the loss on the assistant's tokens only; fully or "
                    "with a PEFT method (peft.method=lora). Same loop, config and resume as train.",
                    threads="compute"),
+    "reward": Command(add_args("reward"), run_command("reward"),
+                      "train a reward model on preference pairs (Bradley-Terry)",
+                      "The model with a scalar head, trained on (prompt, chosen, rejected) pairs; "
+                      "accuracy on held-out pairs. Scores best-of-N in generate and serve.",
+                      threads="compute"),
+    "dpo": Command(add_args("dpo"), run_command("dpo"),
+                   "direct preference optimization (DPO, IPO, SimPO, ORPO) on pairs",
+                   "Train a policy on (prompt, chosen, rejected) pairs against a frozen "
+                   "reference (or the policy with its LoRA adapters off); dpo.loss picks the "
+                   "variant. Logs chosen/rejected rewards and margins.", threads="compute"),
+    "rl": Command(add_args("rl"), run_command("rl"),
+                  "reinforcement learning: GRPO or PPO, rollouts through the engine",
+                  "Sample completions of prompts with the inference engine, score them (a "
+                  "verifiable reward or a reward model), and train with GRPO's group-relative "
+                  "advantages or PPO's value head and GAE.", threads="compute"),
+    "distill": Command(add_args("distill"), run_command("distill"),
+                       "distill a teacher into a student: data, logits (KD) or on-policy (GKD)",
+                       "--mode data: the teacher writes the training set; kd: the student "
+                       "matches the teacher's token distributions; gkd: on the student's own "
+                       "samples, scored by the teacher.", threads="compute"),
     "train-heads": Command("train.commands:add_train_heads_args", "train.heads:cmd_train_heads",
                            "train Medusa heads on a frozen model (speculative decoding)",
                            "Train K Medusa heads on a frozen GPT's last hidden state; saved next "

@@ -87,7 +87,8 @@ def test_every_help_shows_defaults(capsys):
 
 def test_models_take_threads_and_the_others_do_not():
     kinds = {"train": "compute", "eval": "compute", "train-heads": "compute", "quickstart": "compute",
-             "sft": "compute",
+             "sft": "compute", "reward": "compute", "dpo": "compute", "rl": "compute",
+             "distill": "compute",
              "generate": "decode", "sample-compare": "decode", "chat": "decode", "serve": "decode",
              "query": "decode"}
     for argv, command in _leaves():

@@ -235,9 +235,6 @@ def sft(cfg: SFTConfig) -> TrainResult:
     """Run (or resume) the fine-tuning cfg describes; returns the final metrics."""
     cfg.check()
     check_paths(cfg)
-    if cfg.peft.method not in METHODS:
-        raise ConfigError(f"peft.method={cfg.peft.method} is not available yet; use one of "
-                          f"{', '.join(METHODS)}")
     d = distributed.setup(cfg.device)
     try:
         return _sft(cfg, d)
@@ -245,17 +242,53 @@ def sft(cfg: SFTConfig) -> TrainResult:
         distributed.teardown(d)
 
 
+def check_context(model: torch.nn.Module, cfg: SFTConfig) -> None:
+    """ConfigError when block_size is longer than the model's context."""
+    context = getattr(model.config, "block_size", None)
+    if context is not None and cfg.block_size > context:
+        raise ConfigError(f"block_size {cfg.block_size} exceeds the model's context of {context} "
+                          f"tokens; set block_size={context} or lower")
+
+
+def apply_method(model: torch.nn.Module, cfg: SFTConfig, tok: Tokenizer
+                 ) -> tuple[torch.nn.Module, Objective]:
+    """cfg's peft.method on the model: the model to train and its Objective (sft_loss; the
+    other post-training runs replace the loss and keep how checkpoints hold the model)."""
+    if cfg.peft.method not in METHODS:
+        raise ConfigError(f"peft.method={cfg.peft.method} is not available yet; use one of "
+                          f"{', '.join(METHODS)}")
+    return METHODS[cfg.peft.method](model, cfg, tok)
+
+
+def write_summary(cfg: SFTConfig, model: torch.nn.Module, d: distributed.Dist, **data) -> None:
+    """Print and write (OUT/sft_summary.json) which parameters train and what data they see."""
+    from lmstack.posttrain.peft import trainable_summary, weight_bytes
+
+    counts = trainable_summary(model)
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if d.is_main:  # what the run trains, for people and the benchmarks
+        print(f"method: {cfg.peft.method}, {counts.trainable:,} of {counts.total:,} parameters train")
+        atomic_write_json(out / SUMMARY, {
+            "method": cfg.peft.method, "trainable": counts.trainable, "total": counts.total,
+            "weight_bytes": weight_bytes(model)["total"], **data})
+
+
+def next_step(cfg: SFTConfig, result: TrainResult) -> str:
+    """How to use what a run wrote: the model directory, or the base with the adapter."""
+    use = ("--model " + result.out_dir.as_posix() if cfg.peft.method == "full"
+           else f"--model {cfg.base_model} --lora {result.out_dir.as_posix()}")
+    return f"try it: lmstack chat {use}"
+
+
 def _sft(cfg: SFTConfig, d: distributed.Dist) -> TrainResult:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     model, tok = load_base(cfg)
-    context = getattr(model.config, "block_size", None)
-    if context is not None and cfg.block_size > context:
-        raise ConfigError(f"block_size {cfg.block_size} exceeds the model's context of {context} "
-                          f"tokens; set block_size={context} or lower")
+    check_context(model, cfg)
     data = load_data(cfg, tok)
-    model, objective = METHODS[cfg.peft.method](model, cfg, tok)  # before any write: bad targets fail here
+    model, objective = apply_method(model, cfg, tok)  # before any write: bad targets fail here
     # Padding is never attended to nor trained (segment 0, label -100): any id pads.
     train = SFTLoader(data.train, cfg.batch_size, data.row_len, 0, cfg.seed, d.rank, d.world_size)
     val = None
@@ -264,22 +297,11 @@ def _sft(cfg: SFTConfig, d: distributed.Dist) -> TrainResult:
         val = SFTLoader(data.val, per_rank, data.row_len, 0, cfg.seed, d.rank, d.world_size)
     else:
         cfg.eval_every = 0
-    from lmstack.posttrain.peft import trainable_summary, weight_bytes
-
-    counts = trainable_summary(model)
-    trainable, total = counts.trainable, counts.total
     if d.is_main:
         print(f"data: {data.examples} training examples in {len(data.train)} rows of "
               f"{data.row_len}, {len(data.val)} held-out rows; {data.report}")
-        print(f"method: {cfg.peft.method}, {trainable:,} of {total:,} parameters train")
-    out = Path(cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    if d.is_main:  # what the run trains, for people and benchmarks/finetune.py
-        atomic_write_json(out / SUMMARY, {
-            "method": cfg.peft.method, "trainable": trainable, "total": total,
-            "weight_bytes": weight_bytes(model)["total"], "examples": data.examples,
-            "rows": len(data.train), "val_rows": len(data.val), "cut": data.report.cut,
-            "dropped": data.report.dropped})
+    write_summary(cfg, model, d, examples=data.examples, rows=len(data.train),
+                  val_rows=len(data.val), cut=data.report.cut, dropped=data.report.dropped)
     run = prepare_run(cfg, d, Path(cfg.out_dir), tok, model, train, val, objective)
     run.sample = sampler(data.prompts, model_chat_template(cfg.base_model), model_eos_ids(cfg.base_model))
     return run_loop(run)

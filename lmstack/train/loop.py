@@ -53,7 +53,6 @@ from lmstack.train.config import TrainConfig
 from lmstack.train.objective import (
     Objective,
     autocast,
-    count_targets,
     evaluate,
     to_device,
     trained_state,
@@ -283,7 +282,8 @@ def run_loop(run: Run) -> TrainResult:
             bar.close()
             raise diverged(run, f"the loss is {loss} at step {run.step + 1}", lr)
         run.step += 1
-        if _after_step(run, clock, bar, {"step": run.step, "loss": loss, "lr": lr}):
+        record = {"step": run.step, "loss": loss, "lr": lr}
+        if _after_step(run, clock, bar, record, run.objective.report() if run.objective.report else {}):
             break
     bar.close()
     seconds = time.perf_counter() - clock.start
@@ -301,7 +301,7 @@ def train_step(run: Run, lr: float, p_own: float) -> float:
         group["lr"] = lr
     micros = [to_device(run.train_loader.next_batch(), d.device) for _ in range(cfg.grad_accum)]
     # Every rank divides by the global count; DDP's gradient mean over ranks then needs x world.
-    count = distributed.all_sum([sum(count_targets(b[1]) for b in micros)], d)[0]
+    count = distributed.all_sum([sum(run.objective.count(b) for b in micros)], d)[0]
     if count == 0:
         raise ConfigError(f"step {run.step + 1} has no trained target in any of its batches "
                           "(every label is -100): the data's loss mask is empty; check the "
@@ -351,13 +351,15 @@ def _start_clock(run: Run) -> Clock:
                  cfg.max_minutes * 60 if cfg.max_minutes else None)
 
 
-def _after_step(run: Run, clock: Clock, bar, record: dict) -> bool:
+def _after_step(run: Run, clock: Clock, bar, record: dict, extra: dict) -> bool:
     """The bookkeeping of one step, in order: speed, validation, sample, log, checkpoint.
-    Returns whether to stop (out of time, or the target loss reached)."""
+    `extra` (the objective's report) joins the record on logged steps. Returns whether to stop
+    (out of time, or the target loss reached)."""
     cfg, d, step = run.cfg, run.d, run.step
     now = time.perf_counter()
     if step % cfg.log_every == 0 or step == cfg.steps:
         record.update(clock.reading(step, now))
+        record.update(extra)
     # Ranks must agree on stopping: under DDP/FSDP a rank that leaves early hangs the rest.
     out_of_time = clock.deadline_s is not None and distributed.any_rank(now >= clock.deadline_s, d)
     reached = False  # target_val_loss met
@@ -421,6 +423,10 @@ def diverged(run: Run, what: str, lr: float) -> ConfigError:
 
 
 def _validate(run: Run) -> dict:
+    if run.objective.evaluate is not None:
+        metrics = run.objective.evaluate(run)
+        distributed.reshard(run.raw_model)
+        return metrics
     metrics = evaluate(run.raw_model, run.val_loader, run.tok, run.cfg.eval_batches, run.d.device,
                        run.cfg, run.d, run.objective.loss_fn)
     distributed.reshard(run.raw_model)
@@ -429,10 +435,23 @@ def _validate(run: Run) -> dict:
 
 def _report_validation(run: Run, reached: bool) -> None:
     if run.d.is_main:
-        m = run.metrics
-        tqdm.write(f"step {run.step}: val loss {m['val_loss']:.4f}, ppl {m['val_ppl']:.2f}, "
-                   f"{m['val_bpb']:.3f} bits/byte"
+        tqdm.write(f"step {run.step}: {validation_line(run.metrics)}"
                    + (f" <= target {run.cfg.target_val_loss}: stopping" if reached else ""))
+
+
+def validation_line(metrics: dict) -> str:
+    """A validation's numbers on one line: the language-model ones by their names, others as
+    `name value`.
+
+    >>> validation_line({"val_loss": 2.0, "val_ppl": 7.389, "val_bpb": 1.5})
+    'val loss 2.0000, ppl 7.39, 1.500 bits/byte'
+    >>> validation_line({"val_loss": 0.5, "val_accuracy": 0.75, "val_pairs": 40})
+    'val loss 0.5000, val_accuracy 0.75, val_pairs 40'
+    """
+    named = {"val_loss": "val loss {:.4f}", "val_ppl": "ppl {:.2f}", "val_bpb": "{:.3f} bits/byte"}
+    return ", ".join(named[k].format(v) if k in named
+                     else f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                     for k, v in metrics.items())
 
 
 def _sample(run: Run) -> None:

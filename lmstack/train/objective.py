@@ -44,17 +44,29 @@ def lm_loss(model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, int]:
     return next_token_loss(model(x), y, reduction="sum"), y.numel()
 
 
+def label_count(batch: Batch) -> int:
+    """What a batch trains on when each trained label is one target: its labels other than -100."""
+    return count_targets(batch[1])
+
+
 @dataclass
 class Objective:
-    """A run's batch loss and how its checkpoints hold the model (pretraining's by default).
+    """A run's batch loss, what it counts, how it is validated and how checkpoints hold the model
+    (pretraining's by default).
 
     Parameter-efficient fine-tuning trains a few parameters of a frozen base: its checkpoints
     keep only those (`trainable_only`) and write the model as an adapter (`write_model`), not
-    a copy of the base."""
+    a copy of the base. A preference or RL objective averages over pairs or rollouts, not
+    tokens (`count`), validates with its own measures (`evaluate(run) -> {"val_loss", ...}`,
+    every rank joins) and logs what its loss saw over the step (`report() -> {name: value}`,
+    called once after every step; it resets what it gathered)."""
 
     loss_fn: LossFn = lm_loss
     trainable_only: bool = False
     write_model: Callable[[Path, torch.nn.Module], object] = save_model
+    count: Callable[[Batch], int] = label_count  # what a step's summed loss is divided by
+    evaluate: Callable[[object], dict] | None = None  # None: loss, perplexity and bits per byte
+    report: Callable[[], dict] | None = None  # extra numbers for the step's log record
 
 
 def autocast(cfg, device: torch.device):
