@@ -4,7 +4,8 @@ from a preallocated KV cache, for a batch of prompts of different lengths, strea
 1. Prefill: the prompts, right-padded to one length, go through the model in ONE forward pass
    with `lengths`, so each row's cache holds only its own tokens and each row continues from its
    own position (models/kv_cache.py). Right padding needs no extra mask in this pass: attention
-   is causal, so a real token never sees the pads that follow it.
+   is causal, so a real token never sees the pads that follow it. Rows of one prompt (n samples,
+   k RL rollouts) share it: the prompt is computed once and its cache row copied to each.
 2. Decode: every step hands the logits of each row's last position to the one decode step
    (step.py: processors, argmax or a seeded draw, logprobs, stop rules) and feeds all the new
    tokens back as a (B, 1) batch.
@@ -82,15 +83,35 @@ def right_pad(prompts: Sequence[Sequence[int]], pad: int = 0) -> tuple[torch.Ten
     return ids, torch.tensor([len(p) for p in prompts], dtype=torch.long)
 
 
+def distinct(keys: Sequence) -> tuple[list, list[int]]:
+    """The distinct keys in first-seen order, and the index of each key among them.
+
+    >>> distinct([(1, 2), (3,), (1, 2), (1, 2)])
+    ([(1, 2), (3,)], [0, 1, 0, 0])
+    """
+    first: dict = {}
+    order = [first.setdefault(key, len(first)) for key in keys]
+    return list(first), order
+
+
 @torch.inference_mode()
 def prefill(model, prompts: Sequence[Sequence[int]], extra: int, prefix_cache=None,
-            variants: Sequence[int] | None = None):
+            variants: Sequence[int] | None = None, share: bool = True):
     """Run the prompts through the model into a fresh cache; return (cache, last logits (B, V)).
     With a `PrefixCache` (prefix_cache.py), prefixes computed before are reused. `variants`:
-    the variant each prompt runs (variants.py; None: the model as loaded)."""
+    the variant each prompt runs (variants.py; None: the model as loaded). `share`: a prompt
+    that repeats (n samples of one request, k rollouts of one RL prompt) is computed once and
+    its cache row copied (`cache.select` with repeats), not prefilled once per row."""
     ctx = context_length(model)
     if prefix_cache is not None and prefix_cache.supports(model):
         return prefix_cache.prefill(model, prompts, extra, ctx, variants)
+    if share:
+        unique, order = distinct(list(zip(variants or [0] * len(prompts), map(tuple, prompts))))
+        if len(unique) < len(prompts):
+            cache, logits = prefill(model, [p for _, p in unique], extra, None,
+                                    None if variants is None else [v for v, _ in unique], share=False)
+            cache.select(order)  # each distinct prompt's row, repeated for each of its samples
+            return cache, logits[order]
     longest = max(len(p) for p in prompts)
     max_len = longest + max(extra, 1)
     cache = model.new_cache(len(prompts), max_len if ctx is None else min(ctx, max_len))
@@ -105,17 +126,18 @@ def prefill(model, prompts: Sequence[Sequence[int]], extra: int, prefix_cache=No
 
 
 @torch.inference_mode()  # not just no_grad: also skips autograd's version counters on every op
-def decode(model, rows: list[Row], prefix_cache=None) -> Iterator[tuple[Row, str]]:
+def decode(model, rows: list[Row], prefix_cache=None, share: bool = True) -> Iterator[tuple[Row, str]]:
     """Generate for every row (their plans choose alike: one request's rows); yield (row, new
     text) as text becomes safe to show, and once more with the rest of the text (maybe "")
-    when the row finishes (`row.finish_reason` set)."""
+    when the row finishes (`row.finish_reason` set). `share`: rows of one prompt share its
+    prefill (`prefill`); False prefills every row on its own (for comparison)."""
     max_new_tokens = max(row.plan.cfg.max_new_tokens for row in rows)
     if max_new_tokens == 0:
         for row in rows:
             row.finish_reason = "length"
             yield row, ""
         return
-    cache, logits = prefill(model, [r.prompt for r in rows], max_new_tokens, prefix_cache)
+    cache, logits = prefill(model, [r.prompt for r in rows], max_new_tokens, prefix_cache, share=share)
     active = list(rows)
     while active:
         deltas = step(logits, active)
