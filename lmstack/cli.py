@@ -73,26 +73,39 @@ LORA_HELP = ("a PEFT adapter directory (adapter_config.json + adapter_model.safe
              "first, the floats `lmstack sft` trains on (float speed and memory; a line on stderr says so)")
 
 
-def add_lora_flag(add_args: str, p: argparse.ArgumentParser) -> None:
-    """A command's own flags, and --lora DIR."""
+REWARD_HELP = ("a reward model directory (`lmstack reward`'s --out: the model and reward_head.safetensors) "
+               "that ranks the --best-of N samples instead of their mean log-probability; it must use "
+               "--model's tokenizer (trained from the same model)")
+
+
+def add_lora_flag(add_args: str, p: argparse.ArgumentParser, reward: bool = False) -> None:
+    """A command's own flags, --lora DIR, and (`reward`) --reward-model DIR."""
     _load(add_args)(p)
     p.add_argument("--lora", metavar="DIR", default=None, help=LORA_HELP)
+    if reward:
+        p.add_argument("--reward-model", metavar="DIR", default=None, help=REWARD_HELP)
 
 
 def cmd_with_adapter(run: str, args: argparse.Namespace) -> object:
-    """A command run with its --lora adapter put on the model it loads: posttrain does it
-    (infer and eval may not import posttrain, so it is handed down from here, as `adapt`)."""
-    adapt = None
+    """A command run with its --lora adapter put on the model it loads, and its --reward-model
+    ready to load: posttrain does both (infer and eval may not import posttrain, so they are
+    handed down from here, as `adapt` and as `reward(policy_tokenizer, policy_name, template)`)."""
+    adapt, extra = None, {}
     if args.lora is not None:
         from lmstack.posttrain.peft.multi_lora import inference_adapter
 
         adapt = inference_adapter(args.lora)
-    return _load(run)(args, adapt=adapt)
+    if getattr(args, "reward_model", None) is not None:
+        from lmstack.posttrain.reward_ranking import load_reward_ranker
+
+        extra["reward"] = functools.partial(load_reward_ranker, args.reward_model)
+    return _load(run)(args, adapt=adapt, **extra)
 
 
-def with_lora(add_args: str, run: str) -> tuple[Callable, Callable]:
-    """(add_args, run) of a command that takes --lora DIR."""
-    return functools.partial(add_lora_flag, add_args), functools.partial(cmd_with_adapter, run)
+def with_lora(add_args: str, run: str, reward: bool = False) -> tuple[Callable, Callable]:
+    """(add_args, run) of a command that takes --lora DIR (and, `reward`, --reward-model DIR)."""
+    return (functools.partial(add_lora_flag, add_args, reward=reward),
+            functools.partial(cmd_with_adapter, run))
 
 
 TOKENIZER = {
@@ -142,11 +155,13 @@ COMMANDS: dict[str, Command | Group] = {
                     "perplexity and bits per byte of a model on a text file",
                     "Score held-out text with a model directory; texts longer than the context "
                     "are scored with a sliding window.", threads="compute"),
-    "generate": Command(*with_lora("infer.commands:add_generate_args", "infer.commands:cmd_generate"),
+    "generate": Command(*with_lora("infer.commands:add_generate_args", "infer.commands:cmd_generate",
+                                   reward=True),
                         "generate text from a model, streaming",
                         "Continue --prompt with a model directory. Greedy when --temperature 0; "
-                        "beam search with --num-beams N; best-of-N with --best-of N. Every "
-                        "generation setting is a flag.", threads="decode"),
+                        "beam search with --num-beams N; best-of-N with --best-of N (ranked by a "
+                        "reward model with --reward-model DIR). Every generation setting is a flag.",
+                        threads="decode"),
     "sample-compare": Command("infer.commands:add_sample_compare_args",
                               "infer.commands:cmd_sample_compare",
                               "one prompt under greedy/temperature/top-k/top-p/beam",
@@ -162,9 +177,11 @@ COMMANDS: dict[str, Command | Group] = {
                      "Serve a model directory over the OpenAI API (/v1/completions, "
                      "/v1/chat/completions, streaming), with continuous batching, /metrics and a "
                      "web chat page at /.", threads="decode"),
-    "chat": Command(*with_lora("serve.terminal:add_chat_args", "serve.terminal:cmd_chat"),
+    "chat": Command(*with_lora("serve.terminal:add_chat_args", "serve.terminal:cmd_chat", reward=True),
                     "chat with a model in the terminal, streaming",
-                    "A terminal chat: /reset, /set NAME VALUE, /show, /help, /quit.", threads="decode"),
+                    "A terminal chat: /reset, /set NAME VALUE, /show, /help, /quit. --best-of N "
+                    "answers with the best of N sampled replies (--reward-model DIR ranks them).",
+                    threads="decode"),
     "sft": Command(add_args("sft"), run_command("sft"),
                    "supervised fine-tuning (full, LoRA, ...) on chat JSONL",
                    "Fine-tune an existing model (directory, HF, GGUF or installed name) on chats "

@@ -166,6 +166,14 @@ def check_speculable(cfg: GenerationConfig, spec) -> None:
                           "--num-return-sequences or the drafter flag")
 
 
+def check_rankable(cfg: GenerationConfig, reward) -> None:
+    """Refuse a --reward-model with nothing to rank: it chooses among --best-of N samples."""
+    if reward is not None and cfg.strategy != "best_of":
+        raise ConfigError(f"--reward-model ranks the samples of best-of-N, and this is {cfg.strategy} "
+                          "decoding; add --best-of N (N >= 2, with --temperature above 0) or drop "
+                          "--reward-model")
+
+
 def settings_from_args(args: argparse.Namespace) -> dict:
     """The generation settings given on the command line."""
     out = {}
@@ -201,9 +209,10 @@ def check_prompt(engine, prompt: str, model_dir: str) -> None:
                           f"generate; shorten --prompt to at most {ctx - 1} tokens")
 
 
-def cmd_generate(args: argparse.Namespace, adapt=None) -> None:
+def cmd_generate(args: argparse.Namespace, adapt=None, reward=None) -> None:
     """Generate from --prompt, streaming to stdout (one completion) or printing each; `adapt`
-    changes the model as loaded (--lora DIR: its adapter put on, handed down by cli.py)."""
+    changes the model as loaded (--lora DIR: its adapter put on), `reward(tokenizer, name)`
+    loads the --reward-model that ranks best-of-N samples (both handed down by cli.py)."""
     from lmstack.infer.engine import Engine
 
     engine = Engine.load(args.model, dtype=args.dtype, adapt=adapt)
@@ -211,6 +220,7 @@ def cmd_generate(args: argparse.Namespace, adapt=None) -> None:
     prompt = _prompt(args)
     check_prompt(engine, prompt, args.model)
     cfg = engine.config(None, **settings)
+    check_rankable(cfg, reward)
     spec = speculative_from_args(engine, args)
     check_speculable(cfg, spec)
     if cfg.strategy in ("greedy", "sample") and cfg.num_return_sequences == 1:
@@ -227,9 +237,12 @@ def cmd_generate(args: argparse.Namespace, adapt=None) -> None:
         if cfg.logprobs:
             print(format_logprobs(engine, done), file=sys.stderr)
         return
-    result = engine.generate(prompt, cfg)
+    # the reward of prompt + reply, as a reward model reads plain text (posttrain/reward_ranking.py)
+    scorer = reward(engine.tokenizer, args.model).scorer() if reward is not None else None
+    result = engine.generate(prompt, cfg, scorer=scorer)
+    label = "score" if scorer is None else "reward"
     for i, c in enumerate(result if isinstance(result, list) else [result]):
-        score = "" if c.score is None else f", score {c.score:.3f}"
+        score = "" if c.score is None else f", {label} {c.score:.3f}"
         print(f"--- {i} ({len(c.tokens)} tokens, finish_reason={c.finish_reason}{score}"
               f"{_cut_short(c)})")
         print((prompt if args.echo else "") + c.text)

@@ -23,6 +23,7 @@ finish_reason "length" when the context fills up.
 
 from __future__ import annotations
 
+import math
 import os
 from functools import cached_property
 from collections.abc import Callable, Iterator, Sequence
@@ -189,12 +190,8 @@ class Engine:
             groups[row.index].append(row.completion())
         if n > 1:
             for i, group in enumerate(groups):
-                if scorer is not None:
-                    text = prompts[i] if isinstance(prompts[i], str) else ""
-                    for c in group:
-                        c.score = float(scorer(text, c))
-                group.sort(key=lambda c: c.score if c.score is not None else float("-inf"), reverse=True)
-                del group[cfg.num_return_sequences:]
+                text = prompts[i] if isinstance(prompts[i], str) else ""
+                groups[i] = rank_samples(group, cfg.num_return_sequences, scorer, text)
         return groups
 
     def _beam(self, prompt: list[int], cfg: GenerationConfig) -> list[Completion]:
@@ -276,6 +273,27 @@ class Engine:
         if cfg.temperature == 0:
             return F.one_hot(processed.argmax(-1), processed.size(-1)).float()[0]
         return F.softmax(processed, dim=-1)[0]
+
+
+def rank_samples(samples: list[Completion], keep: int, scorer: Scorer | None = None,
+                 prompt_text: str = "") -> list[Completion]:
+    """Best-of-N's choice, for the engine and the server alike: the `keep` best samples, best
+    first. With `scorer`, each sample's score becomes `scorer(prompt_text, sample)` (a reward
+    model); else it is the mean log-probability the decode step left. A missing or NaN score
+    ranks last; ties keep the order the samples were drawn in (the sort is stable).
+
+    >>> a, b, c = (Completion(t, [], "stop", 0, score=s) for t, s in (("a", -2.0), ("b", None), ("c", -1.0)))
+    >>> [x.text for x in rank_samples([a, b, c], 2)]
+    ['c', 'a']
+    >>> [x.text for x in rank_samples([a, b, c], 3, scorer=lambda p, x: len(p + x.text), prompt_text="..")]
+    ['a', 'b', 'c']
+    """
+    if scorer is not None:
+        for s in samples:
+            s.score = float(scorer(prompt_text, s))
+    ranked = sorted(samples, key=lambda s: -math.inf if s.score is None or math.isnan(s.score) else s.score,
+                    reverse=True)
+    return ranked[:keep]
 
 
 def sample_text(model: torch.nn.Module, tokenizer: Tokenizer, prompt: str = "", max_new_tokens: int = 120,

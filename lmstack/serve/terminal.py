@@ -24,7 +24,11 @@ from typing import Any
 
 from lmstack import MODEL_HELP
 from lmstack.errors import ConfigError
-from lmstack.infer.commands import add_speculation_flags, speculative_from_args
+from lmstack.infer.commands import (
+    add_speculation_flags,
+    check_rankable,
+    speculative_from_args,
+)
 from lmstack.infer.config import GenerationConfig
 from lmstack.tokenizer.chat_template import ChatTemplate
 
@@ -92,11 +96,12 @@ class ChatSession:
 
     def __init__(self, engine: Any, template: ChatTemplate | None = None, system: str | None = None,
                  notify: Callable[[str], None] | None = None, decoder: Any = None,
-                 **settings: Any) -> None:
+                 ranker: Any = None, **settings: Any) -> None:
         if engine.tokenizer is None:
             raise ConfigError("lmstack chat needs the model's tokenizer.json")
         self.engine, self.system = engine, system
         self.decoder = decoder or engine  # what writes replies: the engine or a speculative one
+        self.ranker = ranker  # a RewardRanker (posttrain/reward_ranking.py) ranks best-of-N replies
         self.template = template or ChatTemplate()
         self.notify = notify or (lambda text: print(text, file=sys.stderr, flush=True))
         self.config = engine.config(None, **settings)  # validated now: a bad flag fails early
@@ -167,11 +172,21 @@ class ChatSession:
             self.config, stop_token_ids=sorted(set(self.config.stop_token_ids) | set(self.turn_end)))
         parts: list[str] = []
         try:
-            for delta in self.decoder.stream(prompt, cfg):
+            for delta in self.replies(prompt, cfg):
                 parts.append(delta)
                 yield delta
         finally:
             self.history.append({"role": "assistant", "content": "".join(parts)})
+
+
+    def replies(self, prompt: str, cfg: GenerationConfig) -> Iterator[str]:
+        """The reply's text: streamed, or with best_of > 1 the best of the sampled replies in one
+        piece (by the reward model when there is one, else by mean log-probability)."""
+        if cfg.strategy != "best_of":
+            yield from self.decoder.stream(prompt, cfg)
+            return
+        scorer = self.ranker.scorer(self.messages) if self.ranker is not None else None
+        yield self.engine.generate(prompt, cfg, scorer=scorer).text
 
 
 def handle_command(session: ChatSession, line: str, write: Callable[[str], None]) -> bool:
@@ -251,14 +266,17 @@ def add_chat_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-p", type=float, help="nucleus sampling mass (default 1.0 = off)")
     p.add_argument("--max-new-tokens", type=int, default=256, help="longest reply (default 256)")
     p.add_argument("--seed", type=int, help="seed for sampling, for reproducible replies")
+    p.add_argument("--best-of", type=int, help="answer with the best of N sampled replies "
+                   "(default 1; ranked by --reward-model, else by mean log-probability)")
     p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default=None,
                    help="run the model in this precision (default: as stored)")
     add_speculation_flags(p)
 
 
-def cmd_chat(args: argparse.Namespace, adapt=None) -> None:
+def cmd_chat(args: argparse.Namespace, adapt=None, reward=None) -> None:
     """Load the model (changed by `adapt`: --lora DIR's adapter) and its chat template, and
-    chat on stdin/stdout."""
+    chat on stdin/stdout; `reward(tokenizer, name, template)` loads --reward-model (both handed
+    down by cli.py)."""
     from lmstack.infer.engine import Engine
     from lmstack.models.directory import model_chat_template
     from lmstack.models.installed import model_name
@@ -266,10 +284,13 @@ def cmd_chat(args: argparse.Namespace, adapt=None) -> None:
     engine = Engine.load(args.model, dtype=args.dtype, adapt=adapt)
     template = model_chat_template(args.model)
     settings = {k: v for k, v in (("temperature", args.temperature), ("top_p", args.top_p),
-                                  ("max_new_tokens", args.max_new_tokens), ("seed", args.seed))
+                                  ("max_new_tokens", args.max_new_tokens), ("seed", args.seed),
+                                  ("best_of", args.best_of))
                 if v is not None}
+    check_rankable(engine.config(None, **settings), reward)
+    ranker = reward(engine.tokenizer, args.model, template) if reward is not None else None
     spec = speculative_from_args(engine, args)
-    session = ChatSession(engine, template, system=args.system, decoder=spec, **settings)
+    session = ChatSession(engine, template, system=args.system, decoder=spec, ranker=ranker, **settings)
     if not session.turn_end:
         session.notify("[warning: the tokenizer has none of the template's end-of-turn tokens; "
                        "replies end only at max_new_tokens or a stop string]")
