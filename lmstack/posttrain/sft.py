@@ -25,7 +25,7 @@ import torch
 
 from lmstack.errors import ConfigError
 from lmstack.models.protocol import next_token_loss
-from lmstack.posttrain.sft_data import PackedRow, collate
+from lmstack.posttrain.sft_data import collate
 from lmstack.train.objective import count_targets
 
 
@@ -39,12 +39,17 @@ class SFTLoader:
     >>> b = SFTLoader(rows, batch_size=2, max_len=2, seed=1); b.load_state_dict(state)
     >>> bool((b.next_batch()[0] == x).all())
     True
+
+    A subclass deals other items the same way: it names them (`what`) and collates them
+    (`collate`); pair_loader.py's PairLoader deals preference pairs.
     """
 
-    def __init__(self, rows: Sequence[PackedRow], batch_size: int, max_len: int, pad_id: int = 0,
+    what = "packed rows"  # what the items are, for errors
+
+    def __init__(self, rows: Sequence, batch_size: int, max_len: int, pad_id: int = 0,
                  seed: int = 0, rank: int = 0, world_size: int = 1) -> None:
         if len(rows) < batch_size * world_size:
-            raise ConfigError(f"{len(rows)} packed rows are fewer than one batch "
+            raise ConfigError(f"{len(rows)} {self.what} are fewer than one batch "
                               f"({batch_size} x {world_size} ranks); lower batch_size")
         self.rows, self.batch_size, self.max_len, self.pad_id = list(rows), batch_size, max_len, pad_id
         self.seed, self.rank, self.world_size = seed, rank, world_size
@@ -55,15 +60,19 @@ class SFTLoader:
         random.Random(self.seed * 1_000_003 + epoch).shuffle(order)  # same on every rank
         return order
 
+    def collate(self, items: list) -> tuple[torch.Tensor, ...]:
+        """A batch of items: (input_ids, labels, position_ids, segment_ids), (B, max_len) each."""
+        return collate(items, self.max_len, self.pad_id)
+
     def next_batch(self) -> tuple[torch.Tensor, ...]:
-        """(input_ids, labels, position_ids, segment_ids), (B, max_len) each; epochs wrap."""
+        """The next training batch (`collate` of batch_size items); epochs wrap."""
         per_step = self.batch_size * self.world_size
         if (self.position + 1) * per_step > len(self.rows):
             self.epoch, self.position = self.epoch + 1, 0  # the incomplete tail is skipped
         start = self.position * per_step + self.rank * self.batch_size
         picked = self._order(self.epoch)[start:start + self.batch_size]
         self.position += 1
-        return collate([self.rows[i] for i in picked], self.max_len, self.pad_id)
+        return self.collate([self.rows[i] for i in picked])
 
     def epoch_batches(self) -> Iterator[tuple[torch.Tensor, ...]]:
         """This rank's batches of every row in order, the last one possibly short (for eval);
@@ -72,7 +81,7 @@ class SFTLoader:
         for start in range(0, len(self.rows), per_step):
             mine = self.rows[start + self.rank * self.batch_size:][:self.batch_size]
             if mine:
-                yield collate(mine, self.max_len, self.pad_id)
+                yield self.collate(mine)
 
     def state_dict(self) -> dict:
         """Where the loader is, for a checkpoint."""

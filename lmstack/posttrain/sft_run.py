@@ -104,6 +104,16 @@ def _rows(examples: list[Example], max_len: int, packed: bool) -> list[PackedRow
     return pack(examples, max_len) if packed else [r for e in examples for r in pack([e], max_len)]
 
 
+def hold_out(items: list, cfg: SFTConfig) -> tuple[list, list]:
+    """(training, held-out) items, each in file order: a seeded `val_fraction` held out (at
+    least one when it is above 0), none when validation is off (eval_every=0)."""
+    order = list(range(len(items)))
+    random.Random(cfg.seed).shuffle(order)
+    n_val = round(cfg.val_fraction * len(items)) if cfg.eval_every else 0
+    n_val = max(n_val, 1) if cfg.val_fraction > 0 and cfg.eval_every else n_val
+    return [items[i] for i in sorted(order[n_val:])], [items[i] for i in sorted(order[:n_val])]
+
+
 def load_data(cfg: SFTConfig, tok: Tokenizer) -> SFTData:
     """Render, tokenize, hold out, truncate and pack `cfg.data` (errors name file and line)."""
     template = model_chat_template(cfg.base_model)
@@ -111,12 +121,7 @@ def load_data(cfg: SFTConfig, tok: Tokenizer) -> SFTData:
     if cfg.val_data is not None:
         held = load_sft_examples(cfg.val_data, tok, template, cfg.train_on_prompt)
     else:
-        order = list(range(len(examples)))
-        random.Random(cfg.seed).shuffle(order)
-        n_val = round(cfg.val_fraction * len(examples)) if cfg.eval_every else 0
-        n_val = max(n_val, 1) if cfg.val_fraction > 0 and cfg.eval_every else n_val
-        held = [examples[i] for i in sorted(order[:n_val])]
-        examples = [examples[i] for i in sorted(order[n_val:])]
+        examples, held = hold_out(examples, cfg)
     length, packed = row_length(cfg)
     train, report = truncate(examples, length)
     val, _ = truncate(held, length)
@@ -233,11 +238,26 @@ def sampler(prompts: list[list[int]], template: ChatTemplate, eos_ids: list[int]
 
 def sft(cfg: SFTConfig) -> TrainResult:
     """Run (or resume) the fine-tuning cfg describes; returns the final metrics."""
+    return posttrain_run(cfg, _sft)
+
+
+RunBody = Callable[[SFTConfig, distributed.Dist, torch.nn.Module, Tokenizer], TrainResult]
+
+
+def posttrain_run(cfg: SFTConfig, body: RunBody) -> TrainResult:
+    """The frame of a post-training run: the config and paths checked, the process group up
+    (and down after), threads and seed set, the base loaded and held to its context; then
+    `body(cfg, d, base, tokenizer)` (sft, reward, dpo)."""
     cfg.check()
     check_paths(cfg)
     d = distributed.setup(cfg.device)
     try:
-        return _sft(cfg, d)
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        torch.manual_seed(cfg.seed)
+        model, tok = load_base(cfg)
+        check_context(model, cfg)
+        return body(cfg, d, model, tok)
     finally:
         distributed.teardown(d)
 
@@ -281,22 +301,23 @@ def next_step(cfg: SFTConfig, result: TrainResult) -> str:
     return f"try it: lmstack chat {use}"
 
 
-def _sft(cfg: SFTConfig, d: distributed.Dist) -> TrainResult:
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed)
-    model, tok = load_base(cfg)
-    check_context(model, cfg)
+def make_loaders(cfg: SFTConfig, d: distributed.Dist, train: list, val: list, max_len: int,
+                 kind: type[SFTLoader] = SFTLoader) -> tuple[SFTLoader, SFTLoader | None]:
+    """The training loader and the held-out one of `kind`; with nothing held out, none, and
+    validation is switched off (eval_every=0)."""
+    # Padding is never attended to nor trained (segment 0, label -100): any id pads.
+    train_loader = kind(train, cfg.batch_size, max_len, 0, cfg.seed, d.rank, d.world_size)
+    if not (val and cfg.eval_every):
+        cfg.eval_every = 0
+        return train_loader, None
+    per_rank = max(1, min(cfg.batch_size, len(val) // d.world_size))
+    return train_loader, kind(val, per_rank, max_len, 0, cfg.seed, d.rank, d.world_size)
+
+
+def _sft(cfg: SFTConfig, d: distributed.Dist, model: torch.nn.Module, tok: Tokenizer) -> TrainResult:
     data = load_data(cfg, tok)
     model, objective = apply_method(model, cfg, tok)  # before any write: bad targets fail here
-    # Padding is never attended to nor trained (segment 0, label -100): any id pads.
-    train = SFTLoader(data.train, cfg.batch_size, data.row_len, 0, cfg.seed, d.rank, d.world_size)
-    val = None
-    if data.val and cfg.eval_every:
-        per_rank = max(1, min(cfg.batch_size, len(data.val) // d.world_size))
-        val = SFTLoader(data.val, per_rank, data.row_len, 0, cfg.seed, d.rank, d.world_size)
-    else:
-        cfg.eval_every = 0
+    train, val = make_loaders(cfg, d, data.train, data.val, data.row_len)
     if d.is_main:
         print(f"data: {data.examples} training examples in {len(data.train)} rows of "
               f"{data.row_len}, {len(data.val)} held-out rows; {data.report}")
