@@ -64,10 +64,16 @@ def adapters_disabled(model: nn.Module) -> Iterator[nn.Module]:
             layer.scaling = scales[name]
 
 
+def _vocab_size(model: nn.Module) -> int | None:
+    """The model's vocabulary, read through a DDP wrapper (which has no `config`)."""
+    while not hasattr(model, "config") and isinstance(getattr(model, "module", None), nn.Module):
+        model = model.module
+    return getattr(getattr(model, "config", None), "vocab_size", None)
+
+
 def check_reference(policy: nn.Module, reference: nn.Module) -> None:
     """ConfigError when the reference cannot score the policy's tokens: another vocabulary."""
-    pv = getattr(getattr(policy, "config", None), "vocab_size", None)
-    rv = getattr(getattr(reference, "config", None), "vocab_size", None)
+    pv, rv = _vocab_size(policy), _vocab_size(reference)
     if pv != rv:
         raise ConfigError(f"the policy's vocabulary ({pv} ids) differs from the reference's ({rv}); "
                           "the reference must be the policy's starting model, with its tokenizer")

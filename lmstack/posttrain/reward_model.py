@@ -63,6 +63,11 @@ class RewardModel(nn.Module):
         nn.init.normal_(self.head.weight, std=1 / (width + 1) ** 0.5)
         nn.init.zeros_(self.head.bias)
 
+    @property
+    def config(self):
+        """The backbone's architecture: what the trainer's clock and checkpoints read."""
+        return self.backbone.config
+
     def forward(self, input_ids: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         """Rewards (B,) of right-padded rows (B, T); row b's last real token is lengths[b] − 1."""
         h = self.backbone.hidden(input_ids, lengths=lengths, last_only=True)  # (B, 1, C)
