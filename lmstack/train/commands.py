@@ -36,7 +36,9 @@ def add_plot_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("runs", nargs="+", help="run directories (with log.jsonl)")
     p.add_argument("--out", default="loss.png", help="PNG file to write")
     p.add_argument("--metrics", nargs="+", default=["loss", "val_loss"],
-                   help="what to draw, one panel each (also val_ppl, val_bpb, lr, tokens_per_s, mfu)")
+                   help="what to draw, one panel per unit (also val_ppl, val_bpb, lr, tokens_per_s, "
+                        "mfu; preference runs: accuracy, margin, chosen_reward, rejected_reward "
+                        "and their val_ forms)")
 
 
 def cmd_plot(args: argparse.Namespace) -> None:

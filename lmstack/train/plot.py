@@ -28,7 +28,14 @@ from lmstack.train.checkpoint import LOG, read_log
 # metric -> (the panel it is drawn in: its unit, the line's name within that panel)
 LABELS = {"loss": ("loss (nats/token)", "train"), "val_loss": ("loss (nats/token)", "validation"),
           "val_ppl": ("validation perplexity", ""), "val_bpb": ("validation bits per byte", ""),
-          "lr": ("learning rate", ""), "tokens_per_s": ("tokens / s", ""), "mfu": ("MFU", "")}
+          "lr": ("learning rate", ""), "tokens_per_s": ("tokens / s", ""), "mfu": ("MFU", ""),
+          # preference runs (lmstack reward, lmstack dpo): the step's pairs and the held-out ones
+          "accuracy": ("accuracy", "train"), "val_accuracy": ("accuracy", "validation"),
+          "margin": ("reward margin (chosen - rejected)", "train"),
+          "val_margin": ("reward margin (chosen - rejected)", "validation"),
+          "chosen_reward": ("reward", "chosen"), "rejected_reward": ("reward", "rejected"),
+          "val_chosen_reward": ("reward", "validation chosen"),
+          "val_rejected_reward": ("reward", "validation rejected")}
 
 
 def smooth(values: Sequence[float], half_width: int) -> list[float]:

@@ -127,6 +127,18 @@ def test_full_fine_tuning_leaves_a_tied_lm_head_training_with_the_embedding(base
     assert summary["trainable"] == summary["total"]  # tied: the embedding is the LM head
 
 
+def test_an_untied_lm_head_stops_training_the_embedding_does_not():
+    from lmstack.posttrain.reward_run import freeze_lm_head
+
+    untied = GPT(GPTConfig(vocab_size=64, block_size=16, n_layer=1, n_head=2, n_embd=16,
+                           tie_embeddings=False))
+    freeze_lm_head(untied)
+    assert not untied.lm_head.weight.requires_grad and untied.wte.weight.requires_grad
+    tied = GPT(GPTConfig(vocab_size=64, block_size=16, n_layer=1, n_head=2, n_embd=16))
+    freeze_lm_head(tied)
+    assert tied.lm_head.weight.requires_grad  # it is the embedding
+
+
 def test_resume_continues_exactly(base, tmp_path):
     common = ("schedule.total_steps=6", "save_every=3", "schedule.lr=3e-3", "eval_every=3")
     assert reward(base, tmp_path / "straight", "steps=6", *common) == 0
