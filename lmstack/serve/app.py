@@ -47,6 +47,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from lmstack.errors import LMStackError
 from lmstack.infer.sampling import context_length
 from lmstack.serve import protocol as P
+from lmstack.serve.best_of import check_samples, prompt_texts, rank_reply, ranking_config, ranks
 from lmstack.serve.model_names import UnknownModel, model_list, served_models, variant_of
 from lmstack.serve.reply import Reply, sse
 from lmstack.serve.scheduler import Event, QueueFull, Scheduler
@@ -140,12 +141,13 @@ class Server:
     chat_stop_ids: list[int]
     ctx: int | None  # the model's context length (None: unbounded, an RNN)
     variants: dict[str, int] = field(default_factory=dict)  # model id -> variant (0: the base; LoRA adapters)
+    ranker: Any = None  # a RewardRanker (serve --reward-model) ranks best_of candidates (best_of.py)
 
 
 def new_server(engine, config: ServerConfig | None = None, template: ChatTemplate | None = None,
-               speculative=None) -> Server:
+               speculative=None, ranker=None) -> Server:
     """A server's state: its scheduler (not started yet; it speculates with `speculative`, a
-    SpeculativeDecoder over `engine`), metrics and the chat stop tokens."""
+    SpeculativeDecoder over `engine`), metrics, the chat stop tokens and `ranker` (best_of.py)."""
     config = config or ServerConfig()
     template = template or ChatTemplate()
     scheduler = Scheduler(engine, max_batch=config.max_batch, max_queue=config.max_queue,
@@ -157,14 +159,14 @@ def new_server(engine, config: ServerConfig | None = None, template: ChatTemplat
     chat_stop_ids = sorted(set(template.stop_tokens(engine.tokenizer)) | set(specials.values())) \
         if engine.tokenizer is not None else []
     return Server(engine, config, template, scheduler, Metrics(scheduler), chat_stop_ids,
-                  context_length(engine.model), served_models(engine.model, config.model_name))
+                  context_length(engine.model), served_models(engine.model, config.model_name), ranker)
 
 
 def create_app(engine, config: ServerConfig | None = None, template: ChatTemplate | None = None,
-               speculative=None) -> FastAPI:
-    """The FastAPI app serving `engine` (speculating with `speculative`, a SpeculativeDecoder,
-    if given); its scheduler starts and stops with the app."""
-    server = new_server(engine, config, template, speculative)
+               speculative=None, ranker=None) -> FastAPI:
+    """The FastAPI app serving `engine` (speculating with `speculative`, a SpeculativeDecoder, and
+    ranking best_of candidates by `ranker`, if given); its scheduler starts and stops with the app."""
+    server = new_server(engine, config, template, speculative, ranker)
     app = FastAPI(title="lmstack", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.server = server
     app.state.scheduler, app.state.metrics, app.state.config = server.scheduler, server.metrics, server.config
@@ -248,7 +250,8 @@ async def completions(body: P.CompletionRequest, request: Request, server: Serve
         except LMStackError as e:
             raise APIError(400, f"prompt: {e}", "prompt") from None
     cfg = settings(server, body, server.config.default_max_tokens, [], "prompt", max(map(len, prompts)))
-    return await respond(server, request, body, prompts, cfg, chat=False, variant=variant)
+    return await respond(server, request, body, prompts, cfg, chat=False, variant=variant,
+                         contexts=prompt_texts(body.prompts(), server.engine.tokenizer))
 
 
 async def chat_completions(body: P.ChatRequest, request: Request, server: Server = Depends(server_of)):
@@ -267,7 +270,8 @@ async def chat_completions(body: P.ChatRequest, request: Request, server: Server
         raise APIError(400, str(e), getattr(e, "param", "messages")) from None
     constraint = {"json_schema": plan.schema()} if plan is not None else None
     cfg = settings(server, body, None, server.chat_stop_ids, "messages", len(ids), constraint)
-    return await respond(server, request, body, [ids], cfg, chat=True, tools=plan, variant=variant)
+    return await respond(server, request, body, [ids], cfg, chat=True, tools=plan, variant=variant,
+                         contexts=[messages])
 
 
 def tool_plan(body: P.ChatRequest) -> ToolPlan | None:
@@ -308,13 +312,12 @@ def settings(server: Server, body, default_max: int | None, stop_ids: list[int],
     if ctx is not None and longest >= ctx:
         raise APIError(400, f"{what}: the prompt has {longest} tokens but the model's context is {ctx}; "
                             "shorten it to leave room for the reply", what, "context_length_exceeded")
-    max_batch = server.config.max_batch
-    if body.n > max_batch:
-        raise APIError(400, f"n: at most {max_batch} (the server's batch size), got {body.n}", "n")
     try:
+        check_samples(body, server.config.max_batch)  # n and best_of (best_of.py)
         cfg = server.engine.config(body.generation_config(max_tokens, stop_ids, constraint))
     except LMStackError as e:
-        raise APIError(400, str(e), _param_of(str(e))) from None
+        raise APIError(400, str(e), getattr(e, "param", None) or _param_of(str(e))) from None
+    cfg = ranking_config(cfg, server.ranker, body)
     try:
         server.engine.constraint(cfg)  # compiled once here; the scheduler's plan reuses it
     except LMStackError as e:
@@ -331,10 +334,11 @@ def constraint_field(body) -> str:
 
 
 async def respond(server: Server, request: Request, body, prompts: list[list[int]], cfg, chat: bool,
-                  tools: ToolPlan | None = None, variant: int = 0):
-    """Submit every prompt (n samples each, run by `variant`); answer with the whole reply, or a stream."""
+                  tools: ToolPlan | None = None, variant: int = 0, contexts: list | None = None):
+    """Submit every prompt (n samples, or best_of, each; run by `variant`); answer with the whole
+    reply (best-of-N: the n best of each prompt's `contexts`, best_of.py), or a stream."""
     queue: asyncio.Queue[tuple[int, Event]] = asyncio.Queue()
-    submitted = submit(server.scheduler, prompts, cfg, body.n, queue, variant)
+    submitted = submit(server.scheduler, prompts, cfg, body.best_of or body.n, queue, variant)
     server.metrics.prompt_tokens.inc(sum(map(len, prompts)))
     reply = Reply(server.engine.tokenizer, body.model or server.config.model_name, chat, body, prompts, tools)
     route = "/v1/chat/completions" if chat else "/v1/completions"
@@ -357,6 +361,8 @@ async def respond(server: Server, request: Request, body, prompts: list[list[int
         for r in submitted:
             r.cancel()
     finish(server.metrics, submitted, reply, route)
+    if ranks(body):  # the reward model's forward passes: off the event loop
+        await asyncio.to_thread(rank_reply, reply, server.ranker, contexts, body.n)
     return reply.response()
 
 

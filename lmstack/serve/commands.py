@@ -8,6 +8,7 @@
     lmstack serve --model DIR --medusa          # the heads `lmstack train-heads` wrote to DIR
     lmstack serve --model DIR --lora sql=runs/sql-lora --lora poem=runs/poem-lora   # adapters
     lmstack serve --model smollm2 --adapter runs/sft-prompt      # one adapter of any PEFT type
+    lmstack serve --model runs/sft --reward-model runs/rm        # best_of ranked by a reward model
 
 It binds to 127.0.0.1 unless --host says otherwise; serving on another address without an API
 key prints a warning. `--medusa [DIR]`, `--draft DIR` or `--prompt-lookup N` (+ `--gamma N`),
@@ -17,6 +18,9 @@ same greedy text, the same sampling distribution, in fewer forward passes. `--lo
 the base by its own name), and rows of different adapters share each batch
 (posttrain/peft/multi_lora.py; docs/serving.md "Serving LoRA adapters"). `--adapter DIR` serves
 one adapter of any PEFT type (a soft prompt, Houlsby adapters, QLoRA) as the model instead.
+`--reward-model DIR` ranks the candidates of requests with `best_of` (serve/best_of.py) by that
+reward model (posttrain/reward_ranking.py; it must share the model's tokenizer) instead of by
+mean log-probability.
 """
 
 from __future__ import annotations
@@ -62,6 +66,9 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
                         "`generate --lora DIR` puts it (LoRA merged; QLoRA over its 4-bit base; a "
                         "soft prompt; Houlsby adapters), under the base's name: for an adapter "
                         "--lora cannot serve per row")
+    p.add_argument("--reward-model", default=None, metavar="DIR",
+                   help="rank the candidates of a request's best_of by this reward model (`lmstack "
+                        "reward`'s --out; --model's tokenizer) instead of their mean log-probability")
     add_speculation_flags(p)
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
                    help="uvicorn's log level; info logs each request (never its query string)")
@@ -99,12 +106,16 @@ def cmd_serve(args: argparse.Namespace) -> None:
     config = ServerConfig(model_name=name, max_batch=args.max_batch, max_queue=args.max_queue,
                           max_body_bytes=args.max_body_bytes, body_timeout_s=args.body_timeout,
                           api_keys=keys, host=args.host, port=args.port)
-    app = create_app(engine, config, model_chat_template(args.model), speculative)
+    template = model_chat_template(args.model)
+    ranker = load_ranker(args, engine, template)
+    app = create_app(engine, config, template, speculative, ranker)
     print(f"serving {name} on http://{args.host}:{args.port}  (web chat at /, API at /v1)", file=sys.stderr)
     if adapters:
         print(f"LoRA adapters (a request's `model` picks one): {', '.join(adapters)}", file=sys.stderr)
     if args.adapter is not None:
         print(f"serving the base with the adapter {args.adapter} on it, as {name}", file=sys.stderr)
+    if ranker is not None:
+        print(f"best_of candidates ranked by the reward model {args.reward_model}", file=sys.stderr)
     if speculative is not None:
         print(f"speculating with {speculative.drafter}, up to {speculative.gamma} tokens a round: "
               "every request drafts and verifies", file=sys.stderr)
@@ -128,6 +139,18 @@ def load_engine(args: argparse.Namespace, adapters: dict[str, str]):
                               "LoRA ones per row over the base; give one or the other")
         adapt = inference_adapter(args.adapter)
     return Engine.load(args.model, prefix_cache=prefix_cache, dtype=args.dtype, adapt=adapt)
+
+
+def load_ranker(args: argparse.Namespace, engine, template):
+    """The --reward-model that ranks best_of candidates (checked against the model's tokenizer),
+    on the model's device; None without the flag."""
+    if getattr(args, "reward_model", None) is None:
+        return None
+    from lmstack.models.protocol import model_device
+    from lmstack.posttrain.reward_ranking import load_reward_ranker
+
+    return load_reward_ranker(args.reward_model, engine.tokenizer, args.model, template,
+                              device=model_device(engine.model))
 
 
 def parse_lora_flags(specs: list[str]) -> dict[str, str]:

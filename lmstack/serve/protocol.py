@@ -17,9 +17,13 @@ Structured output: `response_format` ({"type": "json_object"}, {"type": "json_sc
 reply always parses and fits the schema, `strict` or not. vLLM's `guided_regex`,
 `guided_choice` and `guided_grammar` are extensions under vLLM's names.
 
-Differences from OpenAI, on purpose: `best_of`, `echo` and `suffix` are rejected with a 400
-rather than ignored; a reply that fills the model's context ends with finish_reason "length"
-instead of a 400.
+Best-of-N: `best_of` (completions, as OpenAI; on chat an lmstack extension, under the same name)
+samples best_of replies per prompt and answers with the `n` best, ranked by the server's reward
+model (`lmstack serve --reward-model DIR`) or else by mean log-probability; each such choice
+carries an lmstack-specific `score` (serve/best_of.py).
+
+Differences from OpenAI, on purpose: `echo` and `suffix` are rejected with a 400 rather than
+ignored; a reply that fills the model's context ends with finish_reason "length" instead of a 400.
 """
 
 from __future__ import annotations
@@ -95,6 +99,7 @@ class _Sampling(BaseModel):
     temperature: Annotated[float, Field(ge=0.0, le=2.0)] = 1.0
     top_p: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
     n: Annotated[int, Field(ge=1, le=16)] = 1
+    best_of: Annotated[int, Field(ge=1, le=16)] | None = None   # chat: an lmstack extension
     stream: bool = False
     stream_options: StreamOptions | None = None
     stop: str | Annotated[list[str], Field(max_length=4)] | None = None
@@ -164,7 +169,6 @@ class CompletionRequest(_Sampling):
              | Annotated[list[Annotated[list[int], Field(min_length=1)]], Field(min_length=1, max_length=64)])
     logprobs: Annotated[int, Field(ge=0, le=5)] | None = None
     echo: Literal[False] = False
-    best_of: Literal[1] | None = None
     suffix: None = None
 
     @property

@@ -3,8 +3,9 @@
 arrive (chat streams open with the assistant role; usage last when asked for). The logprobs
 spellings are protocol.py's. A function-calling reply (tools.py) is JSON until it is complete,
 so it is held back and sent as one delta at the end: `tool_calls` (finish_reason
-"tool_calls") or the content of an "auto" answer in words. Tests: tests/serve/test_api.py,
-test_openai_client.py, test_tools.py.
+"tool_calls") or the content of an "auto" answer in words. Best-of-N (best_of.py) collects
+every candidate, then `choose` keeps the best rows, each with its `score`. Tests:
+tests/serve/test_api.py, test_openai_client.py, test_tools.py, test_best_of.py.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import json
 
 from lmstack.serve import protocol as P
+from lmstack.serve.best_of import json_score
 from lmstack.serve.scheduler import Event
 from lmstack.serve.tools import ToolPlan
 
@@ -28,21 +30,25 @@ class Reply:
                  tools: ToolPlan | None = None) -> None:
         self.tokenizer, self.model, self.chat, self.body = tokenizer, model, chat, body
         self.tools = tools
-        self.n, self.prompt_tokens = body.n, sum(map(len, prompts))
+        # rows per prompt: n, or best_of candidates of which `choose` keeps n
+        self.samples, self.prompt_tokens = body.best_of or body.n, sum(map(len, prompts))
         self.id = P.new_id("chatcmpl" if chat else "cmpl")
         self.object = "chat.completion" if chat else "text_completion"
-        count = len(prompts) * body.n
+        count = len(prompts) * self.samples
         self.open = count
         self.text = [""] * count
         self.tokens: list[list[int]] = [[] for _ in range(count)]
         self.logprobs: list[list[float]] = [[] for _ in range(count)]
         self.tops: list[list] = [[] for _ in range(count)]
         self.finish = [None] * count
+        self.scores: list[float | None] = [None] * count   # the scheduler's mean log-prob, or a reward
+        self.shown: list[int] | None = None                # after `choose`: the rows answered, in order
+        self.ranked_by: str | None = None
         self.completion_tokens = 0
 
     def add(self, prompt: int, event: Event) -> dict | None:
         """Record an event; return its stream chunk (None if it shows nothing)."""
-        i = prompt * self.n + event.sample
+        i = prompt * self.samples + event.sample
         offset = len(self.text[i])
         self.text[i] += event.text
         self.tokens[i] += event.tokens
@@ -52,6 +58,7 @@ class Reply:
         self.completion_tokens += len(event.tokens) + (event.stop_token is not None)
         if event.finish_reason is not None:
             self.finish[i] = event.finish_reason
+            self.scores[i] = event.score
             self.open -= 1
         if not (event.text or event.finish_reason or (self.body.wants_logprobs and event.tokens)):
             return None
@@ -70,6 +77,10 @@ class Reply:
         else:
             choice = {"index": i, "text": event.text, "logprobs": lp, "finish_reason": event.finish_reason}
         return self._chunk([choice])
+
+    def choose(self, rows: list[int], ranked_by: str) -> None:
+        """Answer with these rows, in this order (best-of-N's choice, `ranked_by` what)."""
+        self.shown, self.ranked_by = list(rows), ranked_by
 
     def _message(self, i: int) -> tuple[dict, str | None]:
         """Choice i's chat message and finish reason: its text, or under tools the call (or
@@ -108,12 +119,17 @@ class Reply:
     def response(self) -> dict:
         """The non-streaming response."""
         choices = []
-        for i, text in enumerate(self.text):
+        rows = self.shown if self.shown is not None else range(len(self.text))
+        for k, i in enumerate(rows):
             lp = self._logprobs(self.tokens[i], self.logprobs[i], self.tops[i], 0)
             if self.chat:
                 message, reason = self._message(i)
-                choices.append({"index": i, "message": message, "logprobs": lp, "finish_reason": reason})
+                choice = {"index": k, "message": message, "logprobs": lp, "finish_reason": reason}
             else:
-                choices.append({"index": i, "text": text, "logprobs": lp, "finish_reason": self.finish[i]})
-        return P.envelope(self.id, self.object, self.model, choices,
+                choice = {"index": k, "text": self.text[i], "logprobs": lp, "finish_reason": self.finish[i]}
+            if self.shown is not None:  # best-of-N: lmstack's field, what the ranking read
+                choice["score"] = json_score(self.scores[i])
+            choices.append(choice)
+        extra = {"ranked_by": self.ranked_by} if self.shown is not None else {}
+        return P.envelope(self.id, self.object, self.model, choices, **extra,
                           usage=P.usage(self.prompt_tokens, self.completion_tokens))

@@ -90,6 +90,8 @@ class Event:
     finish_reason: str | None = None   # "stop" or "length" on the sample's last event
     stop_token: int | None = None      # the end-of-text/stop id that finished it (never in tokens)
     error: str | None = None           # set when the request failed inside the scheduler
+    score: float | None = None         # last event: the sample's mean log-probability, when
+                                       # log-probabilities were computed (best-of's default rank)
 
 
 @dataclass
@@ -409,10 +411,12 @@ class Scheduler:
     def _emit(self, seq: _Sequence, text: str = "") -> None:
         row, start = seq.row, seq.sent
         seq.sent = len(row.tokens)
+        done = row.finish_reason is not None
         event = Event(seq.sample, text, row.tokens[start:], row.logprobs[start:],
-                      row.top_logprobs[start:], row.finish_reason, row.stop_token)
+                      row.top_logprobs[start:], row.finish_reason, row.stop_token,
+                      score=row.completion().score if done else None)
         self._deliver(seq.request, event)
-        if row.finish_reason is not None:
+        if done:
             self._close_sample(seq)
 
     def _close_sample(self, seq: _Sequence) -> None:

@@ -25,11 +25,12 @@ class LiveServer:
 
 
 @contextlib.contextmanager
-def serve(engine: Engine, config: ServerConfig | None = None, speculative=None, template=None):
-    """Run `create_app(engine, config, template, speculative)` under uvicorn until the block
-    ends."""
+def serve(engine: Engine, config: ServerConfig | None = None, speculative=None, template=None,
+          ranker=None):
+    """Run `create_app(engine, config, template, speculative, ranker)` under uvicorn until the
+    block ends."""
     config = config or ServerConfig(model_name="tiny")
-    app = create_app(engine, config, template, speculative=speculative)
+    app = create_app(engine, config, template, speculative=speculative, ranker=ranker)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning",
                                            timeout_graceful_shutdown=2))
     thread = threading.Thread(target=server.run, daemon=True)
