@@ -67,7 +67,7 @@ def test_full_dpo_starts_at_log_2_and_raises_the_margin(base, tmp_path):
 
 
 def test_lora_dpo_uses_the_adapters_off_policy_and_makes_no_copy(base, tmp_path, monkeypatch):
-    import lmstack.posttrain.dpo_run as dpo_run
+    from lmstack.posttrain import dpo_run
 
     def no_copy(model):
         raise AssertionError("a LoRA policy is its own reference: no copy")
@@ -107,9 +107,9 @@ def test_resume_continues_exactly(base, tmp_path, method):
     assert dpo(base, tmp_path / "split", "steps=3", *common) == 0
     assert dpo(base, tmp_path / "split", "steps=6", "resume=true", *common) == 0
     a, b = records(tmp_path / "straight"), records(tmp_path / "split")
-    for step in a:
+    for step, record in a.items():
         for key in ("loss", "margin", "chosen_reward", "val_loss", "val_margin"):
-            assert a[step].get(key) == b[step].get(key), (step, key)
+            assert record.get(key) == b[step].get(key), (step, key)
     sa = torch.load(tmp_path / "straight" / STATE, weights_only=False)["model"]
     sb = torch.load(tmp_path / "split" / STATE, weights_only=False)["model"]
     assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)

@@ -15,11 +15,15 @@ import torch
 
 from lmstack.cli import main
 from lmstack.models import GPT, GPTConfig
-from lmstack.models.directory import model_chat_template, save_model
+from lmstack.models.directory import load_tokenizer, model_chat_template, save_model
 from lmstack.posttrain.pair_loader import PairLoader, load_pair_data
 from lmstack.posttrain.preference import PreferencePair
 from lmstack.posttrain.reward_config import RewardConfig
-from lmstack.posttrain.reward_model import evaluate_rewards, load_reward_model, reward_scorer
+from lmstack.posttrain.reward_model import (
+    evaluate_rewards,
+    load_reward_model,
+    reward_scorer,
+)
 from lmstack.posttrain.sft_data import Example
 from lmstack.train.checkpoint import STATE, read_log
 from lmstack.train.config import load_config
@@ -73,8 +77,6 @@ def held_out(base, out, *extra: str):
     """The held-out pairs of a run with these settings, as the run split them."""
     cfg = load_config(None, [f"base_model={base / 'base'}", f"data={base / 'pairs.jsonl'}",
                              f"out_dir={out}", *settings(*extra)], kind=RewardConfig)
-    from lmstack.models.directory import load_tokenizer
-
     return load_pair_data(cfg, load_tokenizer(cfg.base_model)).val
 
 
@@ -95,15 +97,9 @@ def test_a_separable_preference_reaches_high_held_out_accuracy(base, tmp_path):
     assert again["accuracy"] == pytest.approx(after["val_accuracy"])
     assert again["loss"] == pytest.approx(after["val_loss"], rel=1e-5)
     # ... and ranks best-of-N replies with the chat template it trained with.
-    score = reward_scorer(model, load_tok(out), model_chat_template(out))
+    score = reward_scorer(model, load_tokenizer(out), model_chat_template(out))
     assert score("Review item 7.", SimpleNamespace(text="great nice")) > \
         score("Review item 7.", SimpleNamespace(text="awful sad"))
-
-
-def load_tok(directory):
-    from lmstack.models.directory import load_tokenizer
-
-    return load_tokenizer(directory)
 
 
 def test_lora_trains_the_head_and_adapters_and_writes_them_merged(base, tmp_path):
@@ -146,9 +142,9 @@ def test_resume_continues_exactly(base, tmp_path):
     assert reward(base, tmp_path / "split", "steps=6", "resume=true", *common) == 0
     a = {r["step"]: r for r in read_log(tmp_path / "straight")}
     b = {r["step"]: r for r in read_log(tmp_path / "split")}
-    for step in a:
+    for step, record in a.items():
         for key in ("loss", "accuracy", "margin", "val_loss"):
-            assert a[step].get(key) == b[step].get(key), (step, key)
+            assert record.get(key) == b[step].get(key), (step, key)
     sa = torch.load(tmp_path / "straight" / STATE, weights_only=False)["model"]
     sb = torch.load(tmp_path / "split" / STATE, weights_only=False)["model"]
     assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
@@ -164,8 +160,8 @@ def test_the_pair_loader_deals_every_pair_once_an_epoch_across_ranks():
             ids, labels, lengths = loader.next_batch()
             assert ids.shape == labels.shape == (6, 3) and lengths.tolist() == [3] * 6
             assert (ids[:3, 1] == ids[3:, 1]).all() and (ids[:3, 2] == 2).all()  # chosen rows first
-            seen.append(ids[:3, 1].tolist())
-    first, second = sum(seen[:12], []), sum(seen[12:], [])
+            seen += ids[:3, 1].tolist()
+    first, second = seen[:36], seen[36:]
     assert sorted(first) == sorted(second) == list(range(10, 46))  # each pair once an epoch
     assert first != second  # in a new order
 
