@@ -63,16 +63,14 @@ from lmstack.posttrain.distill_loss import (
     check_same_vocab,
     distill_loss,
 )
-from lmstack.posttrain.sft import SFTLoader
 from lmstack.posttrain.sft_config import SFTConfig
 from lmstack.posttrain.sft_run import (
     SFTData,
     answer_settings,
     apply_method,
-    check_context,
-    check_paths,
-    load_base,
     load_data,
+    make_loaders,
+    posttrain_run,
     sampler,
     sft,
     write_summary,
@@ -86,17 +84,12 @@ from lmstack.train.objective import Batch, evaluate
 def distill(cfg: DistillConfig) -> TrainResult:
     """Run (or resume) the distillation cfg describes; returns the final metrics."""
     cfg.check()
-    check_paths(cfg)
     check_exists(cfg.teacher, "--teacher (the teacher)")
     check_exists(cfg.base_model, "--model (the student)")
     if Path(cfg.out_dir).resolve() == resolve_model(cfg.teacher).resolve():
         raise ConfigError(f"out_dir {cfg.out_dir} is the teacher's directory; training would "
                           "overwrite it. Give another --out")
-    d = distributed.setup(cfg.device)
-    try:
-        return MODES[cfg.mode](cfg, d)
-    finally:
-        distributed.teardown(d)
+    return posttrain_run(cfg, MODES[cfg.mode])
 
 
 def check_exists(model: str, what: str) -> None:
@@ -226,17 +219,6 @@ def distill_evaluate(loss: DistillLoss) -> Callable[[object], dict]:
 
 # ---- the modes ---------------------------------------------------------------------------
 
-def sft_loaders(cfg: SFTConfig, data: SFTData, d: distributed.Dist) -> tuple[SFTLoader, SFTLoader | None]:
-    """The SFT run's train and held-out loaders of `data` (None and eval_every=0 without
-    held-out rows); padding is never trained nor attended to, so any id pads."""
-    train = SFTLoader(data.train, cfg.batch_size, data.row_len, 0, cfg.seed, d.rank, d.world_size)
-    if not (data.val and cfg.eval_every):
-        cfg.eval_every = 0
-        return train, None
-    per_rank = max(1, min(cfg.batch_size, len(data.val) // d.world_size))
-    return train, SFTLoader(data.val, per_rank, data.row_len, 0, cfg.seed, d.rank, d.world_size)
-
-
 def load_answers(cfg: DistillConfig, tok: Tokenizer) -> SFTData:
     """The SFT data of a logit mode; prompts without answers get a hint to the data mode."""
     try:
@@ -246,13 +228,9 @@ def load_answers(cfg: DistillConfig, tok: Tokenizer) -> SFTData:
                         "alone use --mode data, where the teacher writes them)") from None
 
 
-def _logits_mode(cfg: DistillConfig, d: distributed.Dist) -> TrainResult:
+def _logits_mode(cfg: DistillConfig, d: distributed.Dist, student: torch.nn.Module,
+                 tok: Tokenizer) -> TrainResult:
     """kd and gkd: the student, the frozen teacher, the SFT data, the divergence as the loss."""
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed)
-    student, tok = load_base(cfg)
-    check_context(student, cfg)
     teacher, teacher_tok = load_teacher(cfg, d.device)
     width = logit_width(teacher, teacher_tok, student, tok, cfg, d)
     warn_if_bigger(student, teacher, d)
@@ -260,13 +238,14 @@ def _logits_mode(cfg: DistillConfig, d: distributed.Dist) -> TrainResult:
     model, objective = apply_method(student, cfg, tok)
     s = cfg.distill
     loss = DistillLoss(teacher, KDConfig(cfg.divergence_name(), s.temperature, s.beta), s.alpha, width)
-    train, val = sft_loaders(cfg, data, d)
+    train, val = make_loaders(cfg, d, data.train, data.val, data.row_len)
     report = loss.report
     if cfg.mode == "gkd":
         from lmstack.posttrain.gkd import OnPolicyLoader
 
         train = OnPolicyLoader(train, tok, model_chat_template(cfg.base_model),
-                               model_eos_ids(cfg.base_model), s, cfg.seed + 7919 * d.rank)
+                               model_eos_ids(cfg.base_model), s, cfg.seed, d.rank,
+                               getattr(teacher.config, "block_size", None))
         report = lambda: {**loss.report(), **train.report()}
     objective = replace(objective, loss_fn=loss, report=report, evaluate=distill_evaluate(loss))
     if d.is_main:
@@ -283,12 +262,10 @@ def _logits_mode(cfg: DistillConfig, d: distributed.Dist) -> TrainResult:
     return run_loop(run)
 
 
-def teacher_data(cfg: DistillConfig, device: torch.device, d: distributed.Dist) -> Path:
+def teacher_data(cfg: DistillConfig, teacher: torch.nn.Module, tok: Tokenizer) -> Path:
     """OUT/distill_data.jsonl: the teacher's answers to cfg.data's prompts (made or reused)."""
     from lmstack.infer import Engine
 
-    teacher, tok = load_teacher(cfg, device)
-    warn_if_bigger(load_model(cfg.base_model), teacher, d)
     template = model_chat_template(cfg.teacher)
     prompts = read_prompts(cfg.data, tok, template, getattr(teacher.config, "block_size", None))
     s = cfg.distill
@@ -311,21 +288,24 @@ def teacher_data(cfg: DistillConfig, device: torch.device, d: distributed.Dist) 
     return out
 
 
-def _data_mode(cfg: DistillConfig, d: distributed.Dist) -> TrainResult:
+def _data_mode(cfg: DistillConfig, d: distributed.Dist, student: torch.nn.Module,
+               tok: Tokenizer) -> TrainResult:
     """data: rank 0 has the teacher write the training set; then the SFT run trains on it."""
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
     if d.is_main:
-        teacher_data(cfg, d.device, d)
+        teacher, teacher_tok = load_teacher(cfg, d.device)
+        warn_if_bigger(student, teacher, d)
+        teacher_data(cfg, teacher, teacher_tok)
+        del teacher
+    del student  # the SFT run loads its own
     if d.world_size > 1:
         torch.distributed.barrier()  # the other ranks read the file rank 0 wrote
     keep = {f.name for f in fields(SFTConfig) if f.init}
-    student = SFTConfig(**{k: v for k, v in vars(cfg).items() if k in keep})
-    student.data = str(Path(cfg.out_dir) / DATA_FILE)
-    return sft(student)
+    sft_cfg = SFTConfig(**{k: v for k, v in vars(cfg).items() if k in keep})
+    sft_cfg.data = str(Path(cfg.out_dir) / DATA_FILE)
+    return sft(sft_cfg)
 
 
-Mode = Callable[[DistillConfig, distributed.Dist], TrainResult]
+Mode = Callable[[DistillConfig, distributed.Dist, torch.nn.Module, Tokenizer], TrainResult]
 MODES: dict[str, Mode] = {
     "data": _data_mode,   # Kim & Rush 2016: the teacher's text
     "kd": _logits_mode,   # Hinton et al. 2015: the teacher's logits on the data's answers

@@ -50,7 +50,7 @@ def write_model(directory, model, tok: Tokenizer):
 
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory, tok):
-    """A teacher (2 layers, 64 wide, 30 SFT steps on 120 additions), a random student (1 layer,
+    """A teacher (2 layers, 64 wide, 20 SFT steps on 120 additions), a random student (1 layer,
     32 wide, same tokenizer), the chats and a prompts-only file."""
     root = tmp_path_factory.mktemp("distill")
     rng = random.Random(0)
@@ -59,7 +59,7 @@ def toy(tmp_path_factory, tok):
     torch.manual_seed(0)
     write_model(root / "teacher0", tiny(tok.vocab_size, 2, 64, 4), tok)
     assert main(["sft", "--model", str(root / "teacher0"), "--data", str(root / "chats.jsonl"),
-                 "--out", str(root / "teacher"), "--set", "steps=30", "batch_size=8",
+                 "--out", str(root / "teacher"), "--set", "steps=20", "batch_size=8",
                  "block_size=64", "eval_every=0", "progress=false", "schedule.lr=3e-3",
                  "schedule.warmup_steps=0", "threads=2"]) == 0
     torch.manual_seed(1)
@@ -92,7 +92,7 @@ def test_kd_pulls_the_student_toward_the_teacher(toy, tmp_path):
     assert distill(toy, start, "kd", "steps=1", "schedule.lr=1e-12", "schedule.min_lr=0") == 0
     assert distill(toy, out, "kd", "steps=12") == 0
     before, div = logged(start, "val_loss")[-1], logged(out, "val_loss")
-    assert div[-1] < 0.8 * before and div[-1] < div[0], (before, div)  # measured: 0.67x
+    assert div[-1] < 0.7 * before and div[-1] < div[0], (before, div)  # measured: 0.54x
     assert len(logged(out, "val_ppl")) == len(div) and logged(out, "divergence")
     assert logged(out, "student_ce")[-1] < logged(out, "student_ce")[0]
     summary = json.loads((out / "sft_summary.json").read_text())
@@ -240,3 +240,69 @@ def test_bad_input_is_refused_before_anything_is_written(toy, tmp_path, capsys, 
     assert distill(toy, out, "kd", "steps=2", *args.get("settings", ()), **paths) == 2
     err = capsys.readouterr().err
     assert all(w in err for w in words) and not out.exists(), err
+
+
+# ---- gkd ---------------------------------------------------------------------------------
+
+def test_gkd_at_lmbda_0_is_kd(toy, tmp_path):
+    """No on-policy batch: the same batches, the same JSD, step for step."""
+    common = ("steps=4", "eval_every=0", "log_every=1", "distill.divergence=jsd", "distill.beta=0.3")
+    assert distill(toy, tmp_path / "kd", "kd", *common) == 0
+    assert distill(toy, tmp_path / "gkd", "gkd", *common, "distill.lmbda=0") == 0
+    assert logged(tmp_path / "gkd", "loss") == logged(tmp_path / "kd", "loss")
+    assert logged(tmp_path / "gkd", "on_policy") == [0.0] * 4
+
+
+def test_gkd_on_policy_learns_from_the_students_own_samples(toy, tmp_path):
+    out, start = tmp_path / "gkd", tmp_path / "start"
+    common = ("distill.lmbda=1", "distill.max_new_tokens=6", "log_every=1")
+    assert distill(toy, start, "gkd", "steps=1", *common, "schedule.lr=1e-12", "schedule.min_lr=0") == 0
+    assert distill(toy, out, "gkd", "steps=8", *common) == 0
+    assert logged(out, "on_policy") == [1.0] * 8  # what the batches are: the test below
+    before, after = logged(start, "val_loss")[-1], logged(out, "val_loss")[-1]
+    # the held-out JSD on the data's answers falls, trained on the student's own samples alone
+    assert after < 0.95 * before, (before, after)  # measured: 0.86x
+
+
+def test_gkd_resumes_exactly(toy, tmp_path):
+    common = ("distill.lmbda=0.5", "distill.max_new_tokens=6", "schedule.total_steps=6",
+              "save_every=3", "log_every=1", "eval_every=0")
+    assert distill(toy, tmp_path / "straight", "gkd", "steps=6", *common) == 0
+    assert distill(toy, tmp_path / "split", "gkd", "steps=3", *common) == 0
+    assert distill(toy, tmp_path / "split", "gkd", "steps=6", "resume=true", *common) == 0
+    a, b = read_log(tmp_path / "straight"), read_log(tmp_path / "split")
+    assert [(r["loss"], r["on_policy"]) for r in a] == [(r["loss"], r["on_policy"]) for r in b]
+    assert 0 < sum(r["on_policy"] for r in a) < 6  # both kinds of batch were in the run
+
+
+def test_on_policy_batches_answer_the_datas_prompts_with_the_students_samples(toy, tok):
+    from lmstack.posttrain.distill_config import DistillSettings
+    from lmstack.posttrain.gkd import OnPolicyLoader, batch_prompts
+    from lmstack.posttrain.sft import SFTLoader
+    from lmstack.posttrain.sft_data import collate, load_sft_examples, pack
+    from lmstack.tokenizer.chat_template import ChatTemplate
+
+    examples = load_sft_examples(toy / "chats.jsonl", tok, ChatTemplate())[:12]
+    rows = pack(examples, 64)  # several examples a row: prompts are found per segment
+    assert any(len(r.sources) > 1 for r in rows)
+    by_source = {e.source: e.prompt_ids() for e in examples}
+    assert batch_prompts(collate(rows, 64)) == [by_source[s] for r in rows for s in r.sources]
+
+    student = load_model(toy / "student")
+
+    def loader(lmbda: float, seed: int = 0) -> OnPolicyLoader:
+        o = OnPolicyLoader(SFTLoader(rows, 2, 64, seed=5), tok, ChatTemplate(), None,
+                           DistillSettings(lmbda=lmbda, max_new_tokens=5), seed)
+        o.policy = student
+        return o
+
+    data = SFTLoader(rows, 2, 64, seed=5).next_batch()
+    assert all(torch.equal(a, b) for a, b in zip(loader(0.0).next_batch(), data))
+    ids, labels = loader(1.0).next_batch()
+    prompts = batch_prompts(data)
+    assert ids.shape[0] == len(prompts) > 2  # one row per example, not per packed row
+    for row, lab, p in zip(ids, labels, prompts):
+        assert row[:len(p)].tolist() == p and bool((lab[:len(p) - 1] == -100).all())
+        assert 1 <= int((lab != -100).sum()) <= 6  # max_new_tokens, plus a stop id
+    again, other = loader(1.0).next_batch()[0], loader(1.0, seed=1).next_batch()[0]
+    assert torch.equal(again, ids) and not torch.equal(other, ids)  # seeded, and the seed matters
