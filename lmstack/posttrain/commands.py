@@ -58,7 +58,8 @@ RUNS: dict[str, PosttrainCommand] = {
         then="lmstack.posttrain.sft_run:next_step"),
     "distill": PosttrainCommand(
         "lmstack.posttrain.distill_config:DistillConfig", "lmstack.posttrain.distill_run:distill",
-        'JSONL prompts or chats: {"prompt", ...} or {"messages": [...]}, one per line',
+        'JSONL chats {"messages": [...]} or {"prompt", "completion"} pairs, one per line (kd, '
+        'gkd: with answers; data: {"prompt"} alone will do, the teacher writes the answers)',
         model="the student: a model directory, HF directory, GGUF file or installed name",
         flags=(("--teacher", "teacher", "the teacher model (same tokenizer as the student for "
                 "kd and gkd)"),
