@@ -4,6 +4,7 @@ to the terminal, and one prompt under several decoding strategies side by side.
     lmstack generate --model runs/quickstart --prompt "import os" --temperature 0.8 --top-p 0.95
     lmstack sample-compare --model runs/quickstart --prompt "def main(" --max-new-tokens 40
     lmstack generate --model runs/quickstart --medusa --prompt "import os"   # speculative
+    lmstack generate --model runs/sft --prompt "2+2=" --best-of 8 --reward-model runs/rm
 
 The flags are made from the fields of `GenerationConfig`, so a new setting is a new flag with no
 other change: `top_p` is `--top-p`, a list is given as repeated values (`--stop "\\n\\n" "###"`),
@@ -11,6 +12,8 @@ other change: `top_p` is `--top-p`, a list is given as repeated values (`--stop 
 file (`--json-schema FILE`, `--grammar FILE`) or text (`--regex`, `--choices A B C`). `--medusa [DIR]`, `--draft DIR` and
 `--prompt-lookup N` decode through `Engine.speculative` (speculative.py): the same text as without
 them (greedy) or the same distribution (sampling), in fewer forward passes of the model.
+`--reward-model DIR` (cli.py hands its loader down: posttrain/reward_ranking.py) ranks the
+--best-of N samples by a reward model instead of their mean log-probability.
 """
 
 from __future__ import annotations

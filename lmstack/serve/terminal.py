@@ -11,6 +11,8 @@ the model's context the oldest exchanges are dropped (the system message is kept
 told so. Input may be piped: `printf 'Hi\\n/quit\\n' | lmstack chat --model runs/sft`.
 `--medusa [DIR]`, `--draft DIR` or `--prompt-lookup N` write each reply through the speculative
 decoder (lmstack/infer/speculative.py): the same replies, in fewer forward passes.
+`--best-of N` (or /set best_of N) answers with the best of N sampled replies, ranked by
+`--reward-model DIR` (posttrain/reward_ranking.py) or else by mean log-probability.
 """
 
 from __future__ import annotations
