@@ -117,6 +117,14 @@ def file_digest(path: str | os.PathLike) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
+def model_stamp(path: str | os.PathLike) -> list:
+    """(name, size, mtime) of a model file or of a directory's files: a teacher trained again
+    in the same place is another teacher (hashing its weights would cost a read of them)."""
+    p = Path(path)
+    files = sorted(f for f in p.iterdir() if f.is_file()) if p.is_dir() else [p]
+    return [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in files]
+
+
 # ---- the resumable answer file -----------------------------------------------------------
 
 @dataclass

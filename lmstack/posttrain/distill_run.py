@@ -54,6 +54,7 @@ from lmstack.posttrain.distill_config import DistillConfig
 from lmstack.posttrain.distill_data import (
     DATA_FILE,
     file_digest,
+    model_stamp,
     read_prompts,
     write_answers,
 )
@@ -272,7 +273,8 @@ def teacher_data(cfg: DistillConfig, teacher: torch.nn.Module, tok: Tokenizer) -
     settings = {**answer_settings(template, tok, s.max_new_tokens), "temperature": s.teacher_temperature}
     if s.samples_per_prompt > 1:
         settings.update(num_return_sequences=s.samples_per_prompt, best_of=s.samples_per_prompt)
-    key = json.loads(json.dumps({"teacher": str(resolve_model(cfg.teacher).resolve()),
+    teacher_path = resolve_model(cfg.teacher).resolve()
+    key = json.loads(json.dumps({"teacher": str(teacher_path), "weights": model_stamp(teacher_path),
                                  "data": file_digest(cfg.data), "settings": settings,
                                  "seed": cfg.seed, "chunk": s.generate_batch}))
     out = Path(cfg.out_dir) / DATA_FILE
