@@ -21,7 +21,7 @@ and per-token advantages by GAE, from the reward minus β·KL to the reference. 
    accuracy: val_accuracy, val_loss = 1 - accuracy; -val_reward for a reward model); exact `--resume`.
 
 OUT is what `lmstack sft` writes for the same method (a model directory, or an adapter); PPO
-adds value_head.safetensors (the value head, for a run continued from it).
+adds value_head.safetensors (the trained value head; `--resume` reads train_state.pt).
 """
 
 from __future__ import annotations

@@ -38,7 +38,8 @@ def add_plot_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--metrics", nargs="+", default=["loss", "val_loss"],
                    help="what to draw, one panel per unit (also val_ppl, val_bpb, lr, tokens_per_s, "
                         "mfu; preference runs: accuracy, margin, chosen_reward, rejected_reward "
-                        "and their val_ forms)")
+                        "and their val_ forms; RL runs: reward, val_reward, accuracy, "
+                        "val_accuracy, kl, clip_fraction, completion_tokens)")
 
 
 def cmd_plot(args: argparse.Namespace) -> None:

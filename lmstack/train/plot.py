@@ -35,7 +35,11 @@ LABELS = {"loss": ("loss (nats/token)", "train"), "val_loss": ("loss (nats/token
           "val_margin": ("reward margin (chosen - rejected)", "validation"),
           "chosen_reward": ("reward", "chosen"), "rejected_reward": ("reward", "rejected"),
           "val_chosen_reward": ("reward", "validation chosen"),
-          "val_rejected_reward": ("reward", "validation rejected")}
+          "val_rejected_reward": ("reward", "validation rejected"),
+          # RL runs (lmstack rl): the rollouts' mean reward beside the held-out greedy answers'
+          "reward": ("reward", "train"), "val_reward": ("reward", "validation"),
+          "kl": ("KL to the reference (nats/token)", ""), "clip_fraction": ("clip fraction", ""),
+          "completion_tokens": ("completion tokens", "")}
 
 
 def smooth(values: Sequence[float], half_width: int) -> list[float]:

@@ -65,6 +65,9 @@ def test_grpo_end_to_end(base, tmp_path):
         assert key in log[0], key
     assert log[-1]["val_loss"] == pytest.approx(1 - log[-1]["val_accuracy"])
     assert (out / "model.safetensors").exists() and (out / "train_config.json").exists()
+    png = tmp_path / "rl.png"
+    assert main(["plot", str(out), "--metrics", "reward", "val_reward", "accuracy", "kl",
+                 "--out", str(png)]) == 0 and png.stat().st_size > 0
 
 
 def test_ppo_with_a_reward_model_end_to_end(base, tmp_path, tok):

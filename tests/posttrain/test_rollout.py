@@ -8,11 +8,12 @@ import pytest
 import torch
 
 from lmstack.errors import ConfigError
-from lmstack.infer.sampling import prefill
+from lmstack.infer import Engine
+from lmstack.infer.sampling import decode, prefill
 from lmstack.models import GPT, GPTConfig
 from lmstack.models.protocol import IGNORE_INDEX
 from lmstack.posttrain.logprobs import token_logprobs
-from lmstack.posttrain.rollout import collate_rollouts, sample_rollouts
+from lmstack.posttrain.rollout import collate_rollouts, rollout_rows, sample_rollouts
 
 
 @pytest.fixture(scope="module")
@@ -84,10 +85,6 @@ def test_engine_logprobs_equal_a_teacher_forced_forward(model, tok, prompts):
     with torch.no_grad():
         logp = token_logprobs(model(r.input_ids), r.labels)   # (N, T)
     # the engine reports the raw model's log-probabilities of the drawn tokens
-    from lmstack.infer import Engine
-    from lmstack.infer.sampling import decode
-    from lmstack.posttrain.rollout import rollout_rows
-
     rows = rollout_rows(Engine(model, tok), prompts, 2, {**SETTINGS, "top_p": 1.0, "logprobs": True})
     for _ in decode(model, rows):
         pass
