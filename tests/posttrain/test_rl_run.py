@@ -49,7 +49,7 @@ def base(tmp_path_factory, tok):
 def rl(base, out, *settings: str, algo: str = "grpo", reward: str = "exact_answer",
        data: str = "problems.jsonl") -> int:
     return main(["rl", "--algo", algo, "--reward", reward, "--model", str(base / "base"),
-                 "--data", str(base / data), "--out", str(out), "--set", "threads=2",
+                 "--data", str(base / data), "--out", str(out), "--set", "threads=1",
                  "block_size=96", "rl.k=4", "rl.prompts_per_step=2", "rl.max_new_tokens=6",
                  "rl.eval_prompts=4", "eval_every=2", "log_every=1", "progress=false",
                  "schedule.lr=1e-3", *settings])
@@ -83,13 +83,15 @@ def test_ppo_with_a_reward_model_end_to_end(base, tmp_path, tok):
     assert (out / "value_head.safetensors").exists() and (out / "adapter_model.safetensors").exists()
 
 
-def test_grpo_raises_the_reward_of_a_toy_task(base, tmp_path):
+@pytest.mark.parametrize("algo", ["grpo", "ppo"])
+def test_rl_raises_the_reward_of_a_toy_task(base, tmp_path, algo):
     """A verifiable toy task: the one-token reply must begin with whitespace (about a third of
-    the untrained model's samples do). Ten GRPO steps make it nearly always so."""
+    the untrained model's samples do). Ten steps of GRPO, or of PPO with one step per rollout
+    batch, make it nearly always so."""
     out = tmp_path / "toy"
     assert rl(base, out, "steps=10", "eval_every=0", "rl.k=8", "rl.prompts_per_step=4",
-              "rl.max_new_tokens=1", r"rl.pattern=\s.*", "schedule.lr=3e-2", reward="regex",
-              data="toy.jsonl") == 0
+              "rl.max_new_tokens=1", "rl.epochs=1", r"rl.pattern=\s.*", "schedule.lr=3e-2",
+              algo=algo, reward="regex", data="toy.jsonl") == 0
     rewards = [r["reward"] for r in read_log(out)]
     assert sum(rewards[-3:]) / 3 > sum(rewards[:3]) / 3 + 0.4, rewards
 
