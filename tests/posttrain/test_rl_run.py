@@ -13,6 +13,7 @@ import torch
 
 from lmstack.cli import main
 from lmstack.data.word_problems import word_problems
+from lmstack.errors import ConfigError
 from lmstack.models import GPT, GPTConfig
 from lmstack.models.directory import load_tokenizer, model_chat_template, save_model
 from lmstack.models.protocol import IGNORE_INDEX
@@ -23,7 +24,7 @@ from lmstack.posttrain.rl_data import PromptLoader, check_prompt_record, tokeniz
 from lmstack.posttrain.rl_loader import RolloutLoader, RolloutMaker
 from lmstack.posttrain.rl_math import clip_fraction, grpo_loss
 from lmstack.posttrain.rl_objective import RLStats, policy_logprobs
-from lmstack.posttrain.rl_reward import function_scorer
+from lmstack.posttrain.rl_reward import function_scorer, load_scorer
 from lmstack.train.checkpoint import STATE, read_log
 from lmstack.train.config import apply_overrides
 
@@ -220,3 +221,20 @@ def test_a_reward_model_of_another_vocabulary_is_refused(base, tmp_path, tok, ca
     assert rl(base, out, "steps=1", reward=str(rm)) == 2
     err = capsys.readouterr().err
     assert "another vocabulary" in err and not out.exists(), err
+
+
+def test_python_rewards_take_their_options_from_the_rl_table(tmp_path, tok):
+    schema = tmp_path / "schema.json"
+    schema.write_text(json.dumps({"type": "object", "required": ["name"]}))
+    policy = GPT(GPTConfig(vocab_size=tok.vocab_size, **TINY))
+    cases = [("json_schema", [f"rl.schema={schema}"], ['{"name": 1}', '{"age": 1}', "nope"], [1, 0, 0]),
+             ("json_schema", [], ['{"a": 1}', '{"b": 1}', "nope"], [1, 0, 0]),  # each record's schema
+             ("regex", [r"rl.pattern=\d+"], ["42", "4 2", ""], [1, 0, 0])]
+    record = {"messages": [], "schema": {"type": "object", "required": ["a"]}}
+    for reward, settings, texts, want in cases:
+        cfg = apply_overrides(RLConfig(), [f"reward={reward}", *settings]).check()
+        scorer = load_scorer(cfg, policy, tok)
+        got, valid = scorer.score([record] * 3, [[]] * 3, texts, rewards.RewardReport())
+        assert got.tolist() == want and valid.all() and scorer.binary, (reward, settings)
+    with pytest.raises(ConfigError, match="rl.pattern"):
+        apply_overrides(RLConfig(), ["reward=regex"]).check()
