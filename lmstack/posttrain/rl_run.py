@@ -29,7 +29,6 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-import torch
 from safetensors.torch import save_file
 from torch import nn
 
@@ -52,10 +51,8 @@ from lmstack.posttrain.rl_reward import load_scorer
 from lmstack.posttrain.sft_run import (
     answer_settings,
     apply_method,
-    check_context,
-    check_paths,
     hold_out,
-    load_base,
+    posttrain_run,
     sampler,
     write_summary,
 )
@@ -70,16 +67,10 @@ ADAPTERS_OFF = ("lora", "qlora")  # methods whose policy, adapters off, is its o
 
 def rl(cfg: RLConfig) -> TrainResult:
     """Run (or resume) the RL fine-tuning cfg describes; returns the final metrics."""
-    cfg.check()
-    check_paths(cfg)
     if cfg.reward_model and Path(cfg.out_dir).resolve() == Path(cfg.reward).resolve():
         raise ConfigError(f"out_dir {cfg.out_dir} is the reward model's directory; training "
                           "would overwrite it. Give another --out")
-    d = distributed.setup(cfg.device)
-    try:
-        return _rl(cfg, d)
-    finally:
-        distributed.teardown(d)
+    return posttrain_run(cfg, _rl)
 
 
 def load_prompts(cfg: RLConfig, tok: Tokenizer) -> tuple[list[RLPrompt], list[RLPrompt], str]:
@@ -129,12 +120,7 @@ def rollout_settings(cfg: RLConfig, tok: Tokenizer) -> tuple[dict, dict]:
     return {**greedy, "temperature": cfg.rl.temperature, "top_p": cfg.rl.top_p}, greedy
 
 
-def _rl(cfg: RLConfig, d: distributed.Dist) -> TrainResult:
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed)
-    base, tok = load_base(cfg)
-    check_context(base, cfg)
+def _rl(cfg: RLConfig, d: distributed.Dist, base: nn.Module, tok: Tokenizer) -> TrainResult:
     train, held, dropped = load_prompts(cfg, tok)
     if len(train) < cfg.rl.prompts_per_step * d.world_size:
         raise ConfigError(f"{len(train)} training prompts are fewer than one step's "
