@@ -51,8 +51,8 @@ RUNS: dict[str, PosttrainCommand] = {
         "lmstack.posttrain.rl_config:RLConfig", "lmstack.posttrain.rl_run:rl",
         'JSONL prompts: {"prompt": ... or "messages": [...], "answer": ...} (what the reward '
         "checks), one per line",
-        flags=(("--algo", "algo", "grpo (group-relative, verifiable rewards) or ppo (value head, "
-                "reward model)"),
+        flags=(("--algo", "algo", "grpo (group-relative advantages of k samples a prompt) or "
+                "ppo (a value head and GAE)"),
                ("--reward", "reward", "the reward: exact_answer, json_schema, regex, or a reward "
                 "model directory (`lmstack reward`'s --out)")),
         then="lmstack.posttrain.sft_run:next_step"),
