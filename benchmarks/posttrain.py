@@ -187,15 +187,91 @@ def stage_pairs(out: Path, sft: Path, train_records: list[dict], args) -> Path:
     return path
 
 
+ALL_LINEAR = "['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj']"
+LORA = ["peft.method=lora", "peft.r=16", "peft.alpha=32", f"peft.target_modules={ALL_LINEAR}"]
+
+
+def common(args, steps: int, lr: float) -> list[str]:
+    """The --set overrides every post-training stage shares."""
+    return [f"steps={steps}", f"schedule.lr={lr}", f"schedule.min_lr={lr / 10}",
+            "schedule.warmup_steps=0", "precision=bf16", "progress=false", "log_every=1",
+            "optim.grad_clip=1.0", *LORA]
+
+
+def stage_dpo(out: Path, sft: Path, pairs: Path, args) -> Path:
+    """DPO (beta 0.1) on the SFT model's own pairs, LoRA over it: the reference is the SFT
+    model itself (the adapters switched off)."""
+    dpo = out / "dpo"
+    if not (dpo / "adapter_model.safetensors").exists():
+        lmstack("dpo", "--model", str(sft), "--data", str(pairs), "--out", str(dpo), "--threads",
+                str(args.threads), "--set", *common(args, args.dpo_steps, args.dpo_lr),
+                "batch_size=8", "block_size=128", "dpo.beta=0.1", f"eval_every={args.dpo_steps}",
+                f"save_every={args.dpo_steps}")
+    return dpo
+
+
+def rl_settings(args) -> list[str]:
+    """The rollout settings GRPO and PPO share: k samples of 8 prompts a step, short answers."""
+    return [f"rl.k={args.k}", f"rl.prompts_per_step={args.rl_prompts}", "rl.max_new_tokens=8",
+            f"rl.temperature={args.temperature}", "rl.eval_prompts=64", "block_size=128",
+            f"eval_every={args.rl_steps // 2}", f"save_every={max(args.rl_steps // 4, 1)}"]
+
+
+def stage_grpo(out: Path, sft: Path, train: Path, args) -> Path:
+    """GRPO with the exact-answer reward, LoRA over the SFT model, beta 0 (no KL term)."""
+    grpo = out / "grpo"
+    if not (grpo / "adapter_model.safetensors").exists():
+        lmstack("rl", "--algo", "grpo", "--reward", "exact_answer", "--model", str(sft),
+                "--data", str(train), "--out", str(grpo), "--threads", str(args.threads),
+                "--resume", "--set", *common(args, args.rl_steps, args.rl_lr), *rl_settings(args))
+    return grpo
+
+
+def stage_reward(out: Path, sft: Path, pairs: Path, args) -> Path:
+    """A reward model (LoRA over the SFT model, merged into its directory) on the pairs."""
+    rm = out / "reward"
+    if not (rm / "reward_head.safetensors").exists():
+        lmstack("reward", "--model", str(sft), "--data", str(pairs), "--out", str(rm), "--threads",
+                str(args.threads), "--set", *common(args, args.dpo_steps, 1e-4), "batch_size=8",
+                "block_size=128", f"eval_every={args.dpo_steps}", f"save_every={args.dpo_steps}")
+    return rm
+
+
+def stage_ppo(out: Path, sft: Path, train: Path, rm: Path, args) -> Path:
+    """PPO against the reward model minus a KL penalty to the SFT model, LoRA over it."""
+    ppo = out / "ppo"
+    if not (ppo / "adapter_model.safetensors").exists():
+        lmstack("rl", "--algo", "ppo", "--reward", str(rm), "--model", str(sft), "--data",
+                str(train), "--out", str(ppo), "--threads", str(args.threads), "--resume", "--set",
+                *common(args, args.rl_steps, args.rl_lr), *rl_settings(args), "rl.k=1",
+                f"rl.prompts_per_step={args.rl_prompts * args.k}")
+    return ppo
+
+
+def tuned(sft_model, adapter: Path):
+    """The SFT model with a stage's LoRA adapter merged into a copy."""
+    import copy
+
+    from lmstack.posttrain.peft.multi_lora import inference_adapter
+
+    return inference_adapter(adapter)(copy.deepcopy(sft_model))
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=Path("runs/bench-posttrain"))
-    p.add_argument("--stages", nargs="+", default=["sft", "pairs", "score"])
-    p.add_argument("--models", nargs="+", default=["base", "sft"], help="what the score stage scores")
+    p.add_argument("--stages", nargs="+", default=["sft", "pairs", "dpo", "grpo", "reward", "ppo", "score"])
+    p.add_argument("--models", nargs="+", default=["base", "sft", "dpo", "grpo", "ppo"],
+                   help="what the score stage scores")
     p.add_argument("--train", type=int, default=2000)
     p.add_argument("--test", type=int, default=200)
     p.add_argument("--pair-prompts", type=int, default=1000)
     p.add_argument("--sft-steps", type=int, default=400)
+    p.add_argument("--dpo-steps", type=int, default=100)
+    p.add_argument("--dpo-lr", type=float, default=5e-5)
+    p.add_argument("--rl-steps", type=int, default=60)
+    p.add_argument("--rl-lr", type=float, default=3e-5)
+    p.add_argument("--rl-prompts", type=int, default=8, help="prompts per RL step (x k samples)")
     p.add_argument("--k", type=int, default=8)
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--threads", type=int, default=2)
@@ -207,11 +283,19 @@ def main(argv: list[str] | None = None) -> None:
     train = write_jsonl(args.out / "train.jsonl", train_records)
     test = word_problems(args.test, "test", args.seed)
     sft = stage_sft(args.out, train, args) if "sft" in args.stages else args.out / "sft"
-    if "pairs" in args.stages:
-        stage_pairs(args.out, sft, train_records, args)
+    pairs = stage_pairs(args.out, sft, train_records, args) if "pairs" in args.stages else args.out / "pairs.jsonl"
+    stages = {"dpo": lambda: stage_dpo(args.out, sft, pairs, args),
+              "grpo": lambda: stage_grpo(args.out, sft, train, args),
+              "reward": lambda: stage_reward(args.out, sft, pairs, args),
+              "ppo": lambda: stage_ppo(args.out, sft, train, args.out / "reward", args)}
+    for name, run in stages.items():
+        if name in args.stages:
+            run()
     if "score" in args.stages:
         sft_model = load_model(sft)
-        models = {"base": lambda: load_model(BASE), "sft": lambda: sft_model}
+        models = {"base": lambda: load_model(BASE), "sft": lambda: sft_model,
+                  **{name: (lambda name=name: tuned(sft_model, args.out / name))
+                     for name in ("dpo", "grpo", "ppo")}}
         rows = [score(name, models[name](), sft_model, test, args) for name in args.models]
         stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
         print(f"\n{cpu_model()} x{os.cpu_count()}, torch {torch.__version__}, {args.threads} threads, {stamp}")
