@@ -39,25 +39,34 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
-import prometheus_client
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lmstack.errors import LMStackError
 from lmstack.infer.sampling import context_length
 from lmstack.serve import protocol as P
-from lmstack.serve.best_of import check_samples, prompt_texts, rank_reply, ranking_config, ranks
-from lmstack.serve.model_names import UnknownModel, model_list, served_models, variant_of
+from lmstack.serve.best_of import (
+    check_samples,
+    prompt_texts,
+    rank_reply,
+    ranking_config,
+    ranks,
+)
+from lmstack.serve.metrics import Metrics
+from lmstack.serve.model_names import (
+    UnknownModel,
+    model_list,
+    served_models,
+    variant_of,
+)
 from lmstack.serve.reply import Reply, sse
 from lmstack.serve.scheduler import Event, QueueFull, Scheduler
+from lmstack.serve.security import BodyLimit, key_matches
 from lmstack.serve.tools import ToolPlan, offer
 from lmstack.tokenizer.chat_template import ChatTemplate, field_error, validate_messages
-from lmstack.serve.security import BodyLimit, key_matches
 
 log = logging.getLogger("lmstack.serve")
 STATIC = Path(__file__).parent / "static"
-prometheus_client.disable_created_metrics()  # the *_created series only add noise to every scrape
 OPEN_PATHS = {"/", "/health", "/favicon.ico"}  # no key needed (the page asks for one itself)
 
 
@@ -86,47 +95,6 @@ class APIError(Exception):
 
     def response(self) -> JSONResponse:
         return JSONResponse(P.error_body(self.message, self.type, self.param, self.code), self.status)
-
-
-class Metrics:
-    """Prometheus counters, gauges and histograms of one server (its own registry)."""
-
-    def __init__(self, scheduler: Scheduler) -> None:
-        self.registry = r = CollectorRegistry()
-        self.requests = Counter("lmstack_requests", "HTTP requests by route and status", ["route", "status"], registry=r)
-        self.prompt_tokens = Counter("lmstack_prompt_tokens", "prompt tokens processed", registry=r)
-        self.generation_tokens = Counter("lmstack_generation_tokens", "tokens generated", registry=r)
-        self.ttft = Histogram("lmstack_time_to_first_token_seconds", "from request to first token", registry=r,
-                              buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
-        self.latency = Histogram("lmstack_request_latency_seconds", "from request to last token", ["route"],
-                                 registry=r, buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120))
-        Gauge("lmstack_queue_depth", "requests waiting for a batch row", registry=r).set_function(
-            lambda: scheduler.stats()["waiting"])
-        Gauge("lmstack_running_rows", "rows in the running batch", registry=r).set_function(
-            lambda: scheduler.stats()["running"])
-        Gauge("lmstack_decode_steps", "decode steps taken", registry=r).set_function(lambda: scheduler.steps)
-        if scheduler.speculative is not None:
-            r.register(SpeculationCounts(scheduler))
-        store = scheduler.engine.prefix_cache
-        if store is not None:
-            Gauge("lmstack_prefix_cache_hit_tokens", "prompt tokens served from the prefix cache",
-                  registry=r).set_function(lambda: store.stats()["hit_tokens"])
-            Gauge("lmstack_prefix_cache_bytes", "bytes of keys/values in the prefix cache",
-                  registry=r).set_function(lambda: store.stats()["bytes"])
-
-
-class SpeculationCounts:
-    """Prometheus counters read from the scheduler at each scrape: draft tokens verified and
-    kept (accepted / proposed is the acceptance rate)."""
-
-    def __init__(self, scheduler: Scheduler) -> None:
-        self.scheduler = scheduler
-
-    def collect(self):
-        yield CounterMetricFamily("lmstack_speculative_proposed_tokens",
-                                  "draft tokens the model verified", value=self.scheduler.proposed)
-        yield CounterMetricFamily("lmstack_speculative_accepted_tokens",
-                                  "draft tokens accepted (kept in the output)", value=self.scheduler.accepted)
 
 
 @dataclass
