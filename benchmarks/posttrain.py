@@ -63,7 +63,7 @@ BASE = "smollm2"
 class Scorer:
     """Greedy and sampled answers of one model to records' questions, scored by exact match."""
 
-    def __init__(self, model: torch.nn.Module, base: str, max_new_tokens: int = 8) -> None:
+    def __init__(self, model: torch.nn.Module, base: str | Path, max_new_tokens: int = 8) -> None:
         self.model, self.tok, self.template = model.eval(), load_tokenizer(base), model_chat_template(base)
         self.engine = Engine(model, self.tok, eos_ids=model_eos_ids(base))
         self.settings = answer_settings(self.template, self.tok, max_new_tokens)
@@ -248,6 +248,81 @@ def stage_ppo(out: Path, sft: Path, train: Path, rm: Path, args) -> Path:
     return ppo
 
 
+# ---- distillation: a student 4x smaller than the SFT model, four ways ------------------------
+
+STUDENT = {"n_layer": 8, "n_embd": 384, "n_head": 6, "n_kv_head": 2, "intermediate_size": 1024,
+           "block_size": 512}  # 31.5M parameters (18.9M of them the tied embedding): 4.3x fewer
+
+
+def make_student(out: Path, teacher: Path, seed: int) -> Path:
+    """A randomly initialized student in the teacher's architecture family, smaller, with the
+    teacher's tokenizer and chat template (KD and GKD compare distributions token by token)."""
+    from lmstack.models.directory import save_companions, save_model
+    from lmstack.models.gpt import GPT, GPTConfig
+
+    student = out / "student-init"
+    if not (student / "model.safetensors").exists():
+        torch.manual_seed(seed)
+        config = GPTConfig.from_dict({**json.loads((teacher / "config.json").read_text()), **STUDENT})
+        save_model(student, GPT(config))
+        save_companions(teacher, student)
+    return student
+
+
+def stage_distill(out: Path, teacher: Path, train: Path, args) -> dict[str, Path]:
+    """The student trained the same steps four ways: on the data alone (from scratch), on the
+    teacher's own answers (data), on its token distributions (kd), on the student's samples
+    scored by the teacher (gkd)."""
+    student = make_student(out, teacher, args.seed)
+    shared = [f"steps={args.distill_steps}", f"schedule.lr={args.distill_lr}",
+              f"schedule.min_lr={args.distill_lr / 10}", "schedule.warmup_steps=20", "batch_size=8",
+              "block_size=128", "precision=bf16", "progress=false", "optim.grad_clip=1.0",
+              f"eval_every={args.distill_steps}", f"save_every={args.distill_steps}"]
+    teach = ["--teacher", str(teacher)]
+    runs = {"scratch": (["sft"], []),  # (command, its own settings)
+            "data": (["distill", "--mode", "data", *teach], []),
+            "kd": (["distill", "--mode", "kd", *teach], []),
+            "gkd": (["distill", "--mode", "gkd", *teach], ["distill.max_new_tokens=8"])}
+    dirs = {}
+    for name, (command, own) in runs.items():
+        dirs[name] = d = out / f"student-{name}"
+        if not (d / "model.safetensors").exists():
+            lmstack(*command, "--model", str(student), "--data", str(train), "--out", str(d),
+                    "--threads", str(args.threads), "--resume", "--set", *shared, *own)
+    return dirs
+
+
+@torch.no_grad()
+def answer_perplexity(model: torch.nn.Module, base: Path, records: list[dict]) -> float:
+    """Perplexity of the records' answers (the assistant's tokens, end of turn included)."""
+    import math
+
+    from lmstack.posttrain.sft import sft_loss
+    from lmstack.posttrain.sft_data import collate, pack
+
+    tok, template = load_tokenizer(base), model_chat_template(base)
+    examples = [tokenize_record(r, tok, template) for r in records]
+    nats, count = 0.0, 0
+    for i in range(0, len(examples), 25):
+        rows = [row for e in examples[i:i + 25] for row in pack([e], 128)]
+        loss, n = sft_loss(model.eval(), collate(rows, 128))
+        nats, count = nats + float(loss), count + n
+    return math.exp(nats / count)
+
+
+def score_students(dirs: dict[str, Path], records: list[dict]) -> list[dict]:
+    """Each student's held-out greedy exact match and answer perplexity."""
+    rows = []
+    for name, d in dirs.items():
+        model = load_model(d)
+        replies = Scorer(model, str(d)).greedy(records)
+        rows.append({"student": name,
+                     "greedy": 100 * sum(exact_match(t, r) for t, r in zip(replies, records)) / len(records),
+                     "answer_ppl": answer_perplexity(model, d, records)})
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
 def tuned(sft_model, adapter: Path):
     """The SFT model with a stage's LoRA adapter merged into a copy."""
     import copy
@@ -260,7 +335,7 @@ def tuned(sft_model, adapter: Path):
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=Path("runs/bench-posttrain"))
-    p.add_argument("--stages", nargs="+", default=["sft", "pairs", "dpo", "grpo", "reward", "ppo", "score"])
+    p.add_argument("--stages", nargs="+", default=["sft", "pairs", "dpo", "grpo", "reward", "ppo", "score", "distill"])
     p.add_argument("--models", nargs="+", default=["base", "sft", "dpo", "grpo", "ppo"],
                    help="what the score stage scores")
     p.add_argument("--train", type=int, default=2000)
@@ -272,6 +347,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rl-steps", type=int, default=60)
     p.add_argument("--rl-lr", type=float, default=3e-5)
     p.add_argument("--rl-prompts", type=int, default=8, help="prompts per RL step (x k samples)")
+    p.add_argument("--distill-steps", type=int, default=300)
+    p.add_argument("--distill-lr", type=float, default=1e-3)
     p.add_argument("--k", type=int, default=8)
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--threads", type=int, default=2)
@@ -291,6 +368,14 @@ def main(argv: list[str] | None = None) -> None:
     for name, run in stages.items():
         if name in args.stages:
             run()
+    if "distill" in args.stages:
+        students = stage_distill(args.out, sft, train, args)
+        rows = score_students(students, test)
+        print(f"\n| student ({sum(p.numel() for p in load_model(students['scratch']).parameters()) / 1e6:.1f}M "
+              "parameters) | greedy % | answer perplexity |")
+        print("|---|---|---|")
+        for r in rows:
+            print(f"| {r['student']} | {r['greedy']:.1f} | {r['answer_ppl']:.3f} |")
     if "score" in args.stages:
         sft_model = load_model(sft)
         models = {"base": lambda: load_model(BASE), "sft": lambda: sft_model,
