@@ -1,8 +1,11 @@
-"""Causal multi-head self-attention, with grouped-query heads, QK-norm and a KV cache.
+"""Multi-head self-attention, causal or bidirectional, with grouped-query heads, QK-norm and a
+KV cache.
 
 Each token's vector is projected to queries, keys and values (`q_proj`, `k_proj`, `v_proj`);
 each head computes softmax(Q·Kᵀ/√d + bias)·V over the tokens up to itself; the heads are
 concatenated and projected back (`o_proj`) — Vaswani et al. 2017, "Attention Is All You Need".
+`causal=False` (the encoder, encoder.py; BERT, Devlin et al. 2019) lets every query see every
+key: then `bias` None means no mask at all, and a padding mask arrives as a (B, 1, 1, S) bias.
 
 - Grouped-query attention (Ainslie et al. 2023): n_kv_head key/value heads, each shared by
   n_head / n_kv_head query heads. n_kv_head == n_head is ordinary multi-head attention;
@@ -20,10 +23,10 @@ memory-efficient), and "manual", the formula written out — read this one to le
 
 `bias` is an additive (T, S), (H, T, S) or (B, H, T, S) tensor holding 0 where a query may
 look and -inf where it may not (the future and, with a sliding window, keys more than
-`sliding_window - 1` positions back), plus ALiBi's penalties; None means "plain causal" with the
-last query at the last key: either queries are the keys (sdpa's `is_causal` fast path) or a
-single query (a decode step) that sees every key. Rows of different lengths in a KV cache get a
-(B, 1, T, S) mask that hides each row's unused slots.
+`sliding_window - 1` positions back), plus ALiBi's penalties; None means (in a causal layer)
+"plain causal" with the last query at the last key: either queries are the keys (sdpa's
+`is_causal` fast path) or a single query (a decode step) that sees every key. Rows of different
+lengths in a KV cache get a (B, 1, T, S) mask that hides each row's unused slots.
 
 Run the tests: `pytest tests/models/test_gpt.py -k attention`.
 """
@@ -63,26 +66,26 @@ def causal_bias(q_pos: torch.Tensor, k_pos: torch.Tensor, dtype: torch.dtype = t
 
 
 def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None,
-                   dropout_p: float) -> torch.Tensor:
+                   dropout_p: float, causal: bool = True) -> torch.Tensor:
     """softmax(QKᵀ/√d + bias)V by PyTorch's fused kernel; K/V may have fewer heads than Q."""
     return F.scaled_dot_product_attention(
         # is_causal aligns the mask top-left, right only for T == S; a lone query sees all keys.
-        q, k, v, attn_mask=bias, dropout_p=dropout_p, is_causal=bias is None and q.size(2) > 1,
+        q, k, v, attn_mask=bias, dropout_p=dropout_p, is_causal=causal and bias is None and q.size(2) > 1,
         enable_gqa=k.size(1) != q.size(1),
     )
 
 
 def manual_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None,
-                     dropout_p: float) -> torch.Tensor:
+                     dropout_p: float, causal: bool = True) -> torch.Tensor:
     """softmax(QKᵀ/√d + bias)V written out; K/V heads are repeated to match the query heads."""
     group = q.size(1) // k.size(1)
     k = k.repeat_interleave(group, dim=1)  # query head h reads K/V head h // group
     v = v.repeat_interleave(group, dim=1)
     scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))  # (B, H, T, S)
-    if bias is None:
+    if bias is None and causal:
         T, S = q.size(2), k.size(2)  # the last query sits at the last key
         bias = causal_bias(torch.arange(S - T, S, device=q.device), torch.arange(S, device=q.device), q.dtype)
-    weights = F.softmax(scores + bias, dim=-1)
+    weights = F.softmax(scores if bias is None else scores + bias, dim=-1)
     weights = F.dropout(weights, p=dropout_p, training=dropout_p > 0)
     return weights @ v
 
@@ -91,11 +94,13 @@ ATTENTION = {"sdpa": sdpa_attention, "manual": manual_attention}
 
 
 class CausalSelfAttention(nn.Module):
-    """One layer's attention: project, normalize (optional), rotate (RoPE), cache, attend, project."""
+    """One layer's attention: project, normalize (optional), rotate (RoPE), cache, attend, project.
+    `causal=False`: bidirectional (an encoder's), every query sees every key `bias` allows."""
 
-    def __init__(self, config: Any, layer_idx: int) -> None:
+    def __init__(self, config: Any, layer_idx: int, causal: bool = True) -> None:
         super().__init__()
         self.layer_idx = layer_idx  # which slot of the KV cache is ours
+        self.causal = causal
         self.n_head = config.n_head
         self.n_kv_head = config.n_kv_head or config.n_head
         self.head_dim = config.n_embd // config.n_head
@@ -113,6 +118,9 @@ class CausalSelfAttention(nn.Module):
         self.attend = ATTENTION[config.attn_impl]
         self.dropout = config.dropout
         self.resid_dropout = nn.Dropout(config.dropout)
+
+    def extra_repr(self) -> str:
+        return f"{'causal' if self.causal else 'bidirectional'}, {self.attend.__name__}"
 
     def forward(
         self,
@@ -137,6 +145,6 @@ class CausalSelfAttention(nn.Module):
             q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
         if cache is not None:
             k, v = cache.update(self.layer_idx, k, v)  # now all positions 0..length+T-1
-        y = self.attend(q, k, v, bias, self.dropout if self.training else 0.0)
+        y = self.attend(q, k, v, bias, self.dropout if self.training else 0.0, self.causal)
         y = y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim)
         return self.resid_dropout(self.o_proj(y))

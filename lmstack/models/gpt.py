@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -51,7 +52,7 @@ from lmstack.models.config import ModelConfig, require, require_choice
 from lmstack.models.kv_cache import KVCache
 from lmstack.models.mlp import MLPS, default_hidden
 from lmstack.models.norms import NORMS
-from lmstack.models.positions import POSITIONS
+from lmstack.models.positions import POSITIONS, check_rope_scaling
 from lmstack.models.protocol import check_idx, last_positions
 
 
@@ -98,34 +99,38 @@ class GPTConfig(ModelConfig):
         return self.intermediate_size or default_hidden(self.mlp, self.n_embd)
 
     def validate(self) -> None:
-        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
-            value = getattr(self, name)
-            require(value >= 1, f"{name} must be at least 1, got {value}")
-        require(self.n_embd % self.n_head == 0,
-                f"n_embd {self.n_embd} is not divisible by n_head {self.n_head}; "
-                "choose n_embd as a multiple of n_head")
-        kv = self.n_kv_head if self.n_kv_head is not None else self.n_head
-        require(1 <= kv <= self.n_head and self.n_head % kv == 0,
-                f"n_kv_head {kv} must divide n_head {self.n_head}; choose a divisor of n_head "
-                "(1 = multi-query, n_head = multi-head attention)")
-        require_choice("position", self.position, POSITIONS)
-        require_choice("norm", self.norm, NORMS)
-        require_choice("mlp", self.mlp, MLPS)
-        require_choice("attn_impl", self.attn_impl, ATTENTION)
-        require(self.position != "rope" or self.head_dim % 2 == 0,
-                f"RoPE rotates feature pairs, so head_dim (n_embd / n_head = {self.head_dim}) must be even")
-        require(self.intermediate_size is None or self.intermediate_size >= 1,
-                f"intermediate_size must be at least 1 or null, got {self.intermediate_size}")
-        require(0.0 <= self.dropout < 1.0, f"dropout {self.dropout} must be in [0, 1)")
+        check_transformer_fields(self)
         require(self.sliding_window is None or self.sliding_window >= 1,
                 f"sliding_window must be at least 1 or null (full attention), got {self.sliding_window}")
-        if self.rope_scaling is not None:
-            from lmstack.models.positions import check_rope_scaling
 
-            check_rope_scaling(self.rope_scaling)
-        for name in ("rope_theta", "norm_eps", "init_std"):
-            value = getattr(self, name)
-            require(value > 0, f"{name} must be positive, got {value}")
+
+def check_transformer_fields(c: GPTConfig | Any) -> None:
+    """The checks of the fields every transformer config shares with GPTConfig (sizes, heads,
+    registry names, RoPE, dropout...): GPTConfig's and the encoder's (encoder.py) `validate`."""
+    for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
+        value = getattr(c, name)
+        require(value >= 1, f"{name} must be at least 1, got {value}")
+    require(c.n_embd % c.n_head == 0,
+            f"n_embd {c.n_embd} is not divisible by n_head {c.n_head}; "
+            "choose n_embd as a multiple of n_head")
+    kv = c.n_kv_head if c.n_kv_head is not None else c.n_head
+    require(1 <= kv <= c.n_head and c.n_head % kv == 0,
+            f"n_kv_head {kv} must divide n_head {c.n_head}; choose a divisor of n_head "
+            "(1 = multi-query, n_head = multi-head attention)")
+    require_choice("position", c.position, POSITIONS)
+    require_choice("norm", c.norm, NORMS)
+    require_choice("mlp", c.mlp, MLPS)
+    require_choice("attn_impl", c.attn_impl, ATTENTION)
+    require(c.position != "rope" or c.head_dim % 2 == 0,
+            f"RoPE rotates feature pairs, so head_dim (n_embd / n_head = {c.head_dim}) must be even")
+    require(c.intermediate_size is None or c.intermediate_size >= 1,
+            f"intermediate_size must be at least 1 or null, got {c.intermediate_size}")
+    require(0.0 <= c.dropout < 1.0, f"dropout {c.dropout} must be in [0, 1)")
+    if c.rope_scaling is not None:
+        check_rope_scaling(c.rope_scaling)
+    for name in ("rope_theta", "norm_eps", "init_std"):
+        value = getattr(c, name)
+        require(value > 0, f"{name} must be positive, got {value}")
 
 
 class Block(nn.Module):

@@ -15,6 +15,8 @@ Attention by itself is blind to order, so each scheme injects position at one pl
   low_freq_factor), keeps the high ones, and blends in between.
 - "alibi" (Press et al. 2022, "Train Short, Test Long"): no embedding; each head adds
   -slope·(query position - key position) to its attention scores, slopes a geometric series.
+  An encoder (no causal mask) asks with `causal=False` and gets -slope·|distance|, the
+  symmetric form, so keys ahead are penalized like keys behind.
 - "none" (NoPE; Haviv et al. 2022): the causal mask alone leaks enough order to learn from.
 
 Every scheme is a `Positions` module with three hooks, each a no-op by default, so the model
@@ -86,8 +88,9 @@ class Positions(nn.Module):
         """cos, sin tables for rotating q and k at these positions, or None."""
         return None
 
-    def attn_bias(self, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor | None:
-        """Additive attention-score bias (H, T, S) for queries at q_pos and keys at k_pos, or None."""
+    def attn_bias(self, q_pos: torch.Tensor, k_pos: torch.Tensor, causal: bool = True) -> torch.Tensor | None:
+        """Additive attention-score bias (H, T, S) for queries at q_pos and keys at k_pos, or None;
+        `causal=False` for attention that also sees keys ahead of the query (an encoder)."""
         return None
 
 
@@ -170,8 +173,10 @@ class ALiBiPositions(Positions):
         slopes = torch.tensor(alibi_slopes(config.n_head), dtype=torch.float32)
         self.register_buffer("slopes", slopes, persistent=False)
 
-    def attn_bias(self, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
+    def attn_bias(self, q_pos: torch.Tensor, k_pos: torch.Tensor, causal: bool = True) -> torch.Tensor:
         distance = (q_pos[..., :, None] - k_pos[..., None, :]).float()  # (..., T, S)
+        if not causal:
+            distance = distance.abs()  # keys ahead are as far as keys behind
         # (H, T, S), or (B, H, T, S) for per-row positions (B, T).
         return -self.slopes[:, None, None] * distance.unsqueeze(-3)
 
