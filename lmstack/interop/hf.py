@@ -1,5 +1,6 @@
-"""Run and export Hugging Face checkpoints: import a local HF directory into our GPT, export any
-lmstack GPT of a supported family back to one, and `lmstack convert` between the two.
+"""Run and export Hugging Face checkpoints: import a local HF directory into our GPT (or, for
+BERT, our Encoder: bert.py), export any lmstack GPT of a supported family (or BERT-shaped
+encoder) back to one, and `lmstack convert` between the two.
 
     lmstack convert --src ~/models/SmolLM-135M --dst runs/smol --to lmstack
     lmstack convert --src runs/quickstart --dst runs/quickstart-hf --to hf
@@ -16,7 +17,6 @@ Run the tests: `pytest tests/interop`.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path
@@ -26,39 +26,34 @@ from safetensors.torch import save_file
 
 from lmstack.atomic import atomic_open, atomic_write_json
 from lmstack.errors import ConfigError
+from lmstack.interop.bert import convert_bert, is_bert_config, is_encoder_dir, load_bert
 from lmstack.interop.config import config_from_hf, config_to_hf, hf_family, hf_model_type
-from lmstack.interop.weights import assign_weights, from_lmstack, hf_tensors, to_lmstack
+from lmstack.interop.weights import assign_weights, from_lmstack, hf_tensors, read_json, to_lmstack
 from lmstack.models.directory import ModelFormat
+from lmstack.models.encoder import Encoder
 from lmstack.models.gpt import GPT
 from lmstack.models.positions import POSITIONS
 
 EXTRA_FILES = ("generation_config.json", "tokenizer_config.json", "special_tokens_map.json")
 
 
-def read_json(path: Path) -> dict:
-    """A JSON object from a file, with errors naming the file."""
-    try:
-        d = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{path} does not exist; a model directory needs it") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ConfigError(f"{path} is not valid JSON ({e}); the file is corrupt") from None
-    if not isinstance(d, dict):
-        raise ConfigError(f"{path} holds a JSON {type(d).__name__}, not an object")
-    return d
-
-
 def is_hf_dir(directory: str | os.PathLike) -> bool:
     """Whether a directory's config.json is a Hugging Face config of a family we import."""
     path = Path(directory) / "config.json"
-    return path.exists() and hf_model_type(read_json(path)) is not None
+    if not path.exists():
+        return False
+    config = read_json(path)
+    return hf_model_type(config) is not None or is_bert_config(config)
 
 
 def load_hf_model(directory: str | os.PathLike, dtype: torch.dtype = torch.float32,
-                  device: str | torch.device = "cpu") -> GPT:
-    """Our GPT with the weights of a local HF checkpoint, streamed tensor by tensor."""
+                  device: str | torch.device = "cpu") -> GPT | Encoder:
+    """Our model with the weights of a local HF checkpoint, streamed tensor by tensor: a GPT, or
+    an Encoder for BERT (bert.py)."""
     d = Path(directory)
     hf_config = read_json(d / "config.json")
+    if is_bert_config(hf_config):
+        return load_bert(d, hf_config, dtype, device)
     cfg = config_from_hf(hf_config, source=str(d / "config.json"))
     family = "gpt2" if hf_config["model_type"] == "gpt2" else "llama"
     with torch.device("meta"):
@@ -146,12 +141,14 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, to: str) -> Path:
     src, dst = Path(src), Path(dst)
     if src.resolve() == dst.resolve():
         raise ConfigError("--src and --dst are the same directory; write the conversion elsewhere")
+    if is_encoder_dir(src):
+        return convert_bert(src, dst, to)  # a WordPiece tokenizer: its files are copied as they are
     tok_path = src / "tokenizer.json"
     tokenizer = Tokenizer.load(tok_path) if tok_path.exists() else None
     if to == "lmstack":
         if not is_hf_dir(src):
             raise ConfigError(f"{src} is not a Hugging Face directory of a supported family "
-                              "(config.json model_type gpt2, llama, mistral or qwen2)")
+                              "(config.json model_type gpt2, llama, mistral, qwen2 or bert)")
         model = load_hf_model(src)
         save_model(dst, model)
         if tokenizer is not None:
@@ -181,7 +178,7 @@ def _looks_hf(path: Path) -> bool:
     return config.is_file() and bool({"architectures", "transformers_version"} & set(read_json(config)))
 
 
-def _load_hf(path: Path, device: str | torch.device = "cpu") -> GPT:
+def _load_hf(path: Path, device: str | torch.device = "cpu") -> GPT | Encoder:
     return load_hf_model(path, device=device)
 
 

@@ -66,6 +66,19 @@ C_ATTN = re.compile(r"h\.(?P<i>\d+)\.attn\.c_attn\.(?P<w>weight|bias)$")
 GPT2_SKIP = re.compile(r"h\.\d+\.attn\.(bias|masked_bias)$")  # old causal-mask buffers
 
 
+def read_json(path: Path) -> dict:
+    """A JSON object from a file, with errors naming the file."""
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path} does not exist; a model directory needs it") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ConfigError(f"{path} is not valid JSON ({e}); the file is corrupt") from None
+    if not isinstance(d, dict):
+        raise ConfigError(f"{path} holds a JSON {type(d).__name__}, not an object")
+    return d
+
+
 def safetensors_files(directory: Path) -> list[Path]:
     """The weight files of an HF directory: one file, or the shards its index lists."""
     index = directory / "model.safetensors.index.json"

@@ -152,14 +152,14 @@ def test_bad_directories_give_clear_errors(case, tmp_path):
     hf_model("llama-tied").save_pretrained(d)
     cfg_path, weights = d / "config.json", d / "model.safetensors"
     cfg = json.loads(cfg_path.read_text())
-    expect = {"no-config": "config.json", "bad-arch": "model_type 'bert' is not supported",
+    expect = {"no-config": "config.json", "bad-arch": "model_type 't5' is not supported",
               "bad-option": "hidden_act='gelu' is not supported", "bad-rope": "rope_type='yarn'",
               "missing-tensor": "lacks 1 tensors", "shape": "has shape",
               "corrupt": "model.safetensors cannot be read", "no-weights": "no model.safetensors"}[case]
     if case == "no-config":
         cfg_path.unlink()
     elif case == "bad-arch":
-        cfg_path.write_text(json.dumps({**cfg, "model_type": "bert"}))
+        cfg_path.write_text(json.dumps({**cfg, "model_type": "t5"}))
     elif case == "bad-option":
         cfg_path.write_text(json.dumps({**cfg, "hidden_act": "gelu"}))
     elif case == "bad-rope":
