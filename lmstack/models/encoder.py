@@ -222,7 +222,8 @@ class Encoder(nn.Module):
         self.drop = nn.Dropout(c.dropout)
         self.layers = nn.ModuleList(EncoderBlock(c, i) for i in range(c.n_layer))
         # Pre-norm leaves the residual stream unnormalized: one last norm, as in the GPT.
-        self.ln_f = NORMS[c.norm](c.n_embd, eps=c.norm_eps, bias=c.bias) if c.norm_position == "pre" else nn.Identity()
+        pre = c.norm_position == "pre"
+        self.ln_f = NORMS[c.norm](c.n_embd, eps=c.norm_eps, bias=c.bias) if pre else nn.Identity()
         self.pooler = nn.Linear(c.n_embd, c.n_embd, bias=c.bias) if c.pooler else None
         self.head = HEADS[c.head](c)
         self.init_weights()

@@ -86,7 +86,9 @@ def installed_models() -> list[tuple[str, Path, InstalledModel]]:
 
 def disk_size(path: Path) -> int:
     """Bytes of a file, or of every file under a directory."""
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return path.stat().st_size
 
 
 def cmd_models(args: object = None) -> None:

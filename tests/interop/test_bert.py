@@ -6,6 +6,7 @@ export back and match again; `lmstack convert` both ways; options we do not mode
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -119,8 +120,8 @@ def test_old_checkpoint_names_load(tmp_path):
     theirs = hf_bert("model")
     theirs.save_pretrained(tmp_path / "hf")
     tensors = load_file(tmp_path / "hf" / "model.safetensors")
-    renamed = {"bert." + k.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta"): v
-               for k, v in tensors.items()}
+    tf_names = {"LayerNorm.weight": "LayerNorm.gamma", "LayerNorm.bias": "LayerNorm.beta"}
+    renamed = {"bert." + re.sub("|".join(tf_names), lambda m: tf_names[m[0]], k): v for k, v in tensors.items()}
     renamed["bert.embeddings.position_ids"] = torch.arange(24)[None]
     save_file(renamed, tmp_path / "hf" / "model.safetensors")
     inputs = batch()

@@ -113,7 +113,8 @@ def test_hidden_states_of_every_layer():
     assert out.hidden_states[-1] is out.last_hidden_state  # pre-norm: the last is after ln_f
     x = out.hidden_states[0]
     torch.testing.assert_close(x, model.position.embed(model.wte(ids) + model.wtt(types), torch.arange(9)))
-    x = model.layers[0](x, model.position.rotary(torch.arange(9)), model.attention_bias(torch.arange(9), mask, x.dtype))
+    pos = torch.arange(9)
+    x = model.layers[0](x, model.position.rotary(pos), model.attention_bias(pos, mask, x.dtype))
     torch.testing.assert_close(out.hidden_states[1], x)
     assert model.encode(ids, mask, types).hidden_states is None  # only when asked
 
