@@ -95,8 +95,12 @@ def from_hf_dict(d: dict, source: str = "tokenizer.json") -> dict[str, Any]:
     """The keyword arguments of `Tokenizer` for a Hugging Face byte-level BPE `tokenizer.json`."""
     model = d.get("model") or {}
     if model.get("type") != "BPE":
+        hint = ("; a WordPiece (BERT) tokenizer loads with "
+                "lmstack.tokenizer.WordPieceTokenizer.load" if model.get("type") == "WordPiece"
+                else "")
         raise TokenizerError(
             f"{source}: model type {model.get('type')!r} is not supported; only byte-level BPE"
+            + hint
         )
     specials, added = _added_tokens(d.get("added_tokens") or [], d.get("normalizer"), source)
     pretokenizer = Pretokenizer(_normalizers(d.get("normalizer"), source),
