@@ -67,10 +67,15 @@ class Scorer:
         self.model, self.tok, self.template = model.eval(), load_tokenizer(base), model_chat_template(base)
         self.engine = Engine(model, self.tok, eos_ids=model_eos_ids(base))
         self.settings = answer_settings(self.template, self.tok, max_new_tokens)
+        self._ids: dict[str, list[int]] = {}  # greedy, samples and the KL read the same prompts
 
     def prompts(self, records: list[dict]) -> list[list[int]]:
         """Each record's question as the chat's prompt ids (up to the assistant's reply)."""
-        return [tokenize_record(r, self.tok, self.template).prompt_ids() for r in records]
+        for r in records:
+            key = json.dumps(r["messages"])
+            if key not in self._ids:
+                self._ids[key] = tokenize_record(r, self.tok, self.template).prompt_ids()
+        return [self._ids[json.dumps(r["messages"])] for r in records]
 
     @torch.no_grad()
     def greedy(self, records: list[dict], batch: int = 50) -> list[str]:
@@ -102,8 +107,7 @@ def kl_per_token(model: torch.nn.Module, reference: torch.nn.Module, scorer: Sco
     from lmstack.posttrain.rl_math import kl_to
 
     total, count = 0.0, 0
-    for r, reply in zip(records, replies):
-        prompt = tokenize_record(r, scorer.tok, scorer.template).prompt_ids()
+    for prompt, reply in zip(scorer.prompts(records), replies):
         answer = scorer.tok.encode(reply)
         if not answer:
             continue
